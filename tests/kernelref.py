@@ -84,7 +84,9 @@ def wait_progs_gone(prog_ids: list[int], timeout: float = 5.0) -> list[int]:
     return alive
 
 
-def libbpf_progs(obj_path: str | os.PathLike[str], extra_args: list[str] | None = None) -> dict[str, dict]:
+def libbpf_progs(
+    obj_path: str | os.PathLike[str], extra_args: list[str] | None = None
+) -> dict[str, dict]:
     """Load ``obj_path`` with ``bpftool prog loadall`` and return bpftool's JSON per program.
 
     Keys are full program (function) names.  The kernel truncates names to 15
@@ -115,7 +117,9 @@ def libbpf_progs(obj_path: str | os.PathLike[str], extra_args: list[str] | None 
         _remove_pins(pin_dir)
 
 
-def libbpf_tags(obj_path: str | os.PathLike[str], extra_args: list[str] | None = None) -> dict[str, str]:
+def libbpf_tags(
+    obj_path: str | os.PathLike[str], extra_args: list[str] | None = None
+) -> dict[str, str]:
     """Map each program name in ``obj_path`` to the tag the kernel computed for libbpf's load."""
     return {name: info["tag"] for name, info in libbpf_progs(obj_path, extra_args).items()}
 
