@@ -9,10 +9,11 @@ follows libbpf's ``btf_fixup_datasec``.
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 
 from ..errors import BTFError
+from .formats import btf_header
 from .spec import BTF, BTF_MAGIC, BTF_VERSION, HEADER_SIZE
 from .types import (
     Array,
@@ -38,9 +39,16 @@ from .types import (
     VarSecinfo,
 )
 
-__all__ = ["Features", "encode_type", "fixup_datasec", "marshal", "sanitize_types", "string_table"]
+__all__ = [
+    "Features",
+    "encode_type",
+    "fixup_datasec",
+    "marshal",
+    "marshal_with_offsets",
+    "sanitize_types",
+    "string_table",
+]
 
-_HEADER = struct.Struct("<HBBIIIII")
 _U32 = 0xFFFF_FFFF
 
 
@@ -161,22 +169,32 @@ def _names(t: Type) -> list[str]:
     return out
 
 
-def _build_strings(types: list[Type], start: int) -> tuple[bytes, dict[str, int]]:
+def _build_strings(
+    types: list[Type], start: int, extra: Iterable[str] = ()
+) -> tuple[bytes, dict[str, int]]:
     # Plain BTF: "" is the leading NUL at offset 0. Split BTF: "" is the base's offset 0,
     # and the split's own table needs no leading NUL.
     offsets: dict[str, int] = {"": 0}
     buf = bytearray(b"" if start else b"\0")
+
+    def add(s: str) -> None:
+        if s in offsets:
+            return
+        if "\0" in s:
+            raise BTFError(f"name {s!r} contains NUL")
+        try:
+            enc = s.encode()
+        except UnicodeEncodeError as e:
+            raise BTFError(f"name {s!r} is not encodable") from e
+        offsets[s] = start + len(buf)
+        buf.extend(enc)
+        buf.append(0)
+
     for t in types:
         for s in _names(t):
-            if s not in offsets:
-                offsets[s] = start + len(buf)
-                try:
-                    buf += s.encode()
-                except UnicodeEncodeError as e:
-                    raise BTFError(f"name {s!r} is not encodable") from e
-                if "\0" in s:
-                    raise BTFError(f"name {s!r} contains NUL")
-                buf.append(0)
+            add(s)
+    for s in extra:
+        add(s)
     return bytes(buf), offsets
 
 
@@ -188,11 +206,23 @@ def string_table(btf: BTF) -> tuple[bytes, dict[str, int]]:
 
 def marshal(btf: BTF, *, sanitize: Features | None = None) -> bytes:
     """BTF bytes for ``btf`` (own types in id order), rewritten for ``sanitize`` features."""
+    return marshal_with_offsets(btf, sanitize=sanitize)[0]
+
+
+def marshal_with_offsets(
+    btf: BTF, *, sanitize: Features | None = None, extra_strings: Iterable[str] = ()
+) -> tuple[bytes, dict[str, int]]:
+    """Like :func:`marshal`, also adding ``extra_strings`` and returning every string's offset.
+
+    The loader needs this for line_info: file names and source lines are not type
+    names, so they must be added to the string section it loads, and the kernel's
+    bpf_line_info records refer to them by their new offsets.
+    """
     types = [t for _, t in btf.own_types()]
     if sanitize is not None:
         types = sanitize_types(btf, types, sanitize)
     start = btf.base.strings_len if btf.base is not None else 0
-    strs, offsets = _build_strings(types, start)
+    strs, offsets = _build_strings(types, start, extra_strings)
     words: list[int] = []
     get = offsets.__getitem__
     for t in types:
@@ -201,10 +231,11 @@ def marshal(btf: BTF, *, sanitize: Features | None = None) -> bytes:
         type_sec = struct.pack(f"<{len(words)}I", *words)
     except struct.error as e:
         raise BTFError(f"BTF field out of range: {e}") from None
-    hdr = _HEADER.pack(
-        BTF_MAGIC, BTF_VERSION, 0, HEADER_SIZE, 0, len(type_sec), len(type_sec), len(strs)
+    hdr = btf_header.build(
+        dict(magic=BTF_MAGIC, version=BTF_VERSION, flags=0, hdr_len=HEADER_SIZE, type_off=0,
+             type_len=len(type_sec), str_off=len(type_sec), str_len=len(strs))
     )
-    return hdr + type_sec + strs
+    return hdr + type_sec + strs, offsets
 
 
 def sanitize_types(btf: BTF, types: list[Type], f: Features) -> list[Type]:

@@ -1,0 +1,260 @@
+"""BTF.ext: per-program func_info, line_info and CO-RE relocation records.
+
+In the object file every record's ``insn_off`` is a *byte* offset into its ELF
+section. :func:`parse_btf_ext` converts it to an *instruction index* (byte offset
+// 8), which is what everything downstream works with: the kernel's
+bpf_func_info/bpf_line_info for BPF_PROG_LOAD and libbpf's CO-RE engine.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from enum import IntEnum
+
+from ..errors import BTFError
+from .formats import btf_ext_header
+from .spec import BTF, BTF_MAGIC
+
+__all__ = [
+    "BTFExt",
+    "CoreRelo",
+    "CoreReloKind",
+    "FuncInfo",
+    "LineInfo",
+    "pack_func_info",
+    "pack_line_info",
+    "parse_btf_ext",
+]
+
+INSN_SIZE = 8
+FUNC_INFO_SIZE = 8  # struct bpf_func_info
+LINE_INFO_SIZE = 16  # struct bpf_line_info
+CORE_RELO_SIZE = 16  # struct bpf_core_relo
+_EXT_HEADER_MIN = 24  # up to line_info_len; core_relo_* came later
+_EXT_HEADER_CORE = 32
+
+
+class CoreReloKind(IntEnum):
+    """enum bpf_core_relo_kind (include/uapi/linux/bpf.h)."""
+
+    FIELD_BYTE_OFFSET = 0
+    FIELD_BYTE_SIZE = 1
+    FIELD_EXISTS = 2
+    FIELD_SIGNED = 3
+    FIELD_LSHIFT_U64 = 4
+    FIELD_RSHIFT_U64 = 5
+    TYPE_ID_LOCAL = 6
+    TYPE_ID_TARGET = 7
+    TYPE_EXISTS = 8
+    TYPE_SIZE = 9
+    ENUMVAL_EXISTS = 10
+    ENUMVAL_VALUE = 11
+    TYPE_MATCHES = 12
+
+
+@dataclass(slots=True)
+class FuncInfo:
+    """A function starts at instruction ``insn_off`` and has BTF FUNC ``type_id``."""
+
+    insn_off: int  # instruction index within the ELF section
+    type_id: int
+
+
+@dataclass(slots=True)
+class LineInfo:
+    """Instruction ``insn_off`` comes from ``file_name``:``line``:``col`` (source text ``line_text``)."""
+
+    insn_off: int  # instruction index within the ELF section
+    file_name_off: int  # offsets into the object's BTF string section
+    line_off: int
+    line: int
+    col: int
+    file_name: str = ""
+    line_text: str = ""
+
+    @property
+    def line_col(self) -> int:
+        """The packed ``line << 10 | col`` as stored in the file."""
+        return (self.line << 10) | self.col
+
+
+@dataclass(slots=True)
+class CoreRelo:
+    """One CO-RE relocation: patch instruction ``insn_off`` for ``access_str`` of ``type_id``."""
+
+    insn_off: int  # instruction index within the ELF section
+    type_id: int  # local (object BTF) root type id
+    access_str: str  # e.g. "0:1:2"
+    kind: CoreReloKind | int  # an int when the kind is newer than this library
+    access_str_off: int = 0
+
+
+@dataclass(slots=True)
+class BTFExt:
+    """Parsed BTF.ext, records grouped by ELF section name, in file order."""
+
+    func_info: dict[str, list[FuncInfo]] = field(default_factory=dict)
+    line_info: dict[str, list[LineInfo]] = field(default_factory=dict)
+    core_relos: dict[str, list[CoreRelo]] = field(default_factory=dict)
+    func_info_rec_size: int = FUNC_INFO_SIZE  # as found in the file
+    line_info_rec_size: int = LINE_INFO_SIZE
+    core_relo_rec_size: int = CORE_RELO_SIZE
+
+
+def _sub_sections(
+    data: bytes, off: int, length: int, what: str, min_rec: int, btf: BTF
+) -> tuple[int, list[tuple[str, int, int]]]:
+    """Split one info sub-section into (section name, first record offset, count)."""
+    if off % 4:
+        raise BTFError(f".BTF.ext {what} section is not 4-byte aligned")
+    if length < 4:
+        raise BTFError(f".BTF.ext {what} section too short for rec_size")
+    end = off + length
+    (rec_size,) = struct.unpack_from("<I", data, off)
+    if rec_size < min_rec or rec_size % 4:
+        raise BTFError(f".BTF.ext {what}: bad rec_size {rec_size} (need >= {min_rec}, 4-aligned)")
+    pos = off + 4
+    out = []
+    while pos < end:
+        if pos + 8 > end:
+            raise BTFError(f".BTF.ext {what}: truncated section header")
+        name_off, num = struct.unpack_from("<II", data, pos)
+        pos += 8
+        if num == 0:
+            raise BTFError(f".BTF.ext {what}: section with no records")
+        if num * rec_size > end - pos:
+            raise BTFError(f".BTF.ext {what}: {num} records run past the end")
+        name = btf.string(name_off)
+        if not name:
+            raise BTFError(f".BTF.ext {what}: empty section name")
+        out.append((name, pos, num))
+        pos += num * rec_size
+    return rec_size, out
+
+
+def _insn(byte_off: int, what: str) -> int:
+    if byte_off % INSN_SIZE:
+        raise BTFError(f".BTF.ext {what}: insn_off {byte_off} is not a multiple of 8")
+    return byte_off // INSN_SIZE
+
+
+def parse_btf_ext(data: bytes | bytearray | memoryview, btf: BTF) -> BTFExt:
+    """Parse a ``.BTF.ext`` section; strings are resolved in ``btf`` (the object's BTF).
+
+    Records larger than known (a newer format) are accepted and their extra bytes
+    skipped; smaller ones are rejected. Every ``insn_off`` becomes an instruction index.
+    """
+    data = bytes(data)
+    if len(data) < 4:
+        raise BTFError(".BTF.ext too short for a header")
+    magic = int.from_bytes(data[:2], "little")
+    if magic != BTF_MAGIC:
+        if magic == 0x9FEB:
+            raise BTFError("big-endian BTF.ext not supported")
+        raise BTFError(f"bad .BTF.ext magic {magic:#06x}")
+    if len(data) < _EXT_HEADER_MIN:
+        raise BTFError(".BTF.ext too short for a header")
+    hdr = btf_ext_header.parse(data)
+    if hdr.version != 1:
+        raise BTFError(f"unsupported .BTF.ext version {hdr.version}")
+    if hdr.hdr_len < _EXT_HEADER_MIN or hdr.hdr_len > len(data):
+        raise BTFError(f"bad .BTF.ext header length {hdr.hdr_len}")
+    if hdr.flags:
+        raise BTFError(f"unsupported .BTF.ext flags {hdr.flags:#x}")
+    body = len(data) - hdr.hdr_len
+    ext = BTFExt()
+
+    def section(off: int | None, length: int | None) -> tuple[int, int] | None:
+        if not length:
+            return None
+        assert off is not None
+        if off + length > body:
+            raise BTFError(".BTF.ext info section out of bounds")
+        return hdr.hdr_len + off, length
+
+    sec = section(hdr.func_info_off, hdr.func_info_len)
+    if sec:
+        rec, subs = _sub_sections(data, *sec, "func_info", FUNC_INFO_SIZE, btf)
+        ext.func_info_rec_size = rec
+        for name, pos, num in subs:
+            lst = ext.func_info.setdefault(name, [])
+            for k in range(num):
+                off, tid = struct.unpack_from("<II", data, pos + k * rec)
+                lst.append(FuncInfo(_insn(off, "func_info"), tid))
+
+    sec = section(hdr.line_info_off, hdr.line_info_len)
+    if sec:
+        rec, subs = _sub_sections(data, *sec, "line_info", LINE_INFO_SIZE, btf)
+        ext.line_info_rec_size = rec
+        s = btf.string
+        for name, pos, num in subs:
+            lst2 = ext.line_info.setdefault(name, [])
+            for k in range(num):
+                off, fn, ln, lc = struct.unpack_from("<IIII", data, pos + k * rec)
+                lst2.append(LineInfo(_insn(off, "line_info"), fn, ln, lc >> 10, lc & 0x3FF,
+                                     s(fn), s(ln)))
+
+    if hdr.hdr_len >= _EXT_HEADER_CORE:
+        sec = section(hdr.core_relo_off, hdr.core_relo_len)
+        if sec:
+            rec, subs = _sub_sections(data, *sec, "core_relo", CORE_RELO_SIZE, btf)
+            ext.core_relo_rec_size = rec
+            ntypes = len(btf)
+            for name, pos, num in subs:
+                lst3 = ext.core_relos.setdefault(name, [])
+                for k in range(num):
+                    off, tid, aoff, kind = struct.unpack_from("<IIII", data, pos + k * rec)
+                    if tid >= ntypes:
+                        raise BTFError(f".BTF.ext core_relo: type id {tid} out of range")
+                    access = btf.string(aoff)
+                    if not access:
+                        raise BTFError(".BTF.ext core_relo: empty access string")
+                    try:
+                        k_: CoreReloKind | int = CoreReloKind(kind)
+                    except ValueError:
+                        k_ = kind
+                    lst3.append(CoreRelo(_insn(off, "core_relo"), tid, access, k_, aoff))
+    return ext
+
+
+def pack_func_info(records: Iterable[FuncInfo], insn_base: int = 0,
+                   type_id: Callable[[int], int] | None = None) -> bytes:
+    """Kernel ``bpf_func_info`` array (insn_off in instructions) for BPF_PROG_LOAD.
+
+    ``insn_base`` is added to each insn_off (a subprogram's position in the final
+    program); ``type_id`` remaps type ids when the loaded BTF renumbered them.
+    """
+    out = bytearray()
+    for r in records:
+        out += struct.pack("<II", r.insn_off + insn_base,
+                           type_id(r.type_id) if type_id else r.type_id)
+    return bytes(out)
+
+
+def pack_line_info(records: Iterable[LineInfo], str_off: Mapping[str, int],
+                   insn_base: int = 0) -> bytes:
+    """Kernel ``bpf_line_info`` array for BPF_PROG_LOAD.
+
+    ``str_off`` maps file names and source lines to their offsets in the BTF loaded
+    into the kernel (see :func:`pyebpf.btf.write.marshal_with_offsets`).
+    """
+    out = bytearray()
+    try:
+        for r in records:
+            out += struct.pack("<IIII", r.insn_off + insn_base, str_off[r.file_name],
+                               str_off[r.line_text], r.line_col)
+    except KeyError as e:
+        raise BTFError(f"line_info string {e} missing from the loaded BTF") from None
+    return bytes(out)
+
+
+def ext_strings(ext: BTFExt) -> set[str]:
+    """Strings the line_info records need in the BTF given to the kernel."""
+    out: set[str] = set()
+    for recs in ext.line_info.values():
+        for r in recs:
+            out.add(r.file_name)
+            out.add(r.line_text)
+    return out
