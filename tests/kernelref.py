@@ -69,6 +69,19 @@ def _remove_pins(pin_dir: Path) -> None:
     pin_dir.rmdir()
 
 
+def _object_map_names(obj_path: str | os.PathLike[str]) -> list[str]:
+    """Names of the BTF-defined maps in an object (symbols in its .maps section)."""
+    from elftools.elf.elffile import ELFFile
+
+    with open(obj_path, "rb") as f:
+        elf = ELFFile(f)
+        idx = next((i for i, s in enumerate(elf.iter_sections()) if s.name == ".maps"), None)
+        symtab = elf.get_section_by_name(".symtab")
+        if idx is None or symtab is None:
+            return []
+        return [s.name for s in symtab.iter_symbols() if s.name and s["st_shndx"] == idx]
+
+
 def wait_progs_gone(prog_ids: list[int], timeout: float = 5.0) -> list[int]:
     """Wait until the kernel has freed the given programs; return those still alive.
 
@@ -96,6 +109,10 @@ def libbpf_progs(
     """
     _ensure_bpffs()
     pin_dir = _unique_dir()
+    # Maps with LIBBPF_PIN_BY_NAME get pinned at BPFFS/<map name> (bpftool has
+    # no option to change libbpf's pin root).  Remove only pins we created.
+    by_name = [BPFFS / n for n in _object_map_names(obj_path)]
+    preexisting = {p for p in by_name if p.exists()}
     cmd = ["prog", "loadall", str(obj_path), str(pin_dir), *(extra_args or [])]
     try:
         res = _run(cmd)
@@ -115,6 +132,9 @@ def libbpf_progs(
         return out
     finally:
         _remove_pins(pin_dir)
+        for p in by_name:
+            if p not in preexisting and p.exists():
+                p.unlink()
 
 
 def libbpf_tags(
