@@ -120,6 +120,8 @@ class AttachType(IntEnum):
     NETKIT_PEER = 55
     TRACE_KPROBE_SESSION = 56
     TRACE_UPROBE_SESSION = 57
+    # Newer than 6.18: libbpf master's fsession SEC() rows use it; 6.18 rejects it.
+    TRACE_FSESSION = 58
 
 
 class MapType(IntEnum):
