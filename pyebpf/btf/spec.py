@@ -242,13 +242,32 @@ def referenced_ids(t: Type) -> Iterator[int]:
 class _StringTable:
     """A read-only BTF string section; offsets are relative to ``start``."""
 
-    __slots__ = ("data", "start", "base", "_cache")
+    __slots__ = ("data", "start", "base", "_cache", "_index")
 
     def __init__(self, data: bytes, start: int = 0, base: _StringTable | None = None):
         self.data = data
         self.start = start
         self.base = base
         self._cache: dict[int, str] = {0: ""}
+        self._index: dict[str, int] | None = None
+
+    def find(self, s: str) -> int | None:
+        """Offset of ``s`` in this table or its base (the base wins, as in libbpf)."""
+        if self.base is not None:
+            off = self.base.find(s)
+            if off is not None:
+                return off
+        if self._index is None:
+            idx: dict[str, int] = {}
+            pos = 0
+            for raw in self.data.split(b"\0")[:-1]:
+                try:
+                    idx.setdefault(raw.decode(), self.start + pos)
+                except UnicodeDecodeError:
+                    pass
+                pos += len(raw) + 1
+            self._index = idx
+        return self._index.get(s)
 
     def __len__(self) -> int:
         return self.start + len(self.data)
@@ -408,6 +427,10 @@ class BTF:
                 return self.base.string(offset)
             raise BTFError("this BTF was not parsed from bytes: it has no string section")
         return self._strings.get(offset)
+
+    def find_string(self, s: str) -> int | None:
+        """Offset of ``s`` in the string section (base first), None when absent."""
+        return self._string_table().find(s)
 
     @property
     def strings_len(self) -> int:

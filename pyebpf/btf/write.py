@@ -170,16 +170,23 @@ def _names(t: Type) -> list[str]:
 
 
 def _build_strings(
-    types: list[Type], start: int, extra: Iterable[str] = ()
+    types: list[Type], start: int, extra: Iterable[str] = (),
+    in_base: Callable[[str], int | None] | None = None,
 ) -> tuple[bytes, dict[str, int]]:
     # Plain BTF: "" is the leading NUL at offset 0. Split BTF: "" is the base's offset 0,
-    # and the split's own table needs no leading NUL.
+    # strings the base already has are shared (as libbpf does), and the split's own
+    # table needs no leading NUL.
     offsets: dict[str, int] = {"": 0}
     buf = bytearray(b"" if start else b"\0")
 
     def add(s: str) -> None:
         if s in offsets:
             return
+        if in_base is not None:
+            off = in_base(s)
+            if off is not None:
+                offsets[s] = off
+                return
         if "\0" in s:
             raise BTFError(f"name {s!r} contains NUL")
         try:
@@ -201,7 +208,8 @@ def _build_strings(
 def string_table(btf: BTF) -> tuple[bytes, dict[str, int]]:
     """The deduplicated string section of ``btf``'s own types and the name -> offset map."""
     start = btf.base.strings_len if btf.base is not None else 0
-    return _build_strings([t for _, t in btf.own_types()], start)
+    in_base = btf.base.find_string if btf.base is not None else None
+    return _build_strings([t for _, t in btf.own_types()], start, (), in_base)
 
 
 def marshal(btf: BTF, *, sanitize: Features | None = None) -> bytes:
@@ -222,7 +230,8 @@ def marshal_with_offsets(
     if sanitize is not None:
         types = sanitize_types(btf, types, sanitize)
     start = btf.base.strings_len if btf.base is not None else 0
-    strs, offsets = _build_strings(types, start, extra_strings)
+    in_base = btf.base.find_string if btf.base is not None else None
+    strs, offsets = _build_strings(types, start, extra_strings, in_base)
     words: list[int] = []
     get = offsets.__getitem__
     for t in types:
