@@ -1,0 +1,216 @@
+"""CO-RE relocation against the running kernel's BTF (/sys/kernel/btf/vmlinux).
+
+Reading the kernel BTF needs no root. The comparisons with libbpf (bpftool's debug
+log and the kernel's program tags) need root and bpftool and are skipped otherwise.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import uuid
+from pathlib import Path
+
+import pytest
+
+from pyebpf import insn as I
+from pyebpf.btf.core import CoreRelocator, CoreResult
+from pyebpf.btf.ext import CoreRelo, CoreReloKind, parse_btf_ext
+from pyebpf.btf.spec import BTF
+from pyebpf.btf.types import Int, Kind, Member, Struct, skip_modifiers
+from pyebpf.obj.elf import read_elf
+
+VMLINUX = "/sys/kernel/btf/vmlinux"
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
+
+pytestmark = pytest.mark.skipif(not os.path.exists(VMLINUX), reason="no kernel BTF")
+
+
+@pytest.fixture(scope="module")
+def kbtf():
+    from pyebpf.btf.kernel import kernel_btf
+
+    return kernel_btf()
+
+
+def _kernel_member(kbtf, struct_name: str, member: str) -> tuple[int, Member]:
+    (sid,) = [i for i in kbtf.find(struct_name) if kbtf.type(i).kind == Kind.STRUCT]
+    for m in kbtf.type(sid).members:
+        if m.name == member:
+            return sid, m
+    raise AssertionError(f"{struct_name}.{member} not in kernel BTF")
+
+
+def _local_task() -> tuple[BTF, int]:
+    b = BTF()
+    i32 = b.add(Int("int", 4, 1))
+    u32 = b.add(Int("unsigned int", 4, 0))
+    tid = b.add(Struct("task_struct", 8, [Member("pid", i32, 0), Member("tgid", i32, 32),
+                                          Member("__state", u32, 64)]))
+    return b, tid
+
+
+def test_task_struct_pid_offset(kbtf):
+    local, tid = _local_task()
+    r = CoreRelocator(local, [kbtf])
+    res = r.resolve(CoreRelo(0, tid, "0:0", CoreReloKind.FIELD_BYTE_OFFSET))
+    ksid, m = _kernel_member(kbtf, "task_struct", "pid")
+    assert res.new_val == m.bit_offset // 8
+    assert res.target_spec.root_type_id == ksid
+    assert not res.poison
+    assert str(res).endswith(f"{res.orig_val} -> {m.bit_offset // 8}")
+    assert "struct task_struct.pid" in str(res)
+
+
+def test_kernel_kinds(kbtf):
+    local, tid = _local_task()
+    r = CoreRelocator(local, [kbtf])
+    ksid, m = _kernel_member(kbtf, "task_struct", "tgid")
+    size = r.resolve(CoreRelo(0, tid, "0", CoreReloKind.TYPE_SIZE))
+    assert size.new_val == kbtf.type(ksid).size
+    tgt = r.resolve(CoreRelo(0, tid, "0", CoreReloKind.TYPE_ID_TARGET))
+    assert tgt.new_val == ksid
+    tgid = r.resolve(CoreRelo(0, tid, "0:1", CoreReloKind.FIELD_BYTE_OFFSET))
+    assert tgid.new_val == m.bit_offset // 8
+    sz = r.resolve(CoreRelo(0, tid, "0:1", CoreReloKind.FIELD_BYTE_SIZE))
+    assert sz.new_val == 4
+    signed = r.resolve(CoreRelo(0, tid, "0:1", CoreReloKind.FIELD_SIGNED))
+    assert signed.new_val == 1
+    ex = r.resolve(CoreRelo(0, tid, "0:2", CoreReloKind.FIELD_EXISTS))
+    assert ex.new_val == 1
+
+
+def test_kernel_missing_field_poisons(kbtf):
+    b = BTF()
+    lng = b.add(Int("long", 8, 1))
+    tid = b.add(Struct("task_struct___old", 8, [Member("state", lng, 0)]))
+    r = CoreRelocator(b, [kbtf])
+    res = r.resolve(CoreRelo(0, tid, "0:0", CoreReloKind.FIELD_BYTE_OFFSET))
+    assert res.poison and res.target_spec is None
+    assert res.candidates and not res.candidates[0].matched
+    assert "state" in res.candidates[0].reason
+    ex = r.resolve(CoreRelo(0, tid, "0:0", CoreReloKind.FIELD_EXISTS))
+    assert ex.new_val == 0 and not ex.poison
+
+
+# -- comparison with libbpf ------------------------------------------------------------
+
+_PATCHED = re.compile(r"prog '(\S+)': relo #(\d+): patched insn #(\d+) \(([A-Z0-9/]+)\) "
+                      r"(?:imm64|imm|off) (\d+) -> (\d+)")
+_POISON = re.compile(r"prog '(\S+)': relo #(\d+): substituting insn #(\d+) w/ invalid insn")
+
+
+def _bpftool_ok() -> bool:
+    from tests.kernelref import bpftool_available
+
+    return bpftool_available()
+
+
+def _libbpf_log(obj: Path) -> dict[tuple[str, int], tuple[int, int | None]]:
+    """(prog, relo #) -> (insn #, new value or None when poisoned), from libbpf's debug log."""
+    pin = Path("/sys/fs/bpf") / f"pyebpf_core_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+    try:
+        p = subprocess.run(["bpftool", "-d", "prog", "loadall", str(obj), str(pin)],
+                           capture_output=True, text=True, timeout=120)
+    finally:
+        if pin.exists():
+            for e in pin.iterdir():
+                e.unlink()
+            pin.rmdir()
+    out: dict[tuple[str, int], tuple[int, int | None]] = {}
+    for m in _PATCHED.finditer(p.stderr):
+        out[(m.group(1), int(m.group(2)))] = (int(m.group(3)), int(m.group(6)))
+    for m in _POISON.finditer(p.stderr):
+        out.setdefault((m.group(1), int(m.group(2))), (int(m.group(3)), None))
+    return out
+
+
+def _load_obj(path: Path):
+    elf = read_elf(path.read_bytes(), str(path))
+    btf = BTF.from_bytes(elf.section(".BTF").data)
+    ext = parse_btf_ext(elf.section(".BTF.ext").data, btf)
+    progs: dict[str, str] = {}  # section -> program (one program per section in fixtures)
+    for s in elf.symbols:
+        if s.type == 2 and s.shndx < len(elf.sections):  # STT_FUNC
+            progs[elf.sections[s.shndx].name] = s.name
+    return elf, btf, ext, progs
+
+
+def _relocate_obj(path: Path, kbtf) -> dict[str, tuple[bytearray, list[CoreResult]]]:
+    elf, btf, ext, progs = _load_obj(path)
+    r = CoreRelocator(btf, [kbtf])
+    out = {}
+    for sec, relos in ext.core_relos.items():
+        insns = bytearray(elf.section(sec).data)
+        out[progs[sec]] = (insns, r.relocate(insns, relos, progs[sec]))
+    return out
+
+
+@pytest.mark.parametrize("obj", ["core.bpf.o", "core_fail.bpf.o"])
+def test_matches_libbpf_log(kbtf, obj):
+    if not _bpftool_ok():
+        pytest.skip("needs root and bpftool")
+    path = FIXTURES / obj
+    ref = _libbpf_log(path)
+    assert ref, "no CO-RE lines in libbpf's debug log"
+    ours = _relocate_obj(path, kbtf)
+    seen = 0
+    for prog, (insns, results) in ours.items():
+        for i, res in enumerate(results):
+            key = (prog, i)
+            assert key in ref, f"libbpf did not report {key}"
+            idx, val = ref[key]
+            assert res.relo.insn_off == idx
+            if val is None:
+                assert res.poison or res.fail_memsz_adjust, f"{key}: {res}"
+                assert I.get(insns, idx).imm == I.CORE_POISON_IMM
+            else:
+                assert not res.poison, f"{key}: {res}"
+                assert res.new_val == val, f"{key}: {res}"
+            seen += 1
+    assert seen == len(ref)
+
+
+def _as_loaded(path: Path, insns: bytearray, sec: str) -> bytearray:
+    """Mimic libbpf's data relocations: ld_imm64 of global data gets src_reg MAP_VALUE
+    (its immediates are zeroed by the kernel before the tag is computed)."""
+    elf = read_elf(path.read_bytes(), str(path))
+    sidx = elf.section(sec).index
+    for relsec_idx, rels in elf.relocs.items():
+        if relsec_idx != sidx:
+            continue
+        for rel in rels:
+            k = rel.offset // 8
+            if I.get(insns, k).code == I.LD_IMM64:
+                I.set_src(insns, k, I.BPF_PSEUDO_MAP_VALUE)
+    return insns
+
+
+@pytest.mark.parametrize("obj", ["core.bpf.o"])
+def test_tags_match_libbpf(kbtf, obj):
+    if not _bpftool_ok():
+        pytest.skip("needs root and bpftool")
+    from tests.kernelref import libbpf_tags
+
+    path = FIXTURES / obj
+    ref = libbpf_tags(path)
+    elf, btf, ext, progs = _load_obj(path)
+    r = CoreRelocator(btf, [kbtf])
+    for sec, relos in ext.core_relos.items():
+        insns = bytearray(elf.section(sec).data)
+        r.relocate(insns, relos, progs[sec])
+        _as_loaded(path, insns, sec)
+        assert I.tag(insns) == ref[progs[sec]], progs[sec]
+
+
+def test_type_matches_list_head(kbtf):
+    b = BTF()
+    lh = b.add(Struct("list_head___local", 16, []))
+    p = b.add(__import__("pyebpf.btf.types", fromlist=["Ptr"]).Ptr(lh))
+    b.replace(lh, Struct("list_head___local", 16, [Member("next", p, 0), Member("prev", p, 64)]))
+    r = CoreRelocator(b, [kbtf])
+    res = r.resolve(CoreRelo(0, lh, "0", CoreReloKind.TYPE_MATCHES))
+    assert res.new_val == 1
+    kid = res.target_spec.root_type_id
+    assert kbtf.type(skip_modifiers(kbtf, kid)).name == "list_head"
