@@ -1,0 +1,362 @@
+"""ObjectSpec: everything in a BPF object file, as editable data (no syscalls).
+
+Opening (:meth:`ObjectSpec.from_bytes`) mirrors libbpf's ``bpf_object__open``:
+ELF sections are classified, programs are cut out of executable sections at
+their FUNC symbols, BTF is parsed and its DATASECs fixed up, maps, global data
+and externs are collected, and every relocation is recorded. Relocating
+(:meth:`ObjectSpec.relocate`) mirrors ``bpf_object__relocate``: CO-RE first, then
+subprogram linking, then map/data/extern references.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from .. import insn as I
+from ..errors import BTFError, ObjectError
+from ..uapi import ProgType
+from .elf import (
+    SHT_PROGBITS,
+    STB_GLOBAL,
+    STB_LOCAL,
+    STB_WEAK,
+    STT_FUNC,
+    STT_OBJECT,
+    STV_HIDDEN,
+    STV_INTERNAL,
+    ElfObject,
+    read_elf,
+)
+from .linker import link_program
+from .program import ProgramSpec, RelocType
+from .reloc import RelocContext, apply_data_relocs, collect_relocs, find_prog
+from .sections import SecFlag, attach_target, match_section
+from .spec import ExternKind, ExternSpec, MapSpec, VariableSpec
+
+log = logging.getLogger("pyebpf.obj")
+
+_LICENSE_MAX = 64  # libbpf keeps char license[64]
+
+
+def _obj_name(path: str) -> str:
+    # libbpf: basename, cut at the first '.'
+    return os.path.basename(path).split(".", 1)[0]
+
+
+class ObjectSpec:
+    """A parsed BPF object: programs, maps, global variables and externs by name.
+
+    Everything is editable before loading: ``spec.maps["events"].max_entries = N``,
+    ``spec.programs["x"].autoload = False``, ``spec.variables["pid"].value = ...``.
+    """
+
+    def __init__(self, name: str, elf: ElfObject) -> None:
+        self.name = name
+        self.path = elf.path
+        self.elf = elf
+        self.programs: dict[str, ProgramSpec] = {}
+        self.subprograms: dict[str, ProgramSpec] = {}  # .text functions called by programs
+        self.maps: dict[str, MapSpec] = {}
+        self.variables: dict[str, VariableSpec] = {}
+        self.externs: dict[str, ExternSpec] = {}
+        self.btf: Any = None  # pyebpf.btf.spec.BTF
+        self.btf_ext: Any = None  # pyebpf.btf.ext.BTFExt
+        self.license = ""
+        self.kern_version = 0
+        self.kconfig_map: str | None = None
+        self.text_shndx = 0
+        self._externs_resolved = False
+        self._by_section: dict[int, list[ProgramSpec]] = {}
+
+    def __repr__(self) -> str:
+        return (f"ObjectSpec({self.name!r}, programs={list(self.programs)}, "
+                f"maps={list(self.maps)})")
+
+    # -- opening ---------------------------------------------------------------------
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike[str]) -> ObjectSpec:
+        """Open and parse a ``.bpf.o`` file (pure: no kernel access)."""
+        p = os.fspath(path)
+        try:
+            with open(p, "rb") as f:
+                data = f.read()
+        except OSError as e:
+            raise ObjectError(f"cannot read object: {e.strerror}", path=p) from None
+        return cls.from_bytes(data, name=_obj_name(p), path=p)
+
+    @classmethod
+    def from_bytes(cls, data: bytes, name: str | None = None,
+                   path: str | None = None) -> ObjectSpec:
+        """Parse an object from memory. ``name`` prefixes global-data map names."""
+        elf = read_elf(data, path)
+        spec = cls(name if name is not None else "", elf)
+        spec._open()
+        return spec
+
+    def _open(self) -> None:
+        elf = self.elf
+        if not elf.symtab_index:
+            raise ObjectError("no symbol table (stripped object file?)", path=elf.path)
+        secs = elf.sections
+        maps_shndx = legacy_shndx = 0
+        for sec in secs:
+            if sec.name == "license":
+                raw = sec.data[:_LICENSE_MAX - 1]
+                self.license = raw.split(b"\0", 1)[0].decode("utf-8", errors="replace")
+            elif sec.name == "version":
+                if len(sec.data) != 4:
+                    raise ObjectError(f"invalid kver section size {len(sec.data)}",
+                                      path=elf.path, section="version")
+                self.kern_version = int.from_bytes(sec.data, "little")
+            elif sec.name == ".maps" and not maps_shndx:
+                maps_shndx = sec.index
+            elif sec.name == "maps" and not legacy_shndx:
+                legacy_shndx = sec.index
+            elif sec.name == ".text" and sec.is_exec and sec.size:
+                self.text_shndx = sec.index
+
+        self._init_btf(needs_btf=bool(maps_shndx) or elf.section(".struct_ops") is not None)
+        self._init_programs()
+        self._init_maps_and_externs(maps_shndx, legacy_shndx)
+
+        ctx = RelocContext(elf, self.text_shndx, maps_shndx, legacy_shndx,
+                           externs=self.externs)
+        sec_index = {}
+        for sec in secs:
+            sec_index.setdefault(sec.name, sec.index)
+        for m in self.maps.values():
+            if m.is_global_data and m.section in sec_index and m.section != ".kconfig":
+                ctx.data_maps[sec_index[m.section]] = m.name
+        for sym in elf.symbols:
+            if sym.shndx and sym.shndx in (maps_shndx, legacy_shndx) and sym.name in self.maps:
+                ctx.map_syms.setdefault((sym.shndx, sym.value), sym.name)
+        collect_relocs(ctx, self._by_section)
+
+    def _init_btf(self, needs_btf: bool) -> None:
+        from ..btf.spec import BTF
+
+        elf = self.elf
+        sec = elf.section(".BTF")
+        if sec is None:
+            if needs_btf:
+                raise ObjectError("BTF is required (.maps), but is missing", path=elf.path)
+            return
+        try:
+            if sec.type != SHT_PROGBITS:
+                raise BTFError(".BTF is not SHT_PROGBITS")
+            btf = BTF.from_bytes(sec.data)
+            self._fixup_datasec(btf)
+        except BTFError as e:
+            if needs_btf:
+                raise ObjectError(f"BTF is required, but is corrupted: {e}",
+                                  path=elf.path, section=".BTF") from None
+            log.warning("%s: ignoring corrupted .BTF: %s", elf.path or self.name, e)
+            return
+        self.btf = btf
+        ext = elf.section(".BTF.ext")
+        if ext is not None:
+            from ..btf.ext import parse_btf_ext
+
+            try:
+                self.btf_ext = parse_btf_ext(ext.data, btf)
+            except BTFError as e:
+                # libbpf drops a corrupted .BTF.ext and goes on without it
+                log.warning("%s: ignoring corrupted .BTF.ext: %s", elf.path or self.name, e)
+
+    def _fixup_datasec(self, btf: Any) -> None:
+        from ..btf.write import fixup_datasec
+
+        elf = self.elf
+        sizes = {}
+        for s in elf.sections:
+            sizes.setdefault(s.name, s.size)
+        var_syms: dict[str, Any] = {}
+        for sym in elf.symbols:
+            if (sym.type == STT_OBJECT and sym.bind in (STB_GLOBAL, STB_WEAK)
+                    and sym.name not in var_syms):
+                var_syms[sym.name] = sym
+
+        def offset(_sec: str, var: str) -> int | None:
+            sym = var_syms.get(var)
+            return None if sym is None else sym.value
+
+        def hidden(_sec: str, var: str) -> bool:
+            sym = var_syms.get(var)
+            return sym is not None and sym.visibility in (STV_HIDDEN, STV_INTERNAL)
+
+        fixup_datasec(btf, sizes.get, offset, symbol_hidden=hidden)
+
+    def _init_programs(self) -> None:
+        elf = self.elf
+        progs: list[ProgramSpec] = []
+        for sec in elf.sections:
+            if not (sec.is_exec and sec.size):
+                continue
+            raw_name = sec.name
+            sec_name = raw_name[1:] if raw_name.startswith("?") else raw_name
+            for sym in elf.symbols:
+                if sym.shndx != sec.index or sym.type != STT_FUNC:
+                    continue
+                if sym.value + sym.size > sec.size:
+                    raise ObjectError(f"program at offset {sym.value} crosses section boundary",
+                                      path=elf.path, section=raw_name)
+                if sec.index != self.text_shndx and sym.bind == STB_LOCAL:
+                    raise ObjectError(f"program {sym.name!r} is static and not supported",
+                                      path=elf.path, section=raw_name)
+                cnt = sym.size // 8
+                code = sec.data[sym.value:sym.value + cnt * 8]
+                progs.append(ProgramSpec(
+                    name=sym.name, section=sec_name, sec_def=None, type=ProgType.UNSPEC,
+                    expected_attach_type=None, attach_target=None, flags=SecFlag.NONE,
+                    license=self.license, kern_version=self.kern_version,
+                    insns=bytearray(code), autoload=not raw_name.startswith("?"),
+                    sec_idx=sec.index, sec_insn_off=sym.value // 8,
+                    symbol_global=sym.bind != STB_LOCAL, orig_insns=code))
+        progs.sort(key=lambda p: (p.sec_idx, p.sec_insn_off))
+        multi = len(progs) > 1
+        for p in progs:
+            self._by_section.setdefault(p.sec_idx, []).append(p)
+            p.is_subprog = p.sec_idx == self.text_shndx and multi
+            table = self.subprograms if p.is_subprog else self.programs
+            if p.name in self.programs or p.name in self.subprograms:
+                raise ObjectError(f"duplicate program name {p.name!r}", path=elf.path)
+            table[p.name] = p
+            if p.is_subprog:
+                continue
+            sd = match_section(p.section)
+            p.sec_def = sd
+            if sd is not None:
+                p.type = sd.prog_type
+                p.expected_attach_type = sd.attach_type
+                p.flags = sd.flags
+                p.attach_target = attach_target(sd, p.section)
+                p.autoattach = sd.attach is not None
+
+    def _init_maps_and_externs(self, maps_shndx: int, legacy_shndx: int) -> None:
+        from . import externs as _ext
+        from . import maps as _maps
+
+        elf = self.elf
+        if maps_shndx and self.btf is not None:
+            self.maps.update(_maps.parse_btf_maps(elf, self.btf))
+        if legacy_shndx:
+            for name, m in _maps.parse_legacy_maps(elf).items():
+                self._add_map(name, m)
+        data_maps, variables = _maps.parse_global_data(elf, self.btf, self.name)
+        for name, m in data_maps.items():
+            self._add_map(name, m)
+        self.variables.update(variables)
+        externs, kconfig = _ext.collect_externs(elf, self.btf)
+        self.externs.update(externs)
+        if kconfig is not None:
+            self._add_map(kconfig.name, kconfig)
+            self.kconfig_map = kconfig.name
+
+    def _add_map(self, name: str, m: MapSpec) -> None:
+        if name in self.maps:
+            raise ObjectError(f"duplicate map name {name!r}", path=self.elf.path)
+        self.maps[name] = m
+
+    # -- kernel-dependent steps ------------------------------------------------------
+
+    def resolve_externs(self, *, kconfig: Mapping[str, str] | None = None,
+                        kernel_btf: Any = None, kallsyms: Mapping[str, int] | None = None,
+                        kernel_version: int | None = None) -> None:
+        """Resolve kconfig/ksym/kfunc externs; whatever is not given is read from the
+        running kernel (/proc/config.gz, /proc/kallsyms, kernel BTF, uname)."""
+        from . import externs as _ext
+
+        if not self.externs:
+            self._externs_resolved = True
+            return
+        kinds = {e.kind for e in self.externs.values()}
+        if kconfig is None and ExternKind.KCONFIG in kinds:
+            kconfig = _ext.read_kconfig()
+        if kernel_btf is None and kinds & {ExternKind.KSYM, ExternKind.KFUNC}:
+            from ..btf.kernel import kernel_btf as _kbtf
+
+            kernel_btf = _kbtf()
+        if kallsyms is None and any(e.kind == ExternKind.KSYM and not e.typed
+                                    for e in self.externs.values()):
+            kallsyms = _ext.read_kallsyms({e.name for e in self.externs.values()
+                                           if e.kind == ExternKind.KSYM})
+        if kernel_version is None and ExternKind.KCONFIG in kinds:
+            kernel_version = _ext.kernel_version_code()
+        _ext.resolve_externs(self.externs, kconfig=dict(kconfig) if kconfig else kconfig,
+                             kernel_btf=kernel_btf,
+                             kallsyms=dict(kallsyms) if kallsyms else kallsyms,
+                             kernel_version=kernel_version)
+        if self.kconfig_map is not None:
+            m = self.maps.get(self.kconfig_map)
+            if m is not None:
+                m.data = _ext.kconfig_map_data(self.externs, m)
+        self._externs_resolved = True
+
+    def relocate(self, target_btf: Any = None) -> None:
+        """Compute every program's final instructions (CO-RE, subprograms, data refs).
+
+        ``target_btf`` (a BTFView) defaults to the running kernel's BTF, read only
+        when the object has CO-RE relocations or externs to resolve. Externs are
+        resolved first if :meth:`resolve_externs` has not run. Callable again after
+        edits: it always starts from the instructions in the ELF file.
+        """
+        if self.externs and not self._externs_resolved:
+            self.resolve_externs(kernel_btf=target_btf)
+        relocator = None
+        ext = self.btf_ext
+        core_by_sec = ext.core_relos if ext is not None else {}
+        active = [p for p in self._all_programs() if p.is_subprog or p.autoload]
+        if any(core_by_sec.get(self._raw_section(p)) for p in active):
+            from ..btf.core import CoreRelocator
+
+            if target_btf is None:
+                from ..btf.kernel import kernel_btf
+
+                target_btf = kernel_btf()
+            relocator = CoreRelocator(self.btf, [target_btf])
+
+        code: dict[str, bytearray] = {}
+        core: dict[str, list[Any]] = {}
+        for p in self._all_programs():
+            buf = bytearray(p.orig_insns)
+            code[p.name] = buf
+            if relocator is not None and (p.is_subprog or p.autoload):
+                relos = [r for r in core_by_sec.get(self._raw_section(p), ())
+                         if find_prog(self._by_section[p.sec_idx], r.insn_off) is p]
+                if relos:
+                    core[p.name] = relocator.relocate(buf, relos, p.name,
+                                                      insn_offset=p.sec_insn_off)
+            # mark function-pointer loads so the linker recognizes them (libbpf does
+            # this before relocating calls, whether or not clang already did)
+            for r in p.relocs:
+                if r.type == RelocType.SUBPROG_ADDR:
+                    I.set_src(buf, r.insn_idx, I.BPF_PSEUDO_FUNC)
+
+        text = self._by_section.get(self.text_shndx, []) if self.text_shndx else []
+        section_of = {p.name: self._raw_section(p) for p in self._all_programs()}
+        func_info = ext.func_info if ext is not None else {}
+        line_info = ext.line_info if ext is not None else {}
+        for p in self.programs.values():
+            if not p.autoload:
+                p.insns = bytearray(p.orig_insns)
+                p.func_info, p.line_info, p.core_results, p.map_refs = [], [], [], []
+                continue
+            linked = link_program(p, text, code, core, func_info, line_info, section_of)
+            p.map_refs = apply_data_relocs(linked.insns, linked.relocs, self.maps,
+                                           self.externs, self.kconfig_map, p.name)
+            p.insns = linked.insns
+            p.func_info = linked.func_info or []
+            p.line_info = linked.line_info or []
+            p.core_results = linked.core_results
+
+    # -- helpers -----------------------------------------------------------------------
+
+    def _all_programs(self) -> list[ProgramSpec]:
+        return [p for progs in self._by_section.values() for p in progs]
+
+    def _raw_section(self, p: ProgramSpec) -> str:
+        return self.elf.sections[p.sec_idx].name

@@ -1,0 +1,124 @@
+"""ProgramSpec: one BPF program of an object file, as plain editable data."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum, IntEnum
+from typing import Any
+
+from .. import insn as _insn
+from ..uapi import AttachType, ProgType
+from .sections import SecDef, SecFlag
+
+
+class MapRefKind(Enum):
+    """How an ld_imm64 refers to a map (the loader patches in the map's fd)."""
+
+    FD = "fd"  # BPF_PSEUDO_MAP_FD: the map itself
+    VALUE = "value"  # BPF_PSEUDO_MAP_VALUE: an address inside the map's value
+
+
+@dataclass(frozen=True)
+class MapRef:
+    """Instruction ``insn_idx`` (an ld_imm64) of the final program references ``map_name``."""
+
+    insn_idx: int
+    map_name: str
+    kind: MapRefKind
+    offset: int = 0  # VALUE: byte offset inside the map value (insn[1].imm)
+
+
+class RelocType(IntEnum):
+    """libbpf's ``enum reloc_type``; the order matters, it breaks ties when sorting."""
+
+    LD64 = 0
+    CALL = 1
+    DATA = 2
+    EXTERN_LD64 = 3
+    EXTERN_CALL = 4
+    SUBPROG_ADDR = 5
+    CORE = 6
+
+
+@dataclass(frozen=True)
+class Reloc:
+    """One recorded relocation (libbpf's ``struct reloc_desc``).
+
+    ``insn_idx`` is relative to the program's first instruction. ``target`` names
+    what is referenced: a map (LD64/DATA), an extern (EXTERN_*), nothing for calls.
+    """
+
+    type: RelocType
+    insn_idx: int
+    sym_off: int = 0
+    target: str = ""
+    symbol: str = ""  # the ELF symbol, for messages
+
+
+@dataclass
+class ProgramSpec:
+    """A BPF program (an entry point, or a ``.text`` subprogram) before loading.
+
+    Before :meth:`ObjectSpec.relocate <pyebpf.obj.object.ObjectSpec.relocate>` runs,
+    ``insns`` holds the program's own instructions straight from its ELF section;
+    afterwards it holds the final instructions as libbpf would submit them (CO-RE
+    applied, subprograms appended, map fds left as 0 placeholders listed in
+    ``map_refs``).
+    """
+
+    name: str
+    section: str  # SEC() name without the leading "?"
+    sec_def: SecDef | None
+    type: ProgType
+    expected_attach_type: AttachType | None
+    attach_target: str | None
+    flags: SecFlag
+    license: str
+    kern_version: int
+    insns: bytearray
+    func_info: list[Any] = field(default_factory=list)
+    line_info: list[Any] = field(default_factory=list)
+    core_results: list[Any] = field(default_factory=list)
+    map_refs: list[MapRef] = field(default_factory=list)
+    autoload: bool = True
+    autoattach: bool = True
+    # where the program lives in the object file
+    sec_idx: int = 0
+    sec_insn_off: int = 0  # first instruction within the ELF section
+    is_subprog: bool = False
+    symbol_global: bool = True
+    # relocations recorded at open (section-independent, relative to the program)
+    relocs: list[Reloc] = field(default_factory=list, repr=False)
+    # the untouched instructions from the ELF section; relocate() starts from these
+    orig_insns: bytes = field(default=b"", repr=False)
+
+    @property
+    def tag(self) -> str:
+        """The kernel's program tag for the current ``insns`` (16 hex digits)."""
+        return _insn.tag(self.insns)
+
+    @property
+    def insn_count(self) -> int:
+        return len(self.insns) // _insn.INSN_SIZE
+
+    @property
+    def sec_insn_cnt(self) -> int:
+        return len(self.orig_insns) // _insn.INSN_SIZE
+
+    @property
+    def sleepable(self) -> bool:
+        return bool(self.flags & SecFlag.SLEEPABLE)
+
+    @property
+    def xdp_frags(self) -> bool:
+        return bool(self.flags & SecFlag.XDP_FRAGS)
+
+    @property
+    def attach_btf(self) -> bool:
+        """The attach target is a kernel BTF id (fentry, lsm, tp_btf, iter, ...)."""
+        return bool(self.flags & SecFlag.ATTACH_BTF)
+
+    def __repr__(self) -> str:
+        kind = self.type.name if isinstance(self.type, ProgType) else str(self.type)
+        return (f"ProgramSpec({self.name!r}, section={self.section!r}, type={kind}, "
+                f"insns={self.insn_count})")
