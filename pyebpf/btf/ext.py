@@ -13,6 +13,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import IntEnum
 
+from construct import ConstructError
+
 from ..errors import BTFError
 from .formats import btf_ext_header
 from .spec import BTF, BTF_MAGIC
@@ -156,11 +158,15 @@ def parse_btf_ext(data: bytes | bytearray | memoryview, btf: BTF) -> BTFExt:
         raise BTFError(f"bad .BTF.ext magic {magic:#06x}")
     if len(data) < _EXT_HEADER_MIN:
         raise BTFError(".BTF.ext too short for a header")
-    hdr = btf_ext_header.parse(data)
+    (hdr_len,) = struct.unpack_from("<I", data, 4)
+    if hdr_len < _EXT_HEADER_MIN or hdr_len > len(data):
+        raise BTFError(f"bad .BTF.ext header length {hdr_len}")
+    try:
+        hdr = btf_ext_header.parse(data[:hdr_len])
+    except ConstructError as e:  # pragma: no cover - lengths are checked above
+        raise BTFError(f"bad .BTF.ext header: {e}") from None
     if hdr.version != 1:
         raise BTFError(f"unsupported .BTF.ext version {hdr.version}")
-    if hdr.hdr_len < _EXT_HEADER_MIN or hdr.hdr_len > len(data):
-        raise BTFError(f"bad .BTF.ext header length {hdr.hdr_len}")
     if hdr.flags:
         raise BTFError(f"unsupported .BTF.ext flags {hdr.flags:#x}")
     body = len(data) - hdr.hdr_len
