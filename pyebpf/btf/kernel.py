@@ -382,12 +382,11 @@ class KernelBTF:
 
     def candidates(self, essential: str) -> list[int]:
         """Ids of the types named ``essential`` or ``essential___<flavour>``, sorted."""
-        if not essential:
-            return []
         key = essential.encode()
         memo = self._cand_memo.get(key)
         if memo is None:
-            memo = self._find_ids(key)
+            # An empty essential name matches only names starting with "___".
+            memo = self._find_ids(key) if key else ()
             flavored = self._flavor_ids(key)
             if flavored:
                 memo = tuple(sorted(set(memo) | set(flavored)))
