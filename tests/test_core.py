@@ -9,7 +9,8 @@ from hypothesis import strategies as st
 from pyebpf import insn as I
 from pyebpf.btf.core import CoreRelocator, parse_spec, patch_insn
 from pyebpf.btf.core_types import core_essential
-from pyebpf.btf.ext import CoreRelo, CoreReloKind as K
+from pyebpf.btf.ext import CoreRelo
+from pyebpf.btf.ext import CoreReloKind as K
 from pyebpf.btf.spec import BTF
 from pyebpf.btf.types import (
     Array,
@@ -18,8 +19,8 @@ from pyebpf.btf.types import (
     Enum64,
     EnumValue,
     Float,
-    Fwd,
     FuncProto,
+    Fwd,
     Int,
     Member,
     Param,
