@@ -448,3 +448,11 @@ def test_fixup_datasec() -> None:
     assert [v.offset for v in btf.type(kc).vars] == [0, 4]
     with pytest.raises(BTFError):
         fixup_datasec(BTF([Void(), Datasec(".bss", 0, [])]), lambda n: None, lambda s, n: None)
+
+
+def test_mark_funcs_static() -> None:
+    from pyebpf.btf.write import mark_funcs_static
+
+    btf = BTF([Void(), FuncProto(0, []), Func("a", 1, Linkage.GLOBAL), Func("b", 1, Linkage.GLOBAL)])
+    mark_funcs_static(btf, ["b", "zz"])
+    assert [btf.type(i).linkage for i in (2, 3)] == [Linkage.GLOBAL, Linkage.STATIC]

@@ -170,6 +170,8 @@ def parse_btf_ext(data: bytes | bytearray | memoryview, btf: BTF) -> BTFExt:
     if hdr.flags:
         raise BTFError(f"unsupported .BTF.ext flags {hdr.flags:#x}")
     body = len(data) - hdr.hdr_len
+    if body == 0:
+        raise BTFError(".BTF.ext has no data")  # libbpf rejects this too
     ext = BTFExt()
 
     def section(off: int | None, length: int | None) -> tuple[int, int] | None:

@@ -45,6 +45,7 @@ __all__ = [
     "fixup_datasec",
     "marshal",
     "marshal_with_offsets",
+    "mark_funcs_static",
     "sanitize_types",
     "string_table",
 ]
@@ -347,6 +348,18 @@ def fixup_datasec(
                 if symbol_hidden is not None and symbol_hidden(sec, var.name):
                     var.linkage = Linkage.STATIC
         t.vars.sort(key=_secinfo_key)
+
+
+def mark_funcs_static(btf: BTF, names: Iterable[str]) -> None:
+    """Make the global FUNCs named in ``names`` static, in place.
+
+    libbpf does this for subprograms with hidden visibility so the verifier checks
+    them in their callers' context instead of as global functions.
+    """
+    wanted = set(names)
+    for _tid, t in btf.own_types():
+        if isinstance(t, Func) and t.linkage == Linkage.GLOBAL and t.name in wanted:
+            t.linkage = Linkage.STATIC
 
 
 def _secinfo_key(v: VarSecinfo) -> int:
