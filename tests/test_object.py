@@ -9,11 +9,10 @@ libbpf 1.1 loads the same object. Equal tags mean byte-identical instructions
 from __future__ import annotations
 
 import os
-import subprocess
-import textwrap
 from pathlib import Path
 
 import pytest
+from bpfcc import compile_bpf, kernelref_module
 
 from pyebpf import ObjectSpec
 from pyebpf import insn as I
@@ -182,22 +181,6 @@ def test_sections_new_and_trampoline_parsed() -> None:
 # -- hand-made objects -------------------------------------------------------------------
 
 
-def compile_bpf(tmp_path: Path, source: str, name: str = "t") -> Path:
-    """Compile a small BPF C file with clang-19 (skips when clang is missing)."""
-    src = tmp_path / f"{name}.bpf.c"
-    out = tmp_path / f"{name}.bpf.o"
-    src.write_text(textwrap.dedent(source))
-    try:
-        subprocess.run(["clang-19", "-g", "-O2", "-target", "bpf", "-c", str(src), "-o",
-                        str(out), "-I", f"/usr/include/{os.uname().machine}-linux-gnu"],
-                       check=True, capture_output=True, text=True, timeout=120)
-    except FileNotFoundError:
-        pytest.skip("clang-19 not installed")
-    except subprocess.CalledProcessError as e:
-        raise AssertionError(e.stderr) from None
-    return out
-
-
 def test_unknown_section_is_stored_not_raised(tmp_path: Path) -> None:
     obj = compile_bpf(tmp_path, """
         #include <linux/bpf.h>
@@ -235,18 +218,11 @@ def test_static_program_outside_text_rejected(tmp_path: Path) -> None:
 
 
 def test_version_section_and_no_btf(tmp_path: Path) -> None:
-    src = tmp_path / "v.bpf.c"
-    src.write_text(textwrap.dedent("""
+    out = compile_bpf(tmp_path, """
         __attribute__((section("version"), used)) unsigned int _version = 0x060c00;
         __attribute__((section("socket"), used)) int f(void *ctx) { return 0; }
         __attribute__((section("license"), used)) char LICENSE[] = "GPL";
-    """))
-    out = tmp_path / "v.bpf.o"
-    try:
-        subprocess.run(["clang-19", "-O2", "-target", "bpf", "-c", str(src), "-o", str(out)],
-                       check=True, capture_output=True, timeout=120)
-    except FileNotFoundError:
-        pytest.skip("clang-19 not installed")
+    """, "v", debug=False)
     spec = ObjectSpec.from_file(out)
     assert spec.kern_version == 0x060C00 and spec.btf is None and spec.license == "GPL"
     spec.relocate()
@@ -338,10 +314,7 @@ NOT_LOADABLE = {
 
 @pytest.fixture(scope="module")
 def kernelref():
-    try:
-        from tests import kernelref as kr
-    except ImportError:
-        import kernelref as kr  # type: ignore[no-redef]
+    kr = kernelref_module()
     if not kr.bpftool_available():
         pytest.skip("bpftool and root are needed for the libbpf reference")
     return kr
