@@ -98,6 +98,9 @@ _KINDS: list[Kind | None] = [None] * 32
 for _k in Kind:
     _KINDS[_k] = _k
 
+(_INT, _PTR, _ARRAY, _STRUCT, _UNION, _ENUM, _FWD, _TYPEDEF, _VOLATILE, _CONST, _RESTRICT,
+ _FUNC, _FUNC_PROTO, _VAR, _DATASEC, _FLOAT, _DECL_TAG, _TYPE_TAG, _ENUM64) = range(1, 20)
+
 
 def record_words(kind: int, vlen: int) -> int:
     """Size in u32 words of a btf_type record of ``kind`` with ``vlen`` entries, header included."""
@@ -139,7 +142,19 @@ def decode_type(
     name = string(name_off)
     j = i + 3
     t: Type
-    if kind == Kind.STRUCT or kind == Kind.UNION:
+    # Plain int constants, branches ordered by frequency in vmlinux: this is the hot loop.
+    if kind == _FUNC:
+        t = Func(name, size_or_type, vlen)
+    elif kind == _FUNC_PROTO:
+        w = words[j:end].tolist()
+        t = FuncProto(
+            size_or_type,
+            [Param(string(w[k]), w[k + 1]) for k in range(0, 2 * vlen, 2)],
+            name,
+        )
+    elif kind == _PTR:
+        t = Ptr(size_or_type, name)
+    elif kind == _STRUCT or kind == _UNION:
         w = words[j:end].tolist()
         if kflag:
             members = [
@@ -148,42 +163,39 @@ def decode_type(
             ]
         else:
             members = [Member(string(w[k]), w[k + 1], w[k + 2]) for k in range(0, 3 * vlen, 3)]
-        cls = Struct if kind == Kind.STRUCT else Union_
+        cls = Struct if kind == _STRUCT else Union_
         t = cls(name, size_or_type, members, kflag)
-    elif kind == Kind.PTR:
-        t = Ptr(size_or_type, name)
-    elif kind == Kind.TYPEDEF:
-        t = Typedef(name, size_or_type)
-    elif kind == Kind.CONST:
+    elif kind == _CONST:
         t = Const(size_or_type, name)
-    elif kind == Kind.VOLATILE:
-        t = Volatile(size_or_type, name)
-    elif kind == Kind.INT:
-        enc = words[j]
-        # BTF_INT_ENCODING: bits 24..27, BTF_INT_OFFSET: 16..23, BTF_INT_BITS: 0..7
-        bits = enc & 0xFF
-        if bits == 0:
-            raise BTFError(f"INT {name!r} has 0 bits")
-        t = Int(name, size_or_type, (enc >> 24) & 0x0F, bits, (enc >> 16) & 0xFF)
-    elif kind == Kind.ARRAY:
+    elif kind == _ARRAY:
         t = Array(words[j], words[j + 1], words[j + 2], name)
-    elif kind == Kind.FUNC_PROTO:
-        w = words[j:end].tolist()
-        t = FuncProto(
-            size_or_type,
-            [Param(string(w[k]), w[k + 1]) for k in range(0, 2 * vlen, 2)],
-            name,
-        )
-    elif kind == Kind.FUNC:
-        t = Func(name, size_or_type, vlen)
-    elif kind == Kind.ENUM:
+    elif kind == _TYPEDEF:
+        t = Typedef(name, size_or_type)
+    elif kind == _ENUM:
         w = words[j:end].tolist()
         if kflag:
             values = [EnumValue(string(w[k]), _s32(w[k + 1])) for k in range(0, 2 * vlen, 2)]
         else:
             values = [EnumValue(string(w[k]), w[k + 1]) for k in range(0, 2 * vlen, 2)]
         t = Enum(name, size_or_type, values, kflag)
-    elif kind == Kind.ENUM64:
+    elif kind == _VAR:
+        t = Var(name, size_or_type, words[j])
+    elif kind == _DECL_TAG:
+        t = DeclTag(name, size_or_type, _s32(words[j]))
+    elif kind == _FWD:
+        t = Fwd(name, kflag)
+    elif kind == _VOLATILE:
+        t = Volatile(size_or_type, name)
+    elif kind == _INT:
+        enc = words[j]
+        # BTF_INT_ENCODING: bits 24..27, BTF_INT_OFFSET: 16..23, BTF_INT_BITS: 0..7
+        bits = enc & 0xFF
+        if bits == 0:
+            raise BTFError(f"INT {name!r} has 0 bits")
+        t = Int(name, size_or_type, (enc >> 24) & 0x0F, bits, (enc >> 16) & 0xFF)
+    elif kind == _RESTRICT:
+        t = Restrict(size_or_type, name)
+    elif kind == _ENUM64:
         w = words[j:end].tolist()
         values = []
         for k in range(0, 3 * vlen, 3):
@@ -192,26 +204,18 @@ def decode_type(
                 v -= 1 << 64
             values.append(EnumValue(string(w[k]), v))
         t = Enum64(name, size_or_type, values, kflag)
-    elif kind == Kind.FWD:
-        t = Fwd(name, kflag)
-    elif kind == Kind.RESTRICT:
-        t = Restrict(size_or_type, name)
-    elif kind == Kind.VAR:
-        t = Var(name, size_or_type, words[j])
-    elif kind == Kind.DATASEC:
+    elif kind == _FLOAT:
+        t = Float(name, size_or_type)
+    elif kind == _TYPE_TAG:
+        t = TypeTag(name, size_or_type)
+    elif kind == _DATASEC:
         w = words[j:end].tolist()
         t = Datasec(
             name,
             size_or_type,
             [VarSecinfo(w[k], w[k + 1], w[k + 2]) for k in range(0, 3 * vlen, 3)],
         )
-    elif kind == Kind.FLOAT:
-        t = Float(name, size_or_type)
-    elif kind == Kind.DECL_TAG:
-        t = DeclTag(name, size_or_type, _s32(words[j]))
-    elif kind == Kind.TYPE_TAG:
-        t = TypeTag(name, size_or_type)
-    else:  # Kind.UNKN: the kernel never emits kind 0 records
+    else:  # kind 0 (UNKN): the kernel never emits it
         raise BTFError(f"BTF kind 0 (UNKN) at byte offset {i * 4}")
     return t, end
 
@@ -239,17 +243,42 @@ def referenced_ids(t: Type) -> Iterator[int]:
         yield t.type  # type: ignore[union-attr]
 
 
+class _Offsets(dict):  # type: ignore[type-arg]
+    """offset -> string; hits stay in C (dict lookup), misses decode on demand."""
+
+    __slots__ = ("table",)
+
+    def __missing__(self, off: int) -> str:
+        return self.table._lookup(off)
+
+
 class _StringTable:
     """A read-only BTF string section; offsets are relative to ``start``."""
 
-    __slots__ = ("data", "start", "base", "_cache", "_index")
+    __slots__ = ("data", "start", "base", "_cache", "_index", "get")
 
     def __init__(self, data: bytes, start: int = 0, base: _StringTable | None = None):
         self.data = data
         self.start = start
         self.base = base
-        self._cache: dict[int, str] = {0: ""}
+        cache = _Offsets({0: ""})
+        cache.table = self
+        self._cache = cache
         self._index: dict[str, int] | None = None
+        # get(off) -> str: the string at an absolute offset (base offsets included).
+        self.get: Callable[[int], str] = cache.__getitem__
+
+    def prefill(self) -> None:
+        """Decode every string that starts after a NUL up front (one split beats 100k finds)."""
+        cache = self._cache
+        pos = self.start
+        for raw in self.data.split(b"\0")[:-1]:
+            if pos not in cache:
+                try:
+                    cache[pos] = raw.decode()
+                except UnicodeDecodeError:
+                    pass  # left for _lookup to report if anything refers to it
+            pos += len(raw) + 1
 
     def find(self, s: str) -> int | None:
         """Offset of ``s`` in this table or its base (the base wins, as in libbpf)."""
@@ -272,10 +301,9 @@ class _StringTable:
     def __len__(self) -> int:
         return self.start + len(self.data)
 
-    def get(self, off: int) -> str:
-        s = self._cache.get(off)
-        if s is not None:
-            return s
+    def _lookup(self, off: int) -> str:
+        if not isinstance(off, int) or off < 0:
+            raise BTFError(f"bad string offset {off!r}")
         if off < self.start:
             if self.base is None:
                 raise BTFError(f"string offset {off} out of range")
@@ -294,6 +322,40 @@ class _StringTable:
                 raise BTFError(f"string at offset {off} is not valid UTF-8") from e
         self._cache[off] = s
         return s
+
+
+def _ref_one(t: Type) -> int:
+    return t.type  # type: ignore[union-attr]
+
+
+def _ref_members(t: Type) -> int:
+    return max([m.type for m in t.members], default=0)  # type: ignore[union-attr]
+
+
+def _ref_array(t: Type) -> int:
+    return max(t.type, t.index_type)  # type: ignore[union-attr]
+
+
+def _ref_proto(t: Type) -> int:
+    return max([p.type for p in t.params], default=t.return_type)  # type: ignore[union-attr]
+
+
+def _ref_datasec(t: Type) -> int:
+    return max([v.type for v in t.vars], default=0)  # type: ignore[union-attr]
+
+
+def _ref_none(t: Type) -> int:
+    return 0
+
+
+# Largest referenced id per class; keyed by class because hashing a class is C-fast.
+_MAX_REF: dict[type, Callable[[Type], int]] = {
+    Ptr: _ref_one, Typedef: _ref_one, Volatile: _ref_one, Const: _ref_one, Restrict: _ref_one,
+    TypeTag: _ref_one, Func: _ref_one, Var: _ref_one, DeclTag: _ref_one,
+    Struct: _ref_members, Union_: _ref_members, Array: _ref_array, FuncProto: _ref_proto,
+    Datasec: _ref_datasec, Int: _ref_none, Float: _ref_none, Enum: _ref_none,
+    Enum64: _ref_none, Fwd: _ref_none, Void: _ref_none,
+}
 
 
 class BTF:
@@ -489,6 +551,7 @@ class BTF:
             table = _StringTable(strs, base.strings_len, base._string_table())
         else:
             table = _StringTable(strs)
+        table.prefill()
         words = memoryview(data[hdr_len + type_off: hdr_len + type_off + type_len]).cast("I")
         if sys.byteorder != "little":  # pragma: no cover - we only run on little-endian hosts
             raise BTFError("BTF parsing needs a little-endian host")
@@ -516,13 +579,15 @@ class BTF:
 
     def _validate_refs(self) -> None:
         n = len(self)
-        for tid, t in self.own_types():
-            for ref in referenced_ids(t):
-                if ref >= n:
-                    raise BTFError(
-                        f"type id {tid} ({t.kind.name}) refers to type id {ref}, "
-                        f"but the last id is {n - 1}"
-                    )
+        start = self.start_id
+        refs = _MAX_REF
+        for off, t in enumerate(self._types[start - self._base_len:]):
+            if refs[t.__class__](t) >= n:
+                ref = max(referenced_ids(t))
+                raise BTFError(
+                    f"type id {start + off} ({t.kind.name}) refers to type id {ref}, "
+                    f"but the last id is {n - 1}"
+                )
 
     def to_bytes(self) -> bytes:
         """Marshal to BTF bytes (no sanitization); see :func:`pyebpf.btf.write.marshal`."""
