@@ -235,3 +235,26 @@ def test_type_matches_list_head(kbtf):
     assert res.new_val == 1
     kid = res.target_spec.root_type_id
     assert kbtf.type(skip_modifiers(kbtf, kid)).name == "list_head"
+
+
+@pytest.mark.parametrize("name", ["task_struct", "sk_buff", "sock", "mm_struct", "inode"])
+def test_kernel_against_itself_is_identity(kbtf, name):
+    """Relocating kernel types against themselves changes nothing, for every member and
+    field kind (exercises anonymous unions, bitfields and arrays of real kernel types)."""
+    (sid,) = [i for i in kbtf.find(name) if kbtf.type(i).kind == Kind.STRUCT]
+    r = CoreRelocator(kbtf, [kbtf])
+    kinds = [CoreReloKind.FIELD_BYTE_OFFSET, CoreReloKind.FIELD_BYTE_SIZE,
+             CoreReloKind.FIELD_EXISTS, CoreReloKind.FIELD_SIGNED,
+             CoreReloKind.FIELD_LSHIFT_U64, CoreReloKind.FIELD_RSHIFT_U64]
+    n = 0
+    for idx, m in enumerate(kbtf.type(sid).members):
+        if not m.name:
+            continue
+        for kind in kinds:
+            res = r.resolve(CoreRelo(0, sid, f"0:{idx}", kind))
+            assert not res.poison and not res.fail_memsz_adjust
+            assert res.orig_val == res.new_val, str(res)
+            n += 1
+        if not m.bitfield_size:
+            assert r.resolve(CoreRelo(0, sid, f"0:{idx}", 0)).new_val == m.bit_offset // 8
+    assert n > 0

@@ -769,9 +769,11 @@ def patch_insn(insns: bytearray, idx: int, res: CoreResult, prog_name: str = "",
         if new_val > _SHRT_MAX:
             raise fail(f"(LDX/ST/STX) value too big: {new_val}")
         if res.fail_memsz_adjust:
-            log.warning("prog '%s': relo #%s: insn #%d (LDX/ST/STX) accesses field incorrectly. "
-                        "Make sure you are accessing pointers, unsigned integers, or fields of "
-                        "matching type and size.", prog_name, relo_index, idx)
+            msg = (f"insn #{idx} (LDX/ST/STX) accesses field incorrectly: its size changes "
+                   f"{res.orig_sz} -> {res.new_sz} but it is not a pointer or unsigned "
+                   "integer; instruction poisoned")
+            res.explain.append(msg)
+            log.debug("prog '%s': relo #%s: %s", prog_name, relo_index, msg)
             poison()
             return
         _insn.set_off(insns, idx, new_val)
