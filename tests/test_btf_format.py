@@ -456,3 +456,26 @@ def test_mark_funcs_static() -> None:
     btf = BTF([Void(), FuncProto(0, []), Func("a", 1, Linkage.GLOBAL), Func("b", 1, Linkage.GLOBAL)])
     mark_funcs_static(btf, ["b", "zz"])
     assert [btf.type(i).linkage for i in (2, 3)] == [Linkage.GLOBAL, Linkage.STATIC]
+
+
+def test_in_memory_strings_follow_edits_and_copy() -> None:
+    btf = BTF([Void(), Int("int", 4)])
+    assert btf.string(1) == "int" and btf.find_string("int") == 1
+    btf.add(Typedef("myint", 1))
+    assert btf.find_string("myint") == 5 and btf.strings_len == 11
+    c = btf.copy()
+    c.type(2).name = "renamed"
+    c.invalidate()
+    assert btf.type(2).name == "myint" and c.find("renamed") == [2]
+    # A parsed BTF keeps its original string section (BTF.ext refers to it) after edits.
+    parsed = BTF.from_bytes(btf.to_bytes())
+    parsed.replace(2, Typedef("other", 1))
+    assert parsed.string(5) == "myint"
+
+
+def test_split_on_in_memory_base() -> None:
+    base = BTF([Void(), Int("int", 4), Int("long", 8)])
+    split = BTF([Ptr(2), Typedef("long", 3)], base=base)
+    parsed = BTF.from_bytes(split.to_bytes(), base=base)
+    assert list(parsed) == list(split)
+    assert parsed.find("long") == [2, 4]

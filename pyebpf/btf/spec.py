@@ -255,12 +255,19 @@ class _Offsets(dict):  # type: ignore[type-arg]
 class _StringTable:
     """A read-only BTF string section; offsets are relative to ``start``."""
 
-    __slots__ = ("data", "start", "base", "_cache", "_index", "get")
+    __slots__ = ("data", "start", "base_get", "base_find", "_cache", "_index", "get")
 
-    def __init__(self, data: bytes, start: int = 0, base: _StringTable | None = None):
+    def __init__(
+        self,
+        data: bytes,
+        start: int = 0,
+        base_get: Callable[[int], str] | None = None,
+        base_find: Callable[[str], int | None] | None = None,
+    ):
         self.data = data
         self.start = start
-        self.base = base
+        self.base_get = base_get
+        self.base_find = base_find
         cache = _Offsets({0: ""})
         cache.table = self
         self._cache = cache
@@ -282,8 +289,8 @@ class _StringTable:
 
     def find(self, s: str) -> int | None:
         """Offset of ``s`` in this table or its base (the base wins, as in libbpf)."""
-        if self.base is not None:
-            off = self.base.find(s)
+        if self.base_find is not None:
+            off = self.base_find(s)
             if off is not None:
                 return off
         if self._index is None:
@@ -305,9 +312,9 @@ class _StringTable:
         if not isinstance(off, int) or off < 0:
             raise BTFError(f"bad string offset {off!r}")
         if off < self.start:
-            if self.base is None:
+            if self.base_get is None:
                 raise BTFError(f"string offset {off} out of range")
-            s = self.base.get(off)
+            s = self.base_get(off)
         else:
             rel = off - self.start
             data = self.data
@@ -363,7 +370,9 @@ class BTF:
 
     For plain BTF, id 0 is :class:`Void` and ``types[0]`` must be a Void (one is
     inserted when missing). For split BTF (``base`` given) the ids of ``types`` start
-    at ``len(base)``, as in libbpf split BTF.
+    at ``len(base)``, as in libbpf split BTF. A base needs the :class:`BTFView`
+    methods plus ``string(offset)`` and ``strings_len`` (and optionally
+    ``find_string(s)`` so a split BTF can share the base's strings when written).
     """
 
     def __init__(self, types: Iterable[Type] | None = None, base: BTF | None = None):
@@ -374,6 +383,7 @@ class BTF:
             own.insert(0, Void())
         self._types: list[Type] = own
         self._strings: _StringTable | None = None  # set by from_bytes
+        self._strings_derived = False  # True: built from the types, dropped on edits
         self._by_name: dict[str, list[int]] | None = None
         self._by_essential: dict[str, list[int]] | None = None
 
@@ -417,6 +427,8 @@ class BTF:
             raise BTFError("cannot add Void: it is always type id 0")
         self._types.append(t)
         tid = len(self) - 1
+        if self._strings_derived:
+            self._strings = None
         if t.name:
             if self._by_name is not None:
                 self._by_name.setdefault(t.name, []).append(tid)
@@ -428,6 +440,8 @@ class BTF:
         """Drop the name indexes; call after renaming or replacing types in place."""
         self._by_name = None
         self._by_essential = None
+        if self._strings_derived:
+            self._strings = None
 
     def replace(self, type_id: int, t: Type) -> None:
         """Replace the type with id ``type_id`` (not void, not a base type)."""
@@ -483,12 +497,12 @@ class BTF:
         return self.type(type_id).name
 
     def string(self, offset: int) -> str:
-        """The string at ``offset`` of the string section this BTF was parsed from."""
-        if self._strings is None:
-            if self.base is not None:
-                return self.base.string(offset)
-            raise BTFError("this BTF was not parsed from bytes: it has no string section")
-        return self._strings.get(offset)
+        """The string at ``offset`` of the string section.
+
+        For parsed BTF this is the original section (BTF.ext refers to it), even
+        after edits. For BTF built in memory it is the section :func:`marshal` writes.
+        """
+        return self._string_table().get(offset)
 
     def find_string(self, s: str) -> int | None:
         """Offset of ``s`` in the string section (base first), None when absent."""
@@ -497,12 +511,7 @@ class BTF:
     @property
     def strings_len(self) -> int:
         """Length of the string section, base included (split string offsets start here)."""
-        if self._strings is not None:
-            return len(self._strings)
-        from .write import string_table
-
-        start = self.base.strings_len if self.base is not None else 0
-        return start + len(string_table(self)[0])
+        return len(self._string_table())
 
     # -- bytes -------------------------------------------------------------------
 
@@ -548,7 +557,8 @@ class BTF:
         if strs and strs[-1] != 0:
             raise BTFError("BTF string section is not NUL-terminated")
         if base is not None:
-            table = _StringTable(strs, base.strings_len, base._string_table())
+            table = _StringTable(strs, base.strings_len, base.string,
+                                 getattr(base, "find_string", None))
         else:
             table = _StringTable(strs)
         table.prefill()
@@ -571,10 +581,13 @@ class BTF:
             from .write import string_table
 
             raw, _ = string_table(self)
-            self._strings = _StringTable(
-                raw, self.base.strings_len if self.base else 0,
-                self.base._string_table() if self.base else None,
-            )
+            base = self.base
+            if base is None:
+                self._strings = _StringTable(raw)
+            else:
+                self._strings = _StringTable(raw, base.strings_len, base.string,
+                                             getattr(base, "find_string", None))
+            self._strings_derived = True
         return self._strings
 
     def _validate_refs(self) -> None:
@@ -588,6 +601,15 @@ class BTF:
                     f"type id {start + off} ({t.kind.name}) refers to type id {ref}, "
                     f"but the last id is {n - 1}"
                 )
+
+    def copy(self) -> BTF:
+        """A deep copy sharing only the base (edit it without touching this BTF)."""
+        import copy
+
+        new = BTF(copy.deepcopy(self._types), self.base)
+        if not self._strings_derived:
+            new._strings = self._strings
+        return new
 
     def to_bytes(self) -> bytes:
         """Marshal to BTF bytes (no sanitization); see :func:`pyebpf.btf.write.marshal`."""

@@ -209,7 +209,7 @@ def _build_strings(
 def string_table(btf: BTF) -> tuple[bytes, dict[str, int]]:
     """The deduplicated string section of ``btf``'s own types and the name -> offset map."""
     start = btf.base.strings_len if btf.base is not None else 0
-    in_base = btf.base.find_string if btf.base is not None else None
+    in_base = getattr(btf.base, "find_string", None)
     return _build_strings([t for _, t in btf.own_types()], start, (), in_base)
 
 
@@ -231,7 +231,7 @@ def marshal_with_offsets(
     if sanitize is not None:
         types = sanitize_types(btf, types, sanitize)
     start = btf.base.strings_len if btf.base is not None else 0
-    in_base = btf.base.find_string if btf.base is not None else None
+    in_base = getattr(btf.base, "find_string", None)
     strs, offsets = _build_strings(types, start, extra_strings, in_base)
     words: list[int] = []
     get = offsets.__getitem__
