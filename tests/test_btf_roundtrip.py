@@ -28,6 +28,7 @@ from pyebpf.btf.types import (
     FuncProto,
     Fwd,
     Int,
+    Kind,
     Linkage,
     Member,
     Param,
@@ -131,6 +132,22 @@ def test_generated_graph_mutations_raise_only_btferror(btf: BTF, data: st.DataOb
             BTF.from_bytes(candidate)
         except BTFError:
             pass
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(graphs(), st.data())
+def test_generated_split_roundtrip(base: BTF, data: st.DataObject) -> None:
+    base = BTF.from_bytes(marshal(base))
+    n = data.draw(st.integers(0, 10))
+    ref = st.integers(0, len(base) + n - 1)  # into the base and the split alike
+    split = BTF(data.draw(st.lists(type_strategy(ref), min_size=n, max_size=n)), base=base)
+    blob = marshal(split)
+    parsed = BTF.from_bytes(blob, base=base)
+    assert list(parsed) == list(split)
+    assert marshal(parsed) == blob
+    for tid, t in split.own_types():
+        if t.name:
+            assert tid in parsed.find(t.name)
 
 
 @pytest.mark.skipif(not os.path.exists(VMLINUX), reason="no kernel BTF")
@@ -345,3 +362,19 @@ def test_kernel_loads_every_kind_sanitized() -> None:
               Features(has_decl_tag=False), Features(has_float=False),
               Features(has_datasec=False), Features(has_func_global=False), Features.none()):
         kernel_load_btf(marshal(btf, sanitize=f))
+
+
+@pytest.mark.skipif(not os.path.exists(VMLINUX), reason="no kernel BTF")
+def test_split_on_vmlinux() -> None:
+    vmlinux = BTF.from_bytes(open(VMLINUX, "rb").read())
+    task = vmlinux.find("task_struct", Kind.STRUCT)[0]
+    split = BTF(base=vmlinux)
+    p = split.add(Ptr(task))
+    s = split.add(Struct("my_wrapper", 8, [Member("task", p, 0)]))
+    assert (p, s) == (len(vmlinux), len(vmlinux) + 1)
+    blob = marshal(split)
+    # "task" is a vmlinux string: shared, so only "my_wrapper" is in the split's own table.
+    assert blob.endswith(b"\0my_wrapper\0") or blob.endswith(b"my_wrapper\0")
+    parsed = BTF.from_bytes(blob, base=vmlinux)
+    assert parsed.type(s) == split.type(s)
+    assert parsed.find("my_wrapper") == [s]
