@@ -25,6 +25,7 @@ __all__ = [
     "CoreReloKind",
     "FuncInfo",
     "LineInfo",
+    "ext_strings",
     "pack_func_info",
     "pack_line_info",
     "parse_btf_ext",

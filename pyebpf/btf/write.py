@@ -314,8 +314,9 @@ def fixup_datasec(
     """Fill DATASEC sizes and VAR offsets from the ELF, in place (libbpf's btf_fixup_datasec).
 
     clang emits DATASEC size 0 and VAR offsets 0; the object layer supplies
-    ``section_size(sec_name)`` and ``symbol_offset(sec_name, var_name)`` (the symbol's
-    st_value), ``None`` when missing. ``symbol_hidden(sec_name, var_name)`` tells
+    ``section_size(sec_name)`` and ``symbol_offset(sec_name, var_name)`` (st_value of
+    the GLOBAL/WEAK STT_OBJECT symbol of that name, like libbpf's find_elf_var_sym),
+    ``None`` when missing. ``symbol_hidden(sec_name, var_name)`` tells
     whether a global symbol has STV_HIDDEN/STV_INTERNAL visibility: such VARs become
     static, which decides whether libbpf makes the data map mmapable. Entries are
     then sorted by offset. ``.kconfig``/``.ksyms`` are only sorted: the extern layer
