@@ -50,6 +50,21 @@ def lazy() -> KernelBTF:
 
 
 @pytest.fixture(scope="module")
+def tabled() -> KernelBTF:
+    """An instance whose lookups use the crc32 name table (the cached path)."""
+    btf = KernelBTF.open(DEFAULT_PATH, cache=False)
+    btf._cache_ok = True  # pretend a cache took writes: lookups build the table
+    assert btf._use_table()
+    return btf
+
+
+@pytest.fixture(params=["search", "table"])
+def looker(request) -> KernelBTF:
+    """Both name lookup paths: string search (no cache) and the name table (cache)."""
+    return request.getfixturevalue("lazy" if request.param == "search" else "tabled")
+
+
+@pytest.fixture(scope="module")
 def bpftool_names() -> dict[int, tuple[str, str]]:
     """id -> (KIND, name) as printed by `bpftool btf dump` (an independent parser)."""
     if shutil.which("bpftool") is None:
@@ -112,7 +127,8 @@ def test_type_is_memoized(lazy):
 
 
 @needs_vmlinux
-def test_find_known_names(lazy, eager):
+def test_find_known_names(looker, eager):
+    lazy = looker
     (ts,) = lazy.find("task_struct", Kind.STRUCT)
     assert lazy.type(ts).name == "task_struct" and lazy.type(ts).size > 1000
     assert lazy.find("trace_event_raw_sys_enter") == eager.find("trace_event_raw_sys_enter")
@@ -127,7 +143,8 @@ def test_find_known_names(lazy, eager):
 
 
 @needs_vmlinux
-def test_find_random_names_equal_eager(lazy, eager):
+def test_find_random_names_equal_eager(looker, eager):
+    lazy = looker
     rng = random.Random(7)
     names = sorted({eager.type(t).name for t in rng.sample(range(1, len(eager)), 300)} - {""})
     for name in names:
@@ -137,13 +154,17 @@ def test_find_random_names_equal_eager(lazy, eager):
 
 
 @needs_vmlinux
-def test_flavoured_names_equal_eager(lazy, eager):
+def test_flavoured_names_equal_eager(looker, eager):
     """Every kernel type with ___ in its name is a candidate of its essential name."""
+    lazy = looker
     flavoured = {t.name for t in (eager.type(i) for i in range(1, len(eager)))
                  if "___" in t.name}
     for name in sorted(flavoured):
         ess = essential_name(name)
         assert lazy.candidates(ess) == eager.candidates(ess), name
+        assert lazy.find(name) == eager.find(name), name
+    assert flavoured
+    assert lazy.candidates("a___b") == [] == eager.candidates("a___b")
 
 
 @needs_vmlinux
@@ -242,12 +263,13 @@ def test_cache_hit(vmlinux_copy, monkeypatch):
     warm = KernelBTF.open(str(vmlinux_copy))
     assert walks.calls == 1  # served from the cache
     assert warm._offsets == cold._offsets
-    assert warm._names is None  # names are only indexed on the first lookup
+    assert warm._table is None  # the name table is only built on the first lookup
     tid = warm.find("task_struct", Kind.STRUCT)[0]
-    # The lookup added the name index to the cache: the next process gets it for free.
+    assert warm._table is not None and warm._names is None  # no string search needed
+    # The lookup added the name table to the cache: the next process gets it for free.
     third = KernelBTF.open(str(vmlinux_copy))
     assert walks.calls == 1
-    assert third._names is not None and third._flavor_pos is not None
+    assert third._table == warm._table
     assert third.find("task_struct", Kind.STRUCT) == [tid]
     assert third.candidates("task_struct") == cold.candidates("task_struct")
     assert third.type(tid) == cold.type(tid)
@@ -287,7 +309,7 @@ def test_cache_stale_same_stat_different_content(vmlinux_copy, monkeypatch):
 @pytest.mark.parametrize("damage", ["garbage", "truncated", "empty", "flipped", "header"])
 def test_cache_corrupt_falls_back(vmlinux_copy, monkeypatch, damage):
     ref = KernelBTF.open(str(vmlinux_copy))
-    ref.find("task_struct")  # the cache now holds the name index too
+    ref.find("task_struct")  # the cache now holds the name table too
     (cf,) = cache_files()
     blob = bytearray(cf.read_bytes())
     if damage == "garbage":
@@ -333,6 +355,7 @@ def test_cache_unwritable_dir_is_skipped(vmlinux_copy, monkeypatch, tmp_path):
     monkeypatch.setenv("PYEBPF_CACHE_DIR", str(blocker / "sub"))
     btf = KernelBTF.open(str(vmlinux_copy))
     assert btf.find("task_struct")
+    assert btf._table is None  # no cache: lookups search instead of building the table
     assert blocker.read_text() == "x"
 
 
@@ -550,3 +573,19 @@ def test_kernel_btf_default(monkeypatch):
     monkeypatch.setattr(kmod, "_shared", {})
     a = kernel_btf()
     assert a is kernel_btf(DEFAULT_PATH) and a.find("task_struct")
+
+
+@needs_vmlinux
+def test_table_entries_are_verified():
+    """crc32 collisions and bogus (e.g. stale) table entries never leak into results."""
+    import zlib
+    from array import array
+
+    btf = KernelBTF.open(cache=False)
+    real = btf.find("task_struct")
+    h = zlib.crc32(b"task_struct") << kmod._IDX_BITS
+    bogus = [h | 0, h | 5, h | kmod._IDX_MASK]  # wrong types and an index past the end
+    btf._table = array("Q", sorted(bogus + [h | (real[0] - 1)]))
+    assert btf.find("task_struct") == real
+    assert btf.candidates("task_struct") == real
+    assert btf.find("pid_t") == []  # not in this (tiny) table at all

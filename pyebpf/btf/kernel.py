@@ -7,11 +7,16 @@ in Python, and a CO-RE load needs a few dozen. So, as cilium/ebpf does, we:
 * make ONE pass over the type section that records where each record starts
   (``array('I')`` of u32 word indexes, one per type id);
 * decode a type only when :meth:`KernelBTF.type` asks for it, and memoize it;
-* look names up without decoding every string: ``bytes.find`` in the string
-  section gives the offsets where a name is stored, and a sorted array of the
-  type name offsets tells which of those offsets name a type;
-* keep the index arrays in an on-disk cache keyed by the file's stat() identity,
-  so a later process reloads them with one ``read()`` instead of walking again.
+* keep the index in an on-disk cache keyed by the file's stat() identity, so a
+  later process reloads it with one ``read()`` instead of walking again.
+
+Names are looked up in one of two ways. With the cache, the first lookup builds a
+table of ``crc32(name) << 24 | index`` for every named type (plus the essential
+name of every ``a___b`` flavour), sorted, so a lookup is one bisect (~5 us); the
+build costs ~50 ms once per machine and is then cached. Without a cache, where
+that cost would recur in every process, a lookup instead runs ``bytes.find`` over
+the string section (~1.5 ms) and maps the hits to types through a sorted array of
+the type name offsets.
 
 :func:`kernel_btf` returns one shared instance per path for the whole process.
 The decoded types are shared too: treat them as read-only.
@@ -27,6 +32,8 @@ import threading
 import zlib
 from array import array
 from bisect import bisect_left
+from itertools import compress, repeat
+from operator import lshift, or_
 
 from ..errors import BTFError
 
@@ -60,14 +67,17 @@ for _kind, _fixed, _per in (
     _PER_VLEN[_kind] = _per
 del _kind, _fixed, _per
 
-# On-disk cache: header, then the u32 arrays back to back (native byte order).
+# On-disk cache: header, then the arrays back to back (native byte order).
 _CACHE_MAGIC = b"PYEBTFIX"
-_CACHE_VERSION = 1
+_CACHE_VERSION = 2
 # magic, version, flags, st_size, st_mtime_ns, st_ino, st_dev, sample crc, path crc,
-# own type count, "___" position count, payload crc. The payload is the record offsets,
-# then (flag HAS_NAMES) the name offsets, the sorted name offsets and the "___" positions.
+# own type count, name table length, payload crc. The payload is the record offsets
+# (u32 each), then the name table (u64 each) when flag HAS_TABLE is set.
 _CACHE_HEADER = struct.Struct("<8sIIQQQQIIIII")
-_CACHE_HAS_NAMES = 1
+_CACHE_HAS_TABLE = 1
+# Name table entries: crc32(name) << _IDX_BITS | own type index.
+_IDX_BITS = 24
+_IDX_MASK = (1 << _IDX_BITS) - 1
 
 
 def cache_dir() -> str:
@@ -181,8 +191,9 @@ class KernelBTF:
         self._str_base = base.strings_len if base is not None else 0
         self._first_id = len(base) if base is not None else 1
         self._offsets = array("I")
-        self._names: bytes | None = None  # name_off of each own type, u32 native
-        self._sorted_names: array | None = None
+        self._table: array | None = None  # sorted name table, see module docstring
+        self._names: bytes | None = None  # search path: name_off per own type, u32 native
+        self._sorted_names: array | None = None  # search path: the same, sorted
         self._types: dict[int, Type] = {}
         self._ids_memo: dict[bytes, tuple[int, ...]] = {}
         self._cand_memo: dict[bytes, tuple[int, ...]] = {}
@@ -191,6 +202,7 @@ class KernelBTF:
         self._lock = threading.RLock()
         self._cache_file: str | None = None
         self._cache_key: tuple[int, int, int, int, int, int] | None = None
+        self._cache_ok = False  # the cache dir took a write (or served a hit)
 
     # -- construction --------------------------------------------------------------------
 
@@ -214,10 +226,11 @@ class KernelBTF:
                 btf._sample_crc(hdr[0]),
             )
             if btf._load_cache():
+                btf._cache_ok = True
                 return btf
         btf._offsets = _walk(btf._words)
         if cache:
-            btf._save_cache()
+            btf._cache_ok = btf._save_cache()
         return btf
 
     def _sample_crc(self, hdr_len: int) -> int:
@@ -253,7 +266,7 @@ class KernelBTF:
         finally:
             os.close(fd)
         try:
-            (magic, version, flags, size, mtime, ino, dev, sample, path_crc, count, nflavor,
+            (magic, version, flags, size, mtime, ino, dev, sample, path_crc, count, ntable,
              crc) = _CACHE_HEADER.unpack_from(blob)
         except struct.error:
             return False
@@ -263,8 +276,8 @@ class KernelBTF:
             return False
         h = _CACHE_HEADER.size
         nbytes = count * 4
-        has_names = bool(flags & _CACHE_HAS_NAMES)
-        want = h + nbytes + (2 * nbytes + 4 * nflavor if has_names else 0)
+        has_table = bool(flags & _CACHE_HAS_TABLE)
+        want = h + nbytes + (8 * ntable if has_table else 0)
         if len(blob) != want or zlib.crc32(memoryview(blob)[h:]) != crc:
             return False
         offsets = array("I")
@@ -272,17 +285,10 @@ class KernelBTF:
         if not self._plausible(offsets):
             return False
         self._offsets = offsets
-        if has_names:
-            self._names = blob[h + nbytes:h + 2 * nbytes]
-            srt = array("I")
-            srt.frombytes(memoryview(blob)[h + 2 * nbytes:h + 3 * nbytes])
-            flavors = array("I")
-            flavors.frombytes(memoryview(blob)[h + 3 * nbytes:])
-            start = self._str_start
-            if flavors and flavors[-1] >= self._str_end - start:
-                return False
-            self._sorted_names = srt
-            self._flavor_pos = [start + p for p in flavors]
+        if has_table:
+            table = array("Q")
+            table.frombytes(memoryview(blob)[h + nbytes:])
+            self._table = table
         return True
 
     def _plausible(self, offsets: array) -> bool:
@@ -299,25 +305,23 @@ class KernelBTF:
         kind = (info >> 24) & 0x1F
         return last + _FIXED[kind] + _PER_VLEN[kind] * (info & 0xFFFF) == n
 
-    def _save_cache(self) -> None:
-        """Write the index atomically; any failure just means no cache."""
+    def _save_cache(self) -> bool:
+        """Write the index atomically; any failure just means no cache (returns False)."""
         if self._cache_key is None:
-            return
+            return False
         parts = [self._offsets.tobytes()]
         flags = 0
-        nflavor = 0
-        if self._names is not None and self._sorted_names is not None:
-            start = self._str_start
-            flavors = array("I", [p - start for p in self._flavor_positions()])
-            nflavor = len(flavors)
-            parts += [self._names, self._sorted_names.tobytes(), flavors.tobytes()]
-            flags |= _CACHE_HAS_NAMES
+        ntable = 0
+        if self._table is not None:
+            parts.append(self._table.tobytes())
+            ntable = len(self._table)
+            flags |= _CACHE_HAS_TABLE
         crc = 0
         for p in parts:
             crc = zlib.crc32(p, crc)
         size, mtime, ino, dev, path_crc, sample = self._cache_key
         header = _CACHE_HEADER.pack(_CACHE_MAGIC, _CACHE_VERSION, flags, size, mtime, ino, dev,
-                                    sample, path_crc, len(self._offsets), nflavor, crc)
+                                    sample, path_crc, len(self._offsets), ntable, crc)
         final = self._cache_path()
         tmp = f"{final}.{os.getpid()}.{threading.get_ident()}.tmp"
         try:
@@ -333,7 +337,8 @@ class KernelBTF:
                 raise
             os.replace(tmp, final)
         except OSError:
-            pass  # read-only or full cache dir: run uncached
+            return False  # read-only or full cache dir: run uncached
+        return True
 
     # -- BTFView -------------------------------------------------------------------------
 
@@ -382,16 +387,7 @@ class KernelBTF:
 
     def candidates(self, essential: str) -> list[int]:
         """Ids of the types named ``essential`` or ``essential___<flavour>``, sorted."""
-        key = essential.encode()
-        memo = self._cand_memo.get(key)
-        if memo is None:
-            # An empty essential name matches only names starting with "___".
-            memo = self._find_ids(key) if key else ()
-            flavored = self._flavor_ids(key)
-            if flavored:
-                memo = tuple(sorted(set(memo) | set(flavored)))
-            self._cand_memo[key] = memo
-        return list(memo)
+        return list(self._cand_ids(essential.encode()))
 
     # -- cheap accessors (no decoding) ---------------------------------------------------
 
@@ -472,13 +468,120 @@ class KernelBTF:
         """Ids named exactly ``name`` (base first); memoized."""
         ids = self._ids_memo.get(name)
         if ids is None:
-            own = self._ids_at(self._string_hits(name + b"\0"))
-            if self.base is not None:
-                ids = self.base._find_ids(name) + own
+            if self._use_table():
+                own = self._table_ids(name, exact=True)
             else:
-                ids = own
+                own = self._ids_at(self._string_hits(name + b"\0"))
+            ids = self.base._find_ids(name) + own if self.base is not None else own
             self._ids_memo[name] = ids
         return ids
+
+    def _cand_ids(self, essential: bytes) -> tuple[int, ...]:
+        """Ids whose essential name is ``essential`` (base first); memoized."""
+        ids = self._cand_memo.get(essential)
+        if ids is None:
+            if b"___" in essential:
+                own: tuple[int, ...] = ()  # no name has this essential name
+            elif self._use_table():
+                own = self._table_ids(essential, exact=False)
+            else:
+                # An empty essential name matches only names starting with "___".
+                exact = self._ids_at(self._string_hits(essential + b"\0")) if essential else ()
+                flavored = self._flavor_ids(essential)
+                own = tuple(sorted(set(exact) | set(flavored))) if flavored else exact
+            ids = self.base._cand_ids(essential) + own if self.base is not None else own
+            self._cand_memo[essential] = ids
+        return ids
+
+    # name table (cached path)
+
+    def _use_table(self) -> bool:
+        """Whether lookups go through the name table (building it when worthwhile)."""
+        if self._table is not None:
+            return True
+        if not self._cache_ok or len(self._offsets) > _IDX_MASK:
+            return False
+        with self._lock:
+            if self._table is None:
+                self._table = self._build_table()
+                self._save_cache()
+        return True
+
+    def _build_table(self) -> array:
+        """Sorted ``crc32(name) << 24 | index`` of every named own type.
+
+        Types named ``a___b`` get a second entry under ``crc32(a)``, so one bisect
+        finds a name's candidates too. Built with C-level iterators (map, compress):
+        a Python loop over 126k names would cost several times more.
+        """
+        words = self._words
+        names = array("I", map(words.__getitem__, self._offsets))
+        idx = list(compress(range(len(names)), names))
+        noff = list(compress(names, names))
+        if self.base is None:
+            strs = self._data[self._str_start:self._str_end]
+            ends = map(strs.find, repeat(b"\0"), noff)
+            parts = list(map(strs.__getitem__, map(slice, noff, ends)))
+            # Flavoured names contain "___", which is rare: find them from its
+            # positions instead of testing all names.
+            flavored: set[int] = set()
+            positions = self._flavor_positions()
+            if positions:
+                named = set(noff)
+                start = self._str_start
+                for p in positions:
+                    rp = p - start
+                    first = strs.rfind(b"\0", 0, rp) + 1
+                    flavored.update(o for o in range(first, rp + 1) if o in named)
+            extra: list[tuple[int, bytes]] = []
+            if flavored:
+                mask = list(map(flavored.__contains__, noff))
+                extra = list(zip(compress(idx, mask), compress(parts, mask), strict=True))
+        else:
+            # Split BTF names may live in the base's strings; module BTF is small.
+            raw = self._raw_string
+            parts = [raw(o) or b"" for o in noff]
+            extra = [(i, part) for i, part in zip(idx, parts, strict=True) if b"___" in part]
+        packed = list(map(or_, map(lshift, map(zlib.crc32, parts), repeat(_IDX_BITS)), idx))
+        for i, part in extra:
+            packed.append(zlib.crc32(part.partition(b"___")[0]) << _IDX_BITS | i)
+        return array("Q", sorted(packed))
+
+    def _table_ids(self, key: bytes, *, exact: bool) -> tuple[int, ...]:
+        """Own ids named ``key`` (exact) or whose essential name is ``key``."""
+        table = self._table
+        assert table is not None
+        h = zlib.crc32(key) << _IDX_BITS
+        stop = h + (1 << _IDX_BITS)
+        n = len(table)
+        k = bisect_left(table, h)
+        ids = set()
+        while k < n and table[k] < stop:
+            i = table[k] & _IDX_MASK
+            k += 1
+            name = self._own_name_bytes(i)
+            if name is None:
+                continue
+            if (name == key) if exact else (name.partition(b"___")[0] == key):
+                ids.add(self._first_id + i)
+        return tuple(sorted(ids))
+
+    def _own_name_bytes(self, i: int) -> bytes | None:
+        try:
+            return self._raw_string(self._words[self._offsets[i]])
+        except IndexError:
+            return None
+
+    def _raw_string(self, off: int) -> bytes | None:
+        """The bytes of the string at ``off`` (base included), None when out of range."""
+        rel = off - self._str_base
+        if rel < 0:
+            return self.base._raw_string(off) if self.base is not None else None
+        start = self._str_start + rel
+        stop = self._data.find(b"\0", start, self._str_end)
+        return self._data[start:stop] if stop >= 0 else None
+
+    # string search (uncached path)
 
     def _string_hits(self, pattern: bytes) -> tuple[int, ...]:
         """Every string offset (base included) where ``pattern`` occurs.
@@ -504,15 +607,15 @@ class KernelBTF:
         return hits
 
     def _flavor_ids(self, essential: bytes) -> list[int]:
-        """Ids (base first) named ``essential___<anything>``."""
-        out = self.base._flavor_ids(essential) if self.base is not None else []
+        """Own ids named ``essential___<anything>``."""
+        if (essential + b"___").find(b"___") != len(essential):
+            return []  # "x_" + "___": the name's first "___" starts earlier
         offs = self._flavor_offsets(essential)
         b = self.base
         while b is not None:  # split types may name themselves with base strings
             offs += b._flavor_offsets(essential)
             b = b.base
-        out += self._ids_at(offs)
-        return out
+        return list(self._ids_at(offs))
 
     def _flavor_offsets(self, essential: bytes) -> list[int]:
         """Absolute offsets in this BTF's own strings where ``essential___`` starts."""
@@ -521,7 +624,8 @@ class KernelBTF:
         n = len(essential)
         shift = self._str_base - start
         return [p - n + shift for p in positions
-                if p - n >= start and data[p - n:p] == essential]
+                if p - n >= start and data[p - n:p] == essential
+                and data.find(b"___", p - n, p + 3) == p]  # the name's first "___"
 
     def _flavor_positions(self) -> list[int]:
         """Every position of "___" in this BTF's own strings (absolute in the file)."""
@@ -545,7 +649,7 @@ class KernelBTF:
         names, srt = self._name_index()
         n = len(srt)
         first = self._first_id
-        ids = []
+        ids = set()
         for off in offsets:
             k = bisect_left(srt, off)
             if k == n or srt[k] != off:
@@ -554,16 +658,12 @@ class KernelBTF:
             q = names.find(pat)
             while q >= 0:
                 if not q & 3:
-                    ids.append(first + (q >> 2))
+                    ids.add(first + (q >> 2))
                 q = names.find(pat, q + 1)
-        ids.sort()
-        return tuple(ids)
+        return tuple(sorted(ids))
 
     def _name_index(self) -> tuple[bytes, array]:
-        """name_off per own type (as bytes, for find()) and the same values sorted.
-
-        Built on the first name lookup (~15 ms for vmlinux), then cached on disk.
-        """
+        """name_off per own type (as bytes, for find()) and the same values sorted."""
         names, srt = self._names, self._sorted_names
         if names is None or srt is None:
             with self._lock:
@@ -574,7 +674,6 @@ class KernelBTF:
                     srt = array("I", sorted(arr))
                     names = arr.tobytes()
                     self._names, self._sorted_names = names, srt
-                    self._save_cache()
         return names, srt
 
 
