@@ -65,6 +65,12 @@ R_BPF_64_ABS32 = 3
 R_BPF_64_NODYLD32 = 4
 R_BPF_64_32 = 10
 
+# A SHT_NOBITS (.bss) section has no bytes in the file, so its size cannot be
+# checked against the data length; the kernel refuses array values above
+# KMALLOC_MAX_SIZE (4 MiB on x86-64) anyway, so 64 MiB rejects nothing loadable
+# while keeping a corrupt header from making us allocate gigabytes.
+MAX_NOBITS_SIZE = 64 << 20
+
 _EHDR = struct.Struct("<16sHHIQQQIHHHHHH")
 _SHDR = struct.Struct("<IIQQQQIIQQ")
 _SYM = struct.Struct("<IBBHQQ")
@@ -204,6 +210,9 @@ def read_elf(data: bytes, path: str | None = None) -> ElfObject:
     sections: list[Section] = []
     for i, (name_off, typ, flags, _addr, _off, sz, link, info, align, entsize) in enumerate(raw):
         name = _cstr(shstr, name_off, f"section #{i} name", path) if i else ""
+        if typ == SHT_NOBITS and sz > MAX_NOBITS_SIZE:
+            raise ObjectError(f"SHT_NOBITS section of {sz} bytes is too large", path=path,
+                              section=name)
         body = sec_bytes(i)
         sections.append(Section(i, name, typ, flags, sz if typ == SHT_NOBITS else len(body),
                                 body, link, info, align, entsize))

@@ -154,7 +154,7 @@ class ObjectSpec:
             if needs_btf:
                 raise ObjectError(f"BTF is required, but is corrupted: {e}",
                                   path=elf.path, section=".BTF") from None
-            log.warning("%s: ignoring corrupted .BTF: %s", elf.path or self.name, e)
+            log.info("%s: ignoring corrupted .BTF: %s", elf.path or self.name, e)
             return
         self.btf = btf
         ext = elf.section(".BTF.ext")
@@ -165,7 +165,7 @@ class ObjectSpec:
                 self.btf_ext = parse_btf_ext(ext.data, btf)
             except BTFError as e:
                 # libbpf drops a corrupted .BTF.ext and goes on without it
-                log.warning("%s: ignoring corrupted .BTF.ext: %s", elf.path or self.name, e)
+                log.info("%s: ignoring corrupted .BTF.ext: %s", elf.path or self.name, e)
 
     def _fixup_datasec(self, btf: Any) -> None:
         from ..btf.write import fixup_datasec

@@ -1,0 +1,183 @@
+"""Corrupted objects: ObjectSpec.from_bytes + relocate raise only PyebpfError.
+
+Mutations of the real fixtures: bit flips, byte/word overwrites inside sections,
+section-header field corruption and truncation. Any other exception, a hang
+(a watchdog alarm turns one into a failure) or a runaway allocation (a
+resource limit turns one into MemoryError, i.e. a failure) is a bug.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import signal
+import struct
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from pyebpf import ObjectSpec
+from pyebpf.errors import PyebpfError
+
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
+NAMES = ["opensnoop", "minimal", "subprogs", "globals", "maps_btf", "maps_legacy", "core",
+         "isa_v4", "sections_struct_ops", "externs", "sections"]
+DATA = {n: (FIXTURES / f"{n}.bpf.o").read_bytes() for n in NAMES
+        if (FIXTURES / f"{n}.bpf.o").exists()}
+WATCHDOG_S = 10
+MEM_LIMIT = 2 << 30
+
+pytestmark = pytest.mark.skipif(not DATA, reason="fixtures not built")
+
+
+class Hang(Exception):
+    pass
+
+
+@contextmanager
+def guarded() -> Iterator[None]:
+    """Alarm after WATCHDOG_S seconds; cap the address space while the code runs."""
+
+    def on_alarm(signum, frame):  # noqa: ARG001
+        raise Hang(f"no result after {WATCHDOG_S}s")
+
+    old_handler = signal.signal(signal.SIGALRM, on_alarm)
+    old_limit = resource.getrlimit(resource.RLIMIT_AS)
+    cur = _vm_size()
+    soft = min(cur + MEM_LIMIT, old_limit[1]) if old_limit[1] != resource.RLIM_INFINITY \
+        else cur + MEM_LIMIT
+    resource.setrlimit(resource.RLIMIT_AS, (soft, old_limit[1]))
+    signal.setitimer(signal.ITIMER_REAL, WATCHDOG_S)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old_handler)
+        resource.setrlimit(resource.RLIMIT_AS, old_limit)
+
+
+def _vm_size() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+
+
+@pytest.fixture(scope="module")
+def target():
+    if not os.path.exists("/sys/kernel/btf/vmlinux"):
+        pytest.skip("no kernel BTF")
+    from pyebpf.btf.kernel import kernel_btf
+
+    kb = kernel_btf()
+    kb.find("task_struct")  # build the index outside the watchdog
+    return kb
+
+
+def open_and_relocate(data: bytes, target) -> None:
+    with guarded():
+        try:
+            spec = ObjectSpec.from_bytes(data, name="fuzz")
+            # externs are resolved against given data: no kernel files in a fuzz loop
+            spec.resolve_externs(kconfig={}, kernel_btf=target, kallsyms={},
+                                 kernel_version=0x060C00)
+            spec.relocate(target)
+        except PyebpfError:
+            pass
+
+
+def _shdrs(data: bytes) -> tuple[int, int]:
+    if len(data) < 64:
+        return 0, 0
+    shoff = struct.unpack_from("<Q", data, 0x28)[0]
+    shnum = struct.unpack_from("<H", data, 0x3C)[0]
+    return shoff, shnum
+
+
+def _sections(data: bytes) -> list[tuple[int, int]]:
+    """(offset, size) of every section's bytes in the file."""
+    shoff, shnum = _shdrs(data)
+    out = []
+    for i in range(1, shnum):
+        if shoff + 64 * (i + 1) > len(data):
+            break
+        _, typ, _, _, off, size = struct.unpack_from("<IIQQQQ", data, shoff + 64 * i)
+        if typ != 8 and size:
+            out.append((off, size))
+    return out
+
+
+INTERESTING = [0, 1, 2, 7, 8, 0x7F, 0x80, 0xFF, 0x7FFF, 0xFFFF, 0x7FFFFFFF, 0x80000000,
+               0xFFFFFFFF, 0xFFFFFFF0]
+
+
+@st.composite
+def mutated(draw) -> bytes:
+    name = draw(st.sampled_from(sorted(DATA)))
+    data = bytearray(DATA[name])
+    for _ in range(draw(st.integers(1, 6))):
+        if not data:
+            break
+        op = draw(st.sampled_from(["flip", "word", "word", "shdr", "shdr", "trunc"]))
+        if op == "flip":
+            pos = draw(st.integers(0, len(data) - 1))
+            data[pos] ^= 1 << draw(st.integers(0, 7))
+        elif op == "word":
+            secs = _sections(bytes(data)) if len(data) >= 64 else []
+            secs = [(o, s) for o, s in secs if o + s <= len(data) and s >= 4]
+            if not secs:
+                continue
+            off, size = draw(st.sampled_from(secs))
+            pos = off + draw(st.integers(0, (size - 4) // 4)) * 4
+            val = draw(st.sampled_from(INTERESTING) | st.integers(0, 0xFFFFFFFF))
+            struct.pack_into("<I", data, pos, val)
+        elif op == "shdr":
+            if len(data) < 64:
+                continue
+            shoff, shnum = _shdrs(bytes(data))
+            if not shnum or shoff + 64 * shnum > len(data):
+                continue
+            idx = draw(st.integers(0, shnum - 1))
+            field = draw(st.sampled_from([(0, 4), (4, 4), (8, 8), (24, 8), (32, 8), (40, 4),
+                                          (44, 4), (48, 8), (56, 8)]))
+            fo, fsz = field
+            val = draw(st.sampled_from(INTERESTING) | st.integers(0, len(data) * 2))
+            pos = shoff + 64 * idx + fo
+            data[pos:pos + fsz] = (val & ((1 << (8 * fsz)) - 1)).to_bytes(fsz, "little")
+        else:
+            data = data[: draw(st.integers(0, len(data)))]
+    return bytes(data)
+
+
+@settings(max_examples=int(os.environ.get("PYEBPF_FUZZ_EXAMPLES", "400")), deadline=5000,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(data=mutated())
+def test_mutations_raise_only_pyebpf_errors(data: bytes, target) -> None:
+    open_and_relocate(data, target)
+
+
+@pytest.mark.parametrize("name", sorted(DATA))
+def test_every_truncation(name: str, target) -> None:
+    data = DATA[name]
+    step = max(1, len(data) // 300)
+    for n in range(0, len(data), step):
+        open_and_relocate(data[:n], target)
+
+
+def test_every_header_byte_flipped(target) -> None:
+    data = DATA.get("subprogs") or next(iter(DATA.values()))
+    shoff, shnum = _shdrs(data)
+    positions = list(range(64)) + list(range(shoff, shoff + 64 * shnum))
+    for pos in positions:
+        for bit in (0, 3, 7):
+            buf = bytearray(data)
+            buf[pos] ^= 1 << bit
+            open_and_relocate(bytes(buf), target)
+
+
+def test_unmodified_fixtures_still_open(target) -> None:
+    for name, data in DATA.items():
+        spec = ObjectSpec.from_bytes(data, name=name)
+        assert spec.programs, name
