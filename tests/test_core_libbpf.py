@@ -103,7 +103,17 @@ struct amb___2 { long p; int a; };
 struct dup { int x; };
 struct dup___2 { int x; };
 struct wide { char c[3]; short s; };
+struct multi { int m[3][4]; struct { int k; } arr_s[2]; };
+union un { int i; long l; };
+struct compat { int as_int; struct flav *as_ptr; enum color as_enum; float f; };
+enum neg { NEG_A = -5, NEG_B = 3 };
+typedef struct matchme matchme_t;
+struct fp_holder { int (*cb)(int, long); };
+enum e64mix { MIX_A = 7, MIX_B = 2 };
+struct modq { long pad; const volatile int cv; };
 
+struct multi g19; union un g20; struct compat g21; enum neg g22; matchme_t g23;
+struct fp_holder g24; enum e64mix g25; struct modq g26;
 struct flav g1; struct prune___a g2; struct prune___b g3; struct anon_host g4; struct bits g5;
 struct arrs g6; struct sizes g7; enum color g8; enum big64 g9; struct matchme g10;
 struct nomatch g11; my_int_t g12; anon_td g13; struct amb___1 g14; struct amb___2 g15;
@@ -131,8 +141,16 @@ struct nomatch___x { unsigned int a; } CORE;
 struct gone { int x; } CORE;
 typedef int my_int_t;
 struct wide { char c[2]; } CORE;
+struct multi { int m[3][4]; struct { int k; } arr_s[2]; } CORE;
+union un { int i; long l; } CORE;
+struct compat { struct { int x; } as_int; void *as_ptr; enum color___local as_enum; float f; } CORE;
+enum neg { NEG_A = -1, NEG_B = 3 };
+typedef struct matchme matchme_t;
+struct fp_holder { int (*cb)(int, long); } CORE;
+enum e64mix { MIX_A = 1, MIX_B = 0x100000000ULL };
+struct modq { int cv; } CORE;
 
-__u64 out[96];
+__u64 out[128];
 
 #define FI(expr, kind) __builtin_preserve_field_info(expr, kind)
 #define ALL6(i, expr) do { \
@@ -207,6 +225,31 @@ int types(void *ctx)
 	out[73] = bpf_core_enum_value(enum big64, BIG_A);
 	out[74] = bpf_core_enum_value(enum big64, BIG_B);
 	out[75] = bpf_core_enum_value_exists(enum big64, BIG_B);
+	return 0;
+}
+
+SEC("socket")
+int more(void *ctx)
+{
+	struct multi *mu = 0; union un *u = 0; struct compat *c = 0; struct modq *mq = 0;
+
+	out[80] = bpf_core_field_offset(mu->m[2][3]);
+	out[81] = bpf_core_field_offset(mu->arr_s[1].k);
+	out[82] = bpf_core_field_size(u->l);
+	out[83] = bpf_core_field_exists(c->as_int);
+	out[84] = bpf_core_field_offset(c->as_ptr);
+	out[85] = bpf_core_field_exists(c->as_enum);
+	out[86] = bpf_core_field_offset(c->f);
+	out[87] = bpf_core_enum_value(enum neg, NEG_A);
+	out[88] = bpf_core_type_matches(matchme_t);
+	out[89] = bpf_core_type_size(matchme_t);
+	out[90] = bpf_core_type_exists(struct fp_holder);
+	out[91] = bpf_core_type_matches(struct fp_holder);
+	out[92] = bpf_core_enum_value(enum e64mix, MIX_A);
+	out[93] = bpf_core_field_offset(mq->cv);
+	out[94] = bpf_core_type_matches(union un);
+	out[95] = FI(c->as_enum, BPF_FIELD_SIGNED);
+	out[96] = bpf_core_field_offset(c->as_int);
 	return 0;
 }
 
@@ -315,7 +358,7 @@ def test_many_kinds_match_libbpf(build):
                 assert I.get(insns, idx).code & 0x18 == size
         n += 1
     assert n == len(patched) + len(poisoned)
-    assert n > 60
+    assert n > 75
 
 
 @pytest.mark.parametrize("src,err", [(AMB_OFFSET, "field offset ambiguity"),
