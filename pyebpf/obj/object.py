@@ -250,7 +250,7 @@ class ObjectSpec:
         for name, m in data_maps.items():
             self._add_map(name, m)
         self.variables.update(variables)
-        externs, kconfig = _ext.collect_externs(elf, self.btf)
+        externs, kconfig = _ext.collect_externs(elf, self.btf, obj_name=self.name)
         self.externs.update(externs)
         if kconfig is not None:
             self._add_map(kconfig.name, kconfig)

@@ -27,6 +27,7 @@ from .elf import (
     ElfObject,
     Symbol,
 )
+from .externs import extern_call, extern_ldimm64
 from .program import MapRef, MapRefKind, ProgramSpec, Reloc, RelocType
 from .spec import ExternKind, ExternSpec, MapSpec
 
@@ -215,41 +216,31 @@ def apply_data_relocs(buf: bytearray, relocs: list[Reloc], maps: Mapping[str, Ma
                 I.set_src(buf, idx, I.BPF_PSEUDO_MAP_VALUE)
                 I.set_imm(buf, idx, 0)
                 refs.append(MapRef(idx, r.target, MapRefKind.VALUE, I.get(buf, idx + 1).imm))
-        elif r.type == RelocType.EXTERN_LD64:
+        elif r.type in (RelocType.EXTERN_LD64, RelocType.EXTERN_CALL):
             ext = externs.get(r.target)
             if ext is None:
                 raise ObjectError(f"prog {prog_name!r}: unknown extern {r.target!r}")
+            if r.type == RelocType.EXTERN_CALL:
+                src, imm, off = extern_call(ext, poison=poison_unresolved_kfuncs,
+                                            index=ext_index[r.target])
+                if src == 0:  # poisoned: an invalid helper call the verifier can name
+                    _poison_kfunc_call(buf, idx, imm - I.POISON_CALL_KFUNC_BASE)
+                    continue
+                I.set_src(buf, idx, src)
+                I.set_imm(buf, idx, imm)
+                I.set_off(buf, idx, off)
+                continue
+            if ext.kind == ExternKind.KCONFIG and kconfig_map is None:
+                raise ObjectError(f"prog {prog_name!r}: kconfig extern {ext.name!r} "
+                                  "without a .kconfig map")
+            src, imm0, imm1 = extern_ldimm64(ext)
+            if src:
+                I.set_src(buf, idx, src)
+            I.set_imm(buf, idx, imm0)
+            I.set_imm(buf, idx + 1, imm1)
             if ext.kind == ExternKind.KCONFIG:
-                if kconfig_map is None:
-                    raise ObjectError(f"prog {prog_name!r}: kconfig extern {ext.name!r} "
-                                      "without a .kconfig map")
-                I.set_src(buf, idx, I.BPF_PSEUDO_MAP_VALUE)
-                I.set_imm(buf, idx, 0)
-                I.set_imm(buf, idx + 1, ext.offset)
-                refs.append(MapRef(idx, kconfig_map, MapRefKind.VALUE, ext.offset))
-            elif ext.typed and ext.resolved:
-                I.set_src(buf, idx, I.BPF_PSEUDO_BTF_ID)
-                I.set_imm(buf, idx, ext.kernel_btf_id)
-                # the BTF object fd of a module; 0 means vmlinux
-                I.set_imm(buf, idx + 1, 0)
-            else:
-                addr = int(ext.value or 0) & 0xFFFFFFFFFFFFFFFF
-                I.set_imm(buf, idx, addr & 0xFFFFFFFF)
-                I.set_imm(buf, idx + 1, addr >> 32)
-        elif r.type == RelocType.EXTERN_CALL:
-            ext = externs.get(r.target)
-            if ext is None:
-                raise ObjectError(f"prog {prog_name!r}: unknown extern {r.target!r}")
-            if ext.resolved:
-                I.set_src(buf, idx, I.BPF_PSEUDO_KFUNC_CALL)
-                I.set_imm(buf, idx, ext.kernel_btf_id)
-                I.set_off(buf, idx, ext.kernel_btf_fd_idx)
-            elif poison_unresolved_kfuncs:
-                _poison_kfunc_call(buf, idx, ext_index[r.target])
-            else:
-                I.set_src(buf, idx, I.BPF_PSEUDO_KFUNC_CALL)
-                I.set_imm(buf, idx, 0)
-                I.set_off(buf, idx, 0)
+                assert kconfig_map is not None
+                refs.append(MapRef(idx, kconfig_map, MapRefKind.VALUE, imm1))
         elif r.type == RelocType.SUBPROG_ADDR:
             if ins.src != I.BPF_PSEUDO_FUNC:
                 raise ObjectError(f"prog {prog_name!r}: relo at insn #{idx}: bad insn")
