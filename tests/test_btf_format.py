@@ -114,6 +114,18 @@ def test_ptr_array_modifiers() -> None:
     assert btf.type(8) == TypeTag("user", 2)
 
 
+def test_attribute_tags_keep_kind_flag() -> None:
+    # vmlinux carries TYPE_TAG "address_space(1)" with kind_flag set (an __attribute__ tag)
+    s = Strings()
+    w = [s("int"), info(1), 4, 32]  # 1
+    w += [s("address_space(1)"), info(18, 0, 1), 1]  # 2 attribute type_tag
+    w += [s("packed"), info(17, 0, 1), 1, 0xFFFFFFFF]  # 3 attribute decl_tag
+    btf = roundtrip(blob(w, s))
+    assert btf.type(2) == TypeTag("address_space(1)", 1, attr=True)
+    assert btf.type(3) == DeclTag("packed", 1, -1, attr=True)
+    assert marshal(btf) == blob(w, s)
+
+
 def test_struct_union_bitfields() -> None:
     s = Strings()
     w = [s("int"), info(1), 4, 32]

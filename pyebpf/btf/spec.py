@@ -181,7 +181,7 @@ def decode_type(
     elif kind == _VAR:
         t = Var(name, size_or_type, words[j])
     elif kind == _DECL_TAG:
-        t = DeclTag(name, size_or_type, _s32(words[j]))
+        t = DeclTag(name, size_or_type, _s32(words[j]), kflag)
     elif kind == _FWD:
         t = Fwd(name, kflag)
     elif kind == _VOLATILE:
@@ -207,7 +207,7 @@ def decode_type(
     elif kind == _FLOAT:
         t = Float(name, size_or_type)
     elif kind == _TYPE_TAG:
-        t = TypeTag(name, size_or_type)
+        t = TypeTag(name, size_or_type, kflag)
     elif kind == _DATASEC:
         w = words[j:end].tolist()
         t = Datasec(

@@ -193,6 +193,7 @@ class Restrict:
 class TypeTag:
     name: str
     type: int
+    attr: bool = False  # kind_flag: an __attribute__ tag, not a btf_type_tag
     kind: Kind = field(default=Kind.TYPE_TAG, init=False)
 
 
@@ -246,6 +247,7 @@ class DeclTag:
     name: str
     type: int
     component_idx: int = -1  # -1: the tag applies to the type itself
+    attr: bool = False  # kind_flag: an __attribute__ tag, not a btf_decl_tag
     kind: Kind = field(default=Kind.DECL_TAG, init=False)
 
 

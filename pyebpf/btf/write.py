@@ -34,6 +34,7 @@ from .types import (
     Struct,
     Type,
     Typedef,
+    TypeTag,
     Union_,
     Var,
     VarSecinfo,
@@ -152,8 +153,11 @@ def encode_type(t: Type, off: Callable[[str], int]) -> list[int]:
         assert isinstance(t, DeclTag)
         if not -1 <= t.component_idx < 1 << 31:
             raise BTFError(f"decl_tag {t.name!r}: bad component_idx {t.component_idx}")
-        return [name, _info(k, 0), t.type, t.component_idx & _U32]
-    if k in (Kind.PTR, Kind.TYPEDEF, Kind.VOLATILE, Kind.CONST, Kind.RESTRICT, Kind.TYPE_TAG):
+        return [name, _info(k, 0, t.attr), t.type, t.component_idx & _U32]
+    if k == Kind.TYPE_TAG:
+        assert isinstance(t, TypeTag)
+        return [name, _info(k, 0, t.attr), t.type]
+    if k in (Kind.PTR, Kind.TYPEDEF, Kind.VOLATILE, Kind.CONST, Kind.RESTRICT):
         return [name, _info(k, 0), t.type]  # type: ignore[union-attr]
     raise BTFError(f"cannot encode {type(t).__name__}")
 
