@@ -107,9 +107,10 @@ def inspect(path: str, *, btf_path: str | None = None, use_kernel: bool = True,
     out.write(f" against {btf_path or DEFAULT_PATH}:\n")
     seen = False
     for p in spec.programs.values():
-        for r in p.core_results:
+        for at in p.core_results:
             seen = True
-            out.write(f"  {p.name}: {r}\n")
+            r = at.result
+            out.write(f"  {p.name} insn {at.insn_idx}: {r}\n")
             if verbose:
                 for line in r.explain:
                     out.write(f"      {line}\n")
