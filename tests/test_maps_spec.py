@@ -311,3 +311,65 @@ char LICENSE[] SEC("license") = "GPL";
     maps, variables = parse_global_data(elf, btf, "hid")
     assert maps["hid.data"].flags == 0
     assert variables["hidden_only"].linkage == 0
+
+
+# -- arena globals -------------------------------------------------------------------------
+
+ARENA_MAP = ("struct { __uint(type, 33); __uint(map_flags, 1024); __uint(max_entries, %d); }"
+             " %s SEC(\".maps\");\n")
+ARENA_VAR = ("int __attribute__((address_space(1))) avar = 5;\n"
+             "SEC(\"syscall\") int f(void *c) { return avar; }\n")
+
+
+def test_arena_globals(tmp_path):
+    o = compile_c(tmp_path, ARENA_MAP % (2, "arena") + ARENA_VAR, "arena")
+    elf, btf = load(o)
+    if elf.section(".addr_space.1") is None:
+        pytest.skip("compiler did not emit .addr_space.1")
+    m = parse_btf_maps(elf, btf)["arena"]
+    assert m.type == MapType.ARENA and m.flags == 1024
+    assert m.extra["arena_data"][:4] == (5).to_bytes(4, "little")
+
+
+@pytest.mark.parametrize("maps_src,msg", [
+    ("", "ARENA map should be explicitly declared"),
+    (ARENA_MAP % (1, "a1") + ARENA_MAP % (1, "a2"), "only single ARENA map"),
+    (ARENA_MAP % (0, "arena"), "too small"),
+])
+def test_arena_errors(tmp_path, maps_src, msg):
+    o = compile_c(tmp_path, maps_src + ARENA_VAR
+                  + "struct { __uint(type, BPF_MAP_TYPE_ARRAY); __uint(max_entries, 1);"
+                  " __type(key, int); __type(value, int); } plain SEC(\".maps\");\n", "arenaerr")
+    elf, btf = load(o)
+    if elf.section(".addr_space.1") is None:
+        pytest.skip("compiler did not emit .addr_space.1")
+    with pytest.raises(ObjectError, match=msg):
+        parse_btf_maps(elf, btf)
+
+
+# -- robustness: corrupted BTF never escapes as anything but ObjectError ------------------
+
+
+def test_corrupted_map_btf_raises_object_error():
+    import random
+
+    from pyebpf.btf.types import Struct
+
+    rng = random.Random(1234)
+    for _ in range(300):
+        elf, btf = fixture("maps_btf.bpf.o")
+        structs = [t for t in btf if isinstance(t, Struct) and t.members]
+        st = rng.choice(structs)
+        m = rng.choice(st.members)
+        choice = rng.randrange(3)
+        if choice == 0:
+            m.type = rng.randrange(-3, len(btf) + 5)
+        elif choice == 1:
+            m.name = rng.choice(["", "values", "key", "type", "pinning", "zzz"])
+        else:
+            st.size = rng.randrange(0, 1 << 20)
+        try:
+            parse_btf_maps(elf, btf)
+            parse_global_data(elf, btf, "x")
+        except ObjectError:
+            pass

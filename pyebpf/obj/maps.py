@@ -58,6 +58,7 @@ from .elf import (
 from .spec import MapSpec, PinType, VariableSpec
 
 __all__ = [
+    "ARENA_SECTION",
     "MAPS_SECTION",
     "data_section_kind",
     "internal_map_name",
@@ -398,7 +399,37 @@ def _parse_btf_maps(elf: ElfObject, btf: BTFView, sec: Section, strict: bool) ->
         if d.values_member:
             spec.extra["values_offset"] = st.members[-1].bit_offset // 8
     _collect_map_relos(elf, sec, maps, spans)
+    _attach_arena_data(elf, maps)
     return maps
+
+
+ARENA_SECTION = ".addr_space.1"
+
+
+def _attach_arena_data(elf: ElfObject, maps: dict[str, MapSpec]) -> None:
+    """Global ``__arena`` variables (section ``.addr_space.1``) belong to the one ARENA map.
+
+    libbpf keeps them as the arena's initial data: ``MapSpec.extra["arena_data"]``
+    (where they land inside the arena is decided at map creation).
+    """
+    arenas = [m for m in maps.values() if m.type == MapType.ARENA]
+    if len(arenas) > 1:
+        raise ObjectError(f"map '{arenas[1].name}': only single ARENA map is supported "
+                          f"(map '{arenas[0].name}' is also ARENA)", section=MAPS_SECTION)
+    sec = elf.section(ARENA_SECTION)
+    if sec is None or sec.type != SHT_PROGBITS or not sec.size or sec.flags & SHF_EXECINSTR:
+        return
+    if not arenas:
+        raise ObjectError("to use global __arena variables the ARENA map should be explicitly "
+                          "declared in SEC(\".maps\")", section=ARENA_SECTION)
+    arena = arenas[0]
+    page = _page_size()
+    alloc = (sec.size + page - 1) // page * page
+    if alloc > page * arena.max_entries:
+        raise ObjectError(f"declared ARENA map size ({page * arena.max_entries}) is too small to "
+                          f"hold global __arena variables of size {sec.size}",
+                          section=ARENA_SECTION)
+    arena.extra["arena_data"] = bytes(sec.data)
 
 
 def _collect_map_relos(elf: ElfObject, sec: Section, maps: dict[str, MapSpec],
