@@ -468,3 +468,30 @@ def test_fixup_extern_btf():
         f = btf.type(tid)
         assert f.linkage == Linkage.GLOBAL
         assert all(p.name for p in btf.type(f.type).params)
+
+
+def test_corrupted_extern_btf_raises_object_error():
+    import random
+
+    rng = random.Random(99)
+    for _ in range(300):
+        elf, btf = fixture("externs.bpf.o")
+        cands = [t for t in btf if isinstance(t, (Var, Func, Datasec))]
+        t = rng.choice(cands)
+        c = rng.randrange(3)
+        if isinstance(t, Datasec):
+            if c == 0:
+                t.name = rng.choice([".kconfig", ".ksyms", ".data", "x"])
+            elif t.vars:
+                rng.choice(t.vars).type = rng.randrange(-2, len(btf) + 3)
+        elif c == 0:
+            t.type = rng.randrange(-2, len(btf) + 3)
+        elif c == 1:
+            t.linkage = rng.randrange(0, 4)
+        else:
+            t.name = rng.choice(["", "CONFIG_HZ", "bpf_task_acquire"])
+        try:
+            ext, kmap = collect_externs(elf, btf)
+            resolve_externs(ext, kconfig={"CONFIG_HZ": "1"}, kallsyms={}, kernel_version=1)
+        except (ObjectError, ExternError):
+            pass
