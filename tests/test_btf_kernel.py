@@ -589,3 +589,19 @@ def test_table_entries_are_verified():
     assert btf.find("task_struct") == real
     assert btf.candidates("task_struct") == real
     assert btf.find("pid_t") == []  # not in this (tiny) table at all
+
+
+def test_split_cache_depends_on_base(synthetic, tmp_path, monkeypatch):
+    bp, sp = synthetic
+    walks = WalkCounter(monkeypatch)
+    base = KernelBTF.open(str(bp))
+    KernelBTF.open(str(sp), base=base).find("bar")
+    assert walks.calls == 2
+    KernelBTF.open(str(sp), base=base)
+    assert walks.calls == 2  # cached
+    other = make_base()
+    other.rec(other.s("extra_name"), Kind.INT, 0, 4, 32)
+    bp2 = tmp_path / "base2.btf"
+    bp2.write_bytes(other.bytes())
+    KernelBTF.open(str(sp), base=KernelBTF.open(str(bp2), cache=False))
+    assert walks.calls == 4  # base2 uncached + split re-walked: its base changed

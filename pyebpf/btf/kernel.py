@@ -223,7 +223,7 @@ class KernelBTF:
             btf._cache_key = (
                 st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev,
                 zlib.crc32(os.fsencode(os.path.abspath(path))),
-                btf._sample_crc(hdr[0]),
+                btf._sample_crc(hdr),
             )
             if btf._load_cache():
                 btf._cache_ok = True
@@ -233,15 +233,21 @@ class KernelBTF:
             btf._cache_ok = btf._save_cache()
         return btf
 
-    def _sample_crc(self, hdr_len: int) -> int:
+    def _sample_crc(self, hdr: tuple[int, ...]) -> int:
         # Beyond stat(): the header and both ends of each section, so a cache cannot
         # survive a file rewritten in place with the same size and a restored mtime.
+        # Split BTF also depends on its base (names may be base strings).
         d = self._data
+        hdr_len, type_off, type_len = hdr[:3]
         crc = zlib.crc32(d[:hdr_len])
         for a, b in ((self._str_start, self._str_end),
-                     (hdr_len, hdr_len + self._words.nbytes)):
+                     (hdr_len + type_off, hdr_len + type_off + type_len)):
             crc = zlib.crc32(d[a:min(b, a + 256)], crc)
             crc = zlib.crc32(d[max(a, b - 256):b], crc)
+        base = self.base
+        if base is not None:
+            crc = zlib.crc32(struct.pack("<QQ", len(base), base.strings_len), crc)
+            crc = zlib.crc32(base._raw[:min(len(base._raw), 4096)], crc)
         return crc
 
     # -- on-disk cache -------------------------------------------------------------------
