@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -692,3 +694,62 @@ def test_fuzz_access_strings_only_raise_core_errors(access, kind):
         CoreRelocator(lb, [lb]).apply(insns, res.relo, res)
     except CORERelocationError:
         pass
+
+
+def test_looping_array_types_do_not_hang():
+    b, t = btf()
+    arr = b.add(Array(0, t.int, 1))
+    b.replace(arr, Array(arr, t.int, 1))
+    s = b.add(Struct("s", 4, [Member("a", arr, 0)]))
+    with pytest.raises(CORERelocationError):
+        resolve(b, [b], s, "0:0", K.FIELD_EXISTS)
+
+
+_NAMES = ["", "s", "s___a", "s___b", "t", "int", "e", "x", "y"]
+
+
+@st.composite
+def _random_btf(draw):
+    n = draw(st.integers(min_value=1, max_value=8))
+    ref = st.integers(min_value=0, max_value=n + 1)  # may point past the end
+    name = st.sampled_from(_NAMES)
+    members = st.lists(st.builds(Member, name, ref, st.integers(0, 96),
+                                 st.integers(0, 70)), max_size=4)
+    one = st.one_of(
+        st.builds(Int, name, st.sampled_from([1, 2, 4, 8]), st.integers(0, 7)),
+        st.builds(Ptr, ref),
+        st.builds(Array, ref, ref, st.integers(0, 5)),
+        st.builds(Struct, name, st.integers(0, 16), members, st.booleans()),
+        st.builds(Union_, name, st.integers(0, 16), members, st.booleans()),
+        st.builds(Enum, name, st.sampled_from([4, 8]),
+                  st.lists(st.builds(EnumValue, name, st.integers(-2**31, 2**31 - 1)),
+                           max_size=3), st.booleans()),
+        st.builds(Enum64, name, st.just(8),
+                  st.lists(st.builds(EnumValue, name, st.integers(0, 2**64 - 1)),
+                           max_size=3)),
+        st.builds(Typedef, name, ref),
+        st.builds(Const, ref),
+        st.builds(Fwd, name, st.booleans()),
+        st.builds(Float, name, st.just(8)),
+        st.builds(FuncProto, ref, st.lists(st.builds(Param, name, ref), max_size=2)),
+    )
+    return BTF(draw(st.lists(one, min_size=n, max_size=n)))
+
+
+@settings(max_examples=int(os.environ.get("CORE_FUZZ_EXAMPLES", "300")), deadline=None)
+@given(local=_random_btf(), target=_random_btf(), type_id=st.integers(0, 9),
+       access=st.sampled_from(["0", "0:0", "0:1", "1", "0:0:0", "0:1:2", "2:0", "0:0:1:0"]),
+       kind=st.integers(0, 12))
+def test_fuzz_random_btf_only_raises_core_errors(local, target, type_id, access, kind):
+    r = CoreRelocator(local, [target])
+    try:
+        res = r.resolve(CoreRelo(0, type_id, access, kind))
+    except CORERelocationError:
+        return
+    str(res)
+    insns = prog(I.Insn(MOV64_IMM, 1, 0, 0, 0), *ldimm64(1, 0), I.Insn(LDX_W, 1, 2, 0, 0))
+    for idx in (0, 1, 3):
+        try:
+            patch_insn(insns, idx, res)
+        except CORERelocationError:
+            pass

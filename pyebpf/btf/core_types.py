@@ -222,7 +222,8 @@ def types_are_compat(lbtf: BTFView, lid: int, tbtf: BTFView, tid: int,
 def fields_are_compat(lbtf: BTFView, lid: int, tbtf: BTFView, tid: int,
                       why: list[str] | None = None) -> int:
     """libbpf's bpf_core_fields_are_compat (field-based relocations)."""
-    while True:
+    # libbpf loops without bound over array element types; cap it for looping input
+    for _ in range(_MAX_MOD_CHAIN):
         lid, lt = skip_mods(lbtf, lid)
         tid, tt = skip_mods(tbtf, tid)
         if lt.kind in COMPOSITE_KINDS and tt.kind in COMPOSITE_KINDS:
@@ -250,6 +251,7 @@ def fields_are_compat(lbtf: BTFView, lid: int, tbtf: BTFView, tid: int,
             continue
         _say(why, f"field of kind {kind_str(lt)} cannot be relocated")
         return 0
+    raise CoreFail(errno.ELOOP, f"array element types loop at [{lid}]/[{tid}]")
 
 
 def names_match(lname: str, tname: str) -> bool:
