@@ -753,3 +753,18 @@ def test_fuzz_random_btf_only_raises_core_errors(local, target, type_id, access,
             patch_insn(insns, idx, res)
         except CORERelocationError:
             pass
+
+
+def test_resolve_all_in_section_order():
+    lb, lt = btf()
+    ls = lb.add(Struct("s", 8, [Member("a", lt.int, 0), Member("b", lt.int, 32)]))
+    tb, tt = btf()
+    tb.add(Struct("s___one", 16, [Member("x", tt.long, 0), Member("a", tt.int, 64)]))
+    tb.add(Struct("s___two", 8, [Member("a", tt.int, 0), Member("b", tt.int, 32)]))
+    relos = [CoreRelo(0, ls, "0:1", K.FIELD_BYTE_OFFSET), CoreRelo(7, ls, "0:0", K.FIELD_BYTE_OFFSET)]
+    # "b" first prunes s___one, so "a" is not ambiguous (libbpf's behaviour)
+    res = CoreRelocator(lb, [tb]).resolve_all(relos, lambda r: f"p{r.insn_off}")
+    assert [r.new_val for r in res] == [4, 0]
+    # in the other order "a" matches both flavours at different offsets
+    with pytest.raises(CORERelocationError, match="p7: CO-RE relo #0: field offset ambiguity"):
+        CoreRelocator(lb, [tb]).resolve_all(relos[::-1], lambda r: f"p{r.insn_off}")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import errno
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from .. import insn as _insn
@@ -303,9 +303,23 @@ class CoreRelocator:
         patch_insn(insns, relo.insn_off if insn_idx is None else insn_idx, result,
                    prog_name, relo_index)
 
+    def resolve_all(self, relos: Sequence[CoreRelo],
+                    prog_name: str | Callable[[CoreRelo], str] = "") -> list[CoreResult]:
+        """Resolve a whole ELF section's relocations in file order, as libbpf does.
+
+        The order matters: candidate lists are pruned by earlier relocations. When a
+        section holds several programs, resolve it with this, then :meth:`apply` each
+        result to its program. ``prog_name`` may map a relocation to its program's name.
+        """
+        out = []
+        for i, relo in enumerate(relos):
+            name = prog_name(relo) if callable(prog_name) else prog_name
+            out.append(self.resolve(relo, i, name))
+        return out
+
     def relocate(self, insns: bytearray, relos: Sequence[CoreRelo], prog_name: str = "",
                  insn_offset: int = 0) -> list[CoreResult]:
-        """Resolve and apply every relocation; ``insn_offset`` is the program's first
+        """Resolve and apply every relocation of one program; ``insn_offset`` is its first
         instruction index within its ELF section (relo.insn_off is section-relative)."""
         n = _insn.count(insns)
         results = []
