@@ -71,6 +71,14 @@ def _ext_slice(records: Sequence[Any] | None, start: int, end: int) -> list[Any]
 
 
 def _shift(rec: Any, delta: int) -> Any:
+    # direct construction: dataclasses.replace costs ~5x more on this hot path
+    from ..btf.ext import FuncInfo, LineInfo  # lazy: keeps construct off `import pyebpf`
+
+    if isinstance(rec, FuncInfo):
+        return FuncInfo(rec.insn_off + delta, rec.type_id)
+    if isinstance(rec, LineInfo):
+        return LineInfo(rec.insn_off + delta, rec.file_name_off, rec.line_off, rec.line,
+                        rec.col, rec.file_name, rec.line_text)
     return dataclasses.replace(rec, insn_off=rec.insn_off + delta)
 
 

@@ -27,7 +27,6 @@ from .elf import (
     ElfObject,
     Symbol,
 )
-from .externs import extern_call, extern_ldimm64
 from .program import MapRef, MapRefKind, ProgramSpec, Reloc, RelocType
 from .spec import ExternKind, ExternSpec, MapSpec
 
@@ -192,6 +191,8 @@ def apply_data_relocs(buf: bytearray, relocs: list[Reloc], maps: Mapping[str, Ma
     to put them. ``poison_unresolved_kfuncs`` selects the libbpf >= 1.2 behaviour
     for unresolved weak kfunc calls (1.1 leaves ``call kfunc#0``).
     """
+    from .externs import extern_call, extern_ldimm64  # lazy: heavy BTF imports
+
     refs: list[MapRef] = []
     map_index = {name: i for i, name in enumerate(maps)}
     ext_index = {name: i for i, name in enumerate(externs)}
