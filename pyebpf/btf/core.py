@@ -5,6 +5,10 @@ target BTFs (the kernel's first, then modules), and patches instructions exactly
 ``bpf_core_patch_insn`` does, so the resulting bytes, and so the program tag, equal
 libbpf's. Every result explains itself: which candidate types were tried and why each
 was accepted or rejected.
+
+Layout: ``core_types`` (compat/match rules, sizes, essential names), ``core_spec``
+(access specs: parse, match, values), ``core_patch`` (instruction patching), and this
+module (candidate search and caching, ambiguity checks, the public API).
 """
 
 from __future__ import annotations
