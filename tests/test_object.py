@@ -178,6 +178,194 @@ def test_sections_new_and_trampoline_parsed() -> None:
     assert tr.programs["t_lsm"].type == ProgType.LSM
 
 
+# Every fixture: program -> (SEC() name, program type), map names, extern names.
+# A new fixture must be added here (test_every_fixture_has_expectations).
+EXPECTED: dict[str, tuple[dict[str, tuple[str, str]], list[str], list[str]]] = {
+    'core': (
+        {
+            'core_probe_reads': ('raw_tp/sys_enter', 'RAW_TRACEPOINT'),
+            'core_direct': ('tp_btf/sched_process_fork', 'TRACING'),
+        },
+        ['core.bss'],
+        [],
+    ),
+    'core_fail': (
+        {
+            'core_unresolvable': ('raw_tp/sys_enter', 'RAW_TRACEPOINT'),
+        },
+        ['core_fai.bss'],
+        [],
+    ),
+    'externs': (
+        {
+            'kconfig_and_ksyms': ('raw_tp/sys_enter', 'RAW_TRACEPOINT'),
+            'kfunc_acquire_release': ('tp_btf/sched_process_fork', 'TRACING'),
+        },
+        ['externs.bss', 'externs.kconfig'],
+        ['CONFIG_BPF_SYSCALL', 'CONFIG_DEFAULT_HOSTNAME', 'CONFIG_HZ', 'CONFIG_NET_CLS_BPF', 'CONFIG_PYEBPF_DOES_NOT_EXIST', 'LINUX_KERNEL_VERSION', '__start_BTF', 'bpf_pyebpf_no_such_kfunc', 'bpf_task_acquire', 'bpf_task_from_pid', 'bpf_task_release'],
+    ),
+    'externs_typed_ksym': (
+        {
+            'typed_ksyms': ('raw_tp/sys_enter', 'RAW_TRACEPOINT'),
+        },
+        ['externs_.data'],
+        ['bpf_prog_active', 'pyebpf_no_such_var', 'runqueues'],
+    ),
+    'globals': (
+        {
+            'read_write_globals': ('raw_tp/sys_enter', 'RAW_TRACEPOINT'),
+        },
+        ['.data.foo', '.rodata.bar', '.rodata.str1.1', 'globals.bss', 'globals.data', 'globals.rodata'],
+        [],
+    ),
+    'isa_v4': (
+        {
+            'isa_v4': ('syscall', 'SYSCALL'),
+        },
+        ['isa_v4.bss', 'isa_v4.data'],
+        [],
+    ),
+    'maps_btf': (
+        {
+            'tail_target_a': ('socket', 'SOCKET_FILTER'),
+            'tail_target_b': ('socket', 'SOCKET_FILTER'),
+            'use_maps': ('socket', 'SOCKET_FILTER'),
+        },
+        ['array_sized', 'bloom_map', 'hash_map', 'inner_a', 'inner_b', 'jump_table', 'lpm_map', 'lru_map', 'outer_array', 'outer_hash', 'percpu_array', 'percpu_hash', 'perf_events', 'pyebpf_fixture_pinned', 'ringbuf'],
+        [],
+    ),
+    'maps_legacy': (
+        {
+            'legacy_user': ('socket', 'SOCKET_FILTER'),
+        },
+        ['legacy_array', 'legacy_hash'],
+        [],
+    ),
+    'minimal': (
+        {
+            'handle_tp': ('tp/syscalls/sys_enter_write', 'TRACEPOINT'),
+        },
+        ['minimal.bss', 'minimal.rodata'],
+        [],
+    ),
+    'opensnoop': (
+        {
+            'tracepoint__syscalls__sys_enter_openat': ('tracepoint/syscalls/sys_enter_openat', 'TRACEPOINT'),
+            'tracepoint__syscalls__sys_exit_openat': ('tracepoint/syscalls/sys_exit_openat', 'TRACEPOINT'),
+        },
+        ['events', 'opensnoo.rodata', 'start'],
+        [],
+    ),
+    'sections': (
+        {
+            's_tp': ('tp/syscalls/sys_enter_getpid', 'TRACEPOINT'),
+            's_tracepoint': ('tracepoint/sched/sched_process_exec', 'TRACEPOINT'),
+            's_raw_tp': ('raw_tp/sys_enter', 'RAW_TRACEPOINT'),
+            's_raw_tracepoint': ('raw_tracepoint/sys_exit', 'RAW_TRACEPOINT'),
+            's_raw_tp_writable': ('raw_tracepoint.w/bpf_test_finish', 'RAW_TRACEPOINT_WRITABLE'),
+            's_tp_btf': ('tp_btf/sched_switch', 'TRACING'),
+            's_iter_task': ('iter/task', 'TRACING'),
+            's_perf_event': ('perf_event', 'PERF_EVENT'),
+            's_kprobe': ('kprobe/do_nanosleep', 'KPROBE'),
+            's_kretprobe': ('kretprobe/do_nanosleep', 'KPROBE'),
+            's_ksyscall': ('ksyscall/nanosleep', 'KPROBE'),
+            's_kprobe_multi': ('kprobe.multi/do_nanosleep', 'KPROBE'),
+            's_uprobe': ('uprobe', 'KPROBE'),
+            's_uretprobe': ('uretprobe', 'KPROBE'),
+            's_uprobe_sleepable': ('uprobe.s', 'KPROBE'),
+            's_usdt': ('usdt', 'KPROBE'),
+            's_xdp': ('xdp', 'XDP'),
+            's_tc': ('tc', 'SCHED_CLS'),
+            's_classifier': ('classifier', 'SCHED_CLS'),
+            's_socket': ('socket', 'SOCKET_FILTER'),
+            's_flow_dissector': ('flow_dissector', 'FLOW_DISSECTOR'),
+            's_lwt_in': ('lwt_in', 'LWT_IN'),
+            's_lwt_xmit': ('lwt_xmit', 'LWT_XMIT'),
+            's_sk_lookup': ('sk_lookup', 'SK_LOOKUP'),
+            's_sk_msg': ('sk_msg', 'SK_MSG'),
+            's_sk_skb_parser': ('sk_skb/stream_parser', 'SK_SKB'),
+            's_sk_skb_verdict': ('sk_skb/stream_verdict', 'SK_SKB'),
+            's_sk_reuseport': ('sk_reuseport', 'SK_REUSEPORT'),
+            's_sockops': ('sockops', 'SOCK_OPS'),
+            's_cgroup_skb_ingress': ('cgroup_skb/ingress', 'CGROUP_SKB'),
+            's_cgroup_skb_egress': ('cgroup_skb/egress', 'CGROUP_SKB'),
+            's_cgroup_sock_create': ('cgroup/sock_create', 'CGROUP_SOCK'),
+            's_cgroup_sock_release': ('cgroup/sock_release', 'CGROUP_SOCK'),
+            's_cgroup_connect4': ('cgroup/connect4', 'CGROUP_SOCK_ADDR'),
+            's_cgroup_sendmsg6': ('cgroup/sendmsg6', 'CGROUP_SOCK_ADDR'),
+            's_cgroup_sysctl': ('cgroup/sysctl', 'CGROUP_SYSCTL'),
+            's_cgroup_getsockopt': ('cgroup/getsockopt', 'CGROUP_SOCKOPT'),
+            's_cgroup_setsockopt': ('cgroup/setsockopt', 'CGROUP_SOCKOPT'),
+            's_cgroup_dev': ('cgroup/dev', 'CGROUP_DEVICE'),
+            's_syscall': ('syscall', 'SYSCALL'),
+        },
+        ['__bpf_usdt_ip_to_spec_id', '__bpf_usdt_specs', 'section.kconfig', 'sections.bss', 'sections.rodata'],
+        ['LINUX_HAS_BPF_COOKIE', 'LINUX_HAS_SYSCALL_WRAPPER'],
+    ),
+    'sections_new': (
+        {
+            'n_tcx_ingress': ('tcx/ingress', 'SCHED_CLS'),
+            'n_tcx_egress': ('tcx/egress', 'SCHED_CLS'),
+            'n_netfilter': ('netfilter', 'NETFILTER'),
+            'n_uprobe_multi': ('uprobe.multi', 'KPROBE'),
+            'n_netkit': ('netkit/primary', 'SCHED_CLS'),
+        },
+        [],
+        [],
+    ),
+    'sections_struct_ops': (
+        {
+            'pyebpf_cc_init': ('struct_ops/pyebpf_cc_init', 'STRUCT_OPS'),
+            'pyebpf_cc_ssthresh': ('struct_ops/pyebpf_cc_ssthresh', 'STRUCT_OPS'),
+            'pyebpf_cc_cong_avoid': ('struct_ops/pyebpf_cc_cong_avoid', 'STRUCT_OPS'),
+            'pyebpf_cc_undo_cwnd': ('struct_ops/pyebpf_cc_undo_cwnd', 'STRUCT_OPS'),
+        },
+        [],
+        [],
+    ),
+    'sections_trampoline': (
+        {
+            't_fentry': ('fentry/do_nanosleep', 'TRACING'),
+            't_fexit': ('fexit/do_nanosleep', 'TRACING'),
+            't_fmod_ret': ('fmod_ret/security_file_open', 'TRACING'),
+            't_lsm': ('lsm/file_open', 'LSM'),
+        },
+        ['sections.bss'],
+        [],
+    ),
+    'subprogs': (
+        {
+            'prog_nested': ('tp/syscalls/sys_enter_getpid', 'TRACEPOINT'),
+            'prog_callbacks': ('raw_tp/sys_enter', 'RAW_TRACEPOINT'),
+            'prog_other_section': ('xdp', 'XDP'),
+        },
+        ['counters', 'subprogs.bss'],
+        [],
+    ),
+}
+
+
+def test_every_fixture_has_expectations() -> None:
+    assert sorted(EXPECTED) == ALL_FIXTURES
+
+
+@pytest.mark.parametrize("name", ALL_FIXTURES)
+def test_fixture_contents(name: str) -> None:
+    if name not in EXPECTED:
+        pytest.fail(f"no expectations for fixture {name}")
+    progs, maps, externs = EXPECTED[name]
+    spec = open_fixture(name)
+    assert {n: (p.section, p.type.name) for n, p in spec.programs.items()} == progs
+    assert sorted(spec.maps) == maps
+    assert sorted(spec.externs) == externs
+    for p in spec.programs.values():
+        assert p.sec_def is not None and p.autoload and not p.is_subprog
+        assert p.insns == bytearray(p.orig_insns) and p.insn_count == p.sec_insn_cnt > 0
+    for v in spec.variables.values():
+        m = spec.maps[v.map_name]
+        assert m.data is not None and v.offset + v.size <= m.value_size
+
+
 # -- hand-made objects -------------------------------------------------------------------
 
 
@@ -343,3 +531,38 @@ def test_tags_equal_libbpf(name: str, target_btf, kernelref) -> None:
     ref = kernelref.libbpf_tags(path)
     ours = {n: p.tag for n, p in spec.programs.items() if p.autoload}
     assert ours == ref
+
+
+# -- specific relocations ----------------------------------------------------------------
+
+
+def test_core_fail_is_poisoned_not_raised(target_btf) -> None:
+    spec = open_fixture("core_fail")
+    spec.relocate(target_btf)
+    prog = spec.programs["core_unresolvable"]
+    assert any(at.result.poison for at in prog.core_results)
+    poisoned = [at.insn_idx for at in prog.core_results if at.result.poison]
+    for idx in poisoned:
+        ins = I.get(prog.insns, idx)
+        assert ins.code == (I.BPF_JMP | I.BPF_CALL) and ins.imm == I.CORE_POISON_IMM
+
+
+def test_extern_instructions(target_btf) -> None:
+    from pyebpf.btf.types import Kind
+
+    spec = open_fixture("externs")
+    spec.relocate(target_btf)
+    kf = spec.programs["kfunc_acquire_release"]
+    calls = {}
+    for ins in I.iter_insns(kf.insns):
+        if ins.code == (I.BPF_JMP | I.BPF_CALL) and ins.src == I.BPF_PSEUDO_KFUNC_CALL:
+            calls[ins.imm] = ins
+    for name in ("bpf_task_acquire", "bpf_task_release"):
+        (fid,) = [i for i in target_btf.find(name) if target_btf.type(i).kind == Kind.FUNC]
+        assert fid in calls and calls[fid].off == 0
+        assert spec.externs[name].kernel_btf_id == fid
+    kc = spec.programs["kconfig_and_ksyms"]
+    refs = [r for r in kc.map_refs if r.map_name == spec.kconfig_map]
+    offsets = {e.offset for e in spec.externs.values() if e.kind == ExternKind.KCONFIG}
+    assert refs and {r.offset for r in refs} <= offsets
+    assert spec.maps[spec.kconfig_map].data is not None
