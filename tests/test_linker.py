@@ -157,3 +157,73 @@ def test_ext_slice_matches_libbpf_selection() -> None:
     # libbpf copies the contiguous run, stopping at the first record past the end
     unsorted = [FuncInfo(o, 1) for o in (6, 2, 7, 30, 8)]
     assert [r.insn_off for r in _ext_slice(unsorted, 5, 10)] == [6, 2, 7]
+
+
+# -- more shapes, checked against libbpf 1.1 -------------------------------------------
+
+SOURCE2 = """
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+
+struct {
+    __uint(type, BPF_MAP_TYPE_ARRAY);
+    __uint(max_entries, 8);
+    __type(key, __u32);
+    __type(value, __u64);
+} arr SEC(".maps");
+
+const volatile int knob = 7;
+long hits;
+
+static __noinline int printer(int v) {
+    bpf_printk("v=%d knob=%d", v, knob);   /* .rodata + .rodata.str1.1 from a subprog */
+    return v;
+}
+
+static long elem_cb(void *map, __u32 *key, __u64 *val, void *ctx) {
+    hits += *val + printer(*key);
+    return 0;
+}
+
+static __noinline int walker(int n) {       /* a subprog that takes a callback address */
+    bpf_for_each_map_elem(&arr, elem_cb, 0, 0);
+    return n + 1;
+}
+
+__noinline __weak int weak_helper(int x) { return x ^ 0x55; }
+
+SEC("tc") int cls_main(struct __sk_buff *skb) {
+    __u32 k = 1;
+    __u64 *v = bpf_map_lookup_elem(&arr, &k);
+    if (v)
+        *v += walker(skb->len);
+    return weak_helper(printer(skb->len)) & 1;
+}
+SEC("xdp") int xdp_main(struct xdp_md *ctx) { return printer(2) ? 2 : 1; }
+char LICENSE[] SEC("license") = "GPL";
+"""
+
+
+def test_more_shapes_equal_libbpf(tmp_path) -> None:
+    path = compile_bpf(tmp_path, SOURCE2, "shapes")
+    spec = ObjectSpec.from_file(path)
+    assert "weak_helper" in spec.subprograms
+    spec.relocate()
+    starts = _func_starts(spec, spec.programs["cls_main"])
+    assert list(starts.values()) == ["cls_main", "walker", "elem_cb", "printer", "weak_helper"]
+    for prog in (spec.programs["cls_main"], spec.programs["xdp_main"]):
+        for _, target in _calls(prog):
+            assert target in _func_starts(spec, prog)
+    kernelref = kernelref_module()
+    if not kernelref.bpftool_available():
+        pytest.skip("bpftool/root needed")
+    ours = {n: p.tag for n, p in spec.programs.items() if p.autoload}
+    assert ours == kernelref.libbpf_tags(path)
+    # autoload off: left as in the ELF; back on: relocated exactly as before
+    xdp = spec.programs["xdp_main"]
+    xdp.autoload = False
+    spec.relocate()
+    assert xdp.insns == bytearray(xdp.orig_insns) and xdp.map_refs == []
+    xdp.autoload = True
+    spec.relocate()
+    assert xdp.tag == ours["xdp_main"]
