@@ -384,6 +384,9 @@ def test_unknown_section_is_stored_not_raised(tmp_path: Path) -> None:
     assert lazy.section == "xdp" and lazy.type == ProgType.XDP and not lazy.autoload
     spec.relocate(VMLINUX_OR_NONE())
     assert lazy.insns == bytearray(lazy.orig_insns)
+    with pytest.raises(SectionError, match="definitely_not_a_section"):
+        weird.check_section()
+    lazy.check_section()
     assert issubclass(SectionError, PyebpfError)
 
 

@@ -7,6 +7,7 @@ from enum import Enum, IntEnum
 from typing import Any
 
 from .. import insn as _insn
+from ..errors import SectionError
 from ..uapi import AttachType, ProgType
 from .sections import SecDef, SecFlag
 
@@ -117,6 +118,16 @@ class ProgramSpec:
     def attach_btf(self) -> bool:
         """The attach target is a kernel BTF id (fentry, lsm, tp_btf, iter, ...)."""
         return bool(self.flags & SecFlag.ATTACH_BTF)
+
+    def check_section(self) -> None:
+        """Raise :class:`SectionError` when the SEC() name is unknown.
+
+        Opening keeps such programs (libbpf only logs them); loading one is an
+        error, so the loader calls this before BPF_PROG_LOAD.
+        """
+        if self.sec_def is None:
+            raise SectionError(f"program {self.name!r}: unrecognized SEC() name "
+                               f"{self.section!r}: program type unknown", section=self.section)
 
     def __repr__(self) -> str:
         kind = self.type.name if isinstance(self.type, ProgType) else str(self.type)
