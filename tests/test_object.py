@@ -569,3 +569,17 @@ def test_extern_instructions(target_btf) -> None:
     offsets = {e.offset for e in spec.externs.values() if e.kind == ExternKind.KCONFIG}
     assert refs and {r.offset for r in refs} <= offsets
     assert spec.maps[spec.kconfig_map].data is not None
+
+
+def test_failed_relocate_changes_nothing(target_btf) -> None:
+    spec = open_fixture("opensnoop")
+    spec.relocate(target_btf)
+    before = {n: (bytes(p.insns), list(p.map_refs)) for n, p in spec.programs.items()}
+    events = spec.maps.pop("events")  # only the second program references it
+    with pytest.raises(ObjectError, match="events"):
+        spec.relocate(target_btf)
+    assert {n: (bytes(p.insns), list(p.map_refs)) for n, p in spec.programs.items()} == before
+    spec.maps["events"] = events
+    spec.relocate(target_btf)
+    assert {n: bytes(p.insns) for n, p in spec.programs.items()} == {
+        n: b for n, (b, _) in before.items()}

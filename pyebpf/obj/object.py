@@ -326,7 +326,7 @@ class ObjectSpec:
             code[p.name] = buf
             if relocator is not None and (p.is_subprog or p.autoload):
                 relos = [r for r in core_by_sec.get(self._raw_section(p), ())
-                         if find_prog(self._by_section[p.sec_idx], r.insn_off) is p]
+                         if find_prog(self._by_section.get(p.sec_idx, []), r.insn_off) is p]
                 if relos:
                     core[p.name] = relocator.relocate(buf, relos, p.name,
                                                       insn_offset=p.sec_insn_off)
@@ -340,23 +340,30 @@ class ObjectSpec:
         section_of = {p.name: self._raw_section(p) for p in self._all_programs()}
         func_info = ext.func_info if ext is not None else {}
         line_info = ext.line_info if ext is not None else {}
+        # compute everything first: a failure leaves every program as it was
+        results = []
         for p in self.programs.values():
             if not p.autoload:
-                p.insns = bytearray(p.orig_insns)
-                p.func_info, p.line_info, p.core_results, p.map_refs = [], [], [], []
+                results.append((p, bytearray(p.orig_insns), [], [], [], []))
                 continue
             linked = link_program(p, text, code, core, func_info, line_info, section_of)
-            p.map_refs = apply_data_relocs(linked.insns, linked.relocs, self.maps,
-                                           self.externs, self.kconfig_map, p.name)
-            p.insns = linked.insns
-            p.func_info = linked.func_info or []
-            p.line_info = linked.line_info or []
-            p.core_results = linked.core_results
+            refs = apply_data_relocs(linked.insns, linked.relocs, self.maps, self.externs,
+                                     self.kconfig_map, p.name)
+            results.append((p, linked.insns, linked.func_info or [], linked.line_info or [],
+                            linked.core_results, refs))
+        for p, insns, fi, li, cr, refs in results:
+            p.insns, p.func_info, p.line_info, p.core_results, p.map_refs = insns, fi, li, cr, refs
 
     # -- helpers -----------------------------------------------------------------------
 
     def _all_programs(self) -> list[ProgramSpec]:
-        return [p for progs in self._by_section.values() for p in progs]
+        """Every program and subprogram, including any the user added to ``programs``."""
+        seen = {id(p) for progs in self._by_section.values() for p in progs}
+        out = [p for progs in self._by_section.values() for p in progs]
+        out.extend(p for p in self.programs.values() if id(p) not in seen)
+        return out
 
     def _raw_section(self, p: ProgramSpec) -> str:
-        return self.elf.sections[p.sec_idx].name
+        if 0 <= p.sec_idx < len(self.elf.sections):
+            return self.elf.sections[p.sec_idx].name
+        return p.section
