@@ -605,3 +605,26 @@ def test_split_cache_depends_on_base(synthetic, tmp_path, monkeypatch):
     bp2.write_bytes(other.bytes())
     KernelBTF.open(str(sp), base=KernelBTF.open(str(bp2), cache=False))
     assert walks.calls == 4  # base2 uncached + split re-walked: its base changed
+
+
+def test_file_identity(monkeypatch, tmp_path):
+    f = tmp_path / "x"
+    f.write_bytes(b"abc")
+    st = f.stat()
+    assert kmod._file_identity(str(f), st) == (3, st.st_mtime_ns, st.st_ino, st.st_dev)
+    # sysfs: keyed on the kernel build, not on inode times
+    a = kmod._file_identity("/sys/kernel/btf/vmlinux", st)
+    assert a[0] == 3 and a[2:] == (0, 0)
+    real = os.uname()
+    fake = os.uname_result((real.sysname, real.nodename, real.release, real.version + "x",
+                            real.machine))
+    monkeypatch.setattr(kmod.os, "uname", lambda: fake)
+    assert kmod._file_identity("/sys/kernel/btf/vmlinux", st) != a
+
+
+@needs_vmlinux
+def test_sysfs_cache_roundtrip(monkeypatch):
+    walks = WalkCounter(monkeypatch)
+    KernelBTF.open().find("task_struct")
+    btf = KernelBTF.open()
+    assert walks.calls == 1 and btf._table is not None

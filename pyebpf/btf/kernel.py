@@ -109,6 +109,20 @@ def _not_found(path: str, err: OSError) -> BTFError:
     return e
 
 
+def _file_identity(path: str, st: os.stat_result) -> tuple[int, int, int, int]:
+    """What keys the cache besides sampled content: (size, mtime_ns, ino, dev) from stat.
+
+    sysfs BTF is the exception: its inode times are just when the inode was created
+    (each boot, or again after the inode is evicted), while its content is fixed by
+    the kernel build. So it is keyed on the kernel's release and build version
+    instead, which also keeps the cache across reboots into the same kernel.
+    """
+    if path.startswith(_SYS_BTF_DIR + "/"):
+        u = os.uname()
+        return st.st_size, zlib.crc32(f"{u.release}\0{u.version}".encode()), 0, 0
+    return st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev
+
+
 def _map_file(path: str) -> tuple[mmap.mmap | bytes, os.stat_result]:
     """mmap ``path`` read-only, or read it when it cannot be mapped."""
     try:
@@ -228,9 +242,10 @@ class KernelBTF:
         hdr = _parse_header(data, path, split=base is not None)
         btf = cls(path, data, base, hdr)
         if cache:
+            apath = os.path.abspath(path)
             btf._cache_key = (
-                st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev,
-                zlib.crc32(os.fsencode(os.path.abspath(path))),
+                *_file_identity(apath, st),
+                zlib.crc32(os.fsencode(apath)),
                 btf._sample_crc(hdr),
             )
             if btf._load_cache():
