@@ -9,6 +9,7 @@ import re
 import shutil
 import struct
 import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -628,3 +629,45 @@ def test_sysfs_cache_roundtrip(monkeypatch):
     KernelBTF.open().find("task_struct")
     btf = KernelBTF.open()
     assert walks.calls == 1 and btf._table is not None
+
+
+def test_kernel_btf_module_path_gets_vmlinux_base(synthetic, tmp_path, monkeypatch):
+    """kernel_btf('/sys/kernel/btf/<module>') opens split BTF on the shared vmlinux."""
+    bp, sp = synthetic
+    sysdir = tmp_path / "sys_btf"
+    sysdir.mkdir()
+    (sysdir / "vmlinux").write_bytes(bp.read_bytes())
+    (sysdir / "mymod").write_bytes(sp.read_bytes())
+    monkeypatch.setattr(kmod, "_SYS_BTF_DIR", str(sysdir))
+    monkeypatch.setattr(kmod, "DEFAULT_PATH", str(sysdir / "vmlinux"))
+    monkeypatch.setattr(kmod, "_shared", {})
+    mod = kernel_btf(str(sysdir / "mymod"))
+    assert mod.base is kernel_btf()
+    assert mod.find("bar") == [8] and mod.candidates("foo") == [2, 4, 9, 10]
+
+
+def test_empty_type_section(tmp_path):
+    b = Blob()
+    p = tmp_path / "empty.btf"
+    p.write_bytes(b.bytes())
+    for cache in (False, True, True):
+        btf = KernelBTF.open(str(p), cache=cache)
+        assert len(btf) == 1 and list(btf.own_ids()) == []
+        assert btf.find("x") == [] and btf.candidates("x") == []
+        assert btf.type(0).kind == Kind.UNKN
+        with pytest.raises(BTFError):
+            btf.type(1)
+
+
+def test_concurrent_cache_writers(vmlinux_copy):
+    """Several processes racing to build the same cache all succeed; the result is valid."""
+    code = ("import sys; from pyebpf.btf.kernel import KernelBTF; "
+            "b = KernelBTF.open(sys.argv[1]); print(b.find('task_struct'))")
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(vmlinux_copy)],
+                              stdout=subprocess.PIPE, text=True) for _ in range(4)]
+    outs = [p.communicate(timeout=120)[0].strip() for p in procs]
+    assert all(p.returncode == 0 for p in procs)
+    assert len(set(outs)) == 1
+    assert [f.suffix for f in cache_files()] == [".idx"]  # no temp files left
+    btf = KernelBTF.open(str(vmlinux_copy))
+    assert btf._table is not None and str(btf.find("task_struct")) == outs[0]
