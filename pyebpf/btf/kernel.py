@@ -546,7 +546,7 @@ class KernelBTF:
         words = self._words
         names = array("I", map(words.__getitem__, self._offsets))
         idx = list(compress(range(len(names)), names))
-        noff = list(compress(names, names))
+        noff = list(filter(None, names))
         if self.base is None:
             strs = self._data[self._str_start:self._str_end]
             ends = map(strs.find, repeat(b"\0"), noff)
