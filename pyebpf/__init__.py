@@ -1,7 +1,71 @@
-"""pyebpf: libbpf reimplemented in pure Python."""
+"""pyebpf: libbpf reimplemented in pure Python.
 
-from .errors import PyebpfError
-from .obj.object import ObjectSpec
+Public names are imported on first use (PEP 562), so that a tool importing one
+part of pyebpf, e.g. the kernel BTF index, does not pay for the whole library.
+"""
 
-__all__ = ["ObjectSpec", "PyebpfError"]
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from .errors import (
+    BTFError,
+    CORERelocationError,
+    ExternError,
+    ObjectError,
+    OptionError,
+    PyebpfError,
+    SectionError,
+)
+
+if TYPE_CHECKING:
+    from .btf.kernel import KernelBTF, kernel_btf
+    from .btf.spec import BTF
+    from .obj.object import ObjectSpec
+    from .obj.program import ProgramSpec
+    from .obj.spec import ExternSpec, MapSpec, VariableSpec
+
+# Silent unless the application configures logging.
+logging.getLogger(__name__).addHandler(logging.NullHandler())
+
+_LAZY = {
+    "ObjectSpec": ".obj.object",
+    "ProgramSpec": ".obj.program",
+    "MapSpec": ".obj.spec",
+    "VariableSpec": ".obj.spec",
+    "ExternSpec": ".obj.spec",
+    "BTF": ".btf.spec",
+    "KernelBTF": ".btf.kernel",
+    "kernel_btf": ".btf.kernel",
+}
+
+__all__ = [
+    "BTF",
+    "BTFError",
+    "CORERelocationError",
+    "ExternError",
+    "ExternSpec",
+    "KernelBTF",
+    "MapSpec",
+    "ObjectError",
+    "ObjectSpec",
+    "OptionError",
+    "ProgramSpec",
+    "PyebpfError",
+    "SectionError",
+    "VariableSpec",
+    "kernel_btf",
+]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    mod = _LAZY.get(name)
+    if mod is None:
+        raise AttributeError(f"module 'pyebpf' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(mod, __name__), name)
+    globals()[name] = value
+    return value
