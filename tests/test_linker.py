@@ -227,3 +227,59 @@ def test_more_shapes_equal_libbpf(tmp_path) -> None:
     xdp.autoload = True
     spec.relocate()
     assert xdp.tag == ours["xdp_main"]
+
+
+SOURCE3 = """
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_core_read.h>
+
+struct task_struct {
+    int pid;
+    int tgid;
+    struct task_struct *real_parent;
+} __attribute__((preserve_access_index));
+
+long seen;
+
+static __noinline int parent_tgid(struct task_struct *t) {      /* CO-RE inside .text */
+    return BPF_CORE_READ(t, real_parent, tgid);
+}
+
+static __noinline int own_pid(struct task_struct *t) {
+    return BPF_CORE_READ(t, pid) + bpf_core_field_exists(t->tgid);
+}
+
+/* two programs in one section: CO-RE offsets are section-relative */
+SEC("raw_tp/sys_enter") int first(void *ctx) {
+    struct task_struct *t = (void *)bpf_get_current_task();
+    seen += own_pid(t);
+    return 0;
+}
+SEC("raw_tp/sys_enter") int second(void *ctx) {
+    struct task_struct *t = (void *)bpf_get_current_task();
+    seen += parent_tgid(t) + BPF_CORE_READ(t, tgid) + own_pid(t);
+    return 0;
+}
+char LICENSE[] SEC("license") = "GPL";
+"""
+
+
+def test_core_in_subprograms_and_shared_sections_equal_libbpf(tmp_path) -> None:
+    path = compile_bpf(tmp_path, SOURCE3, "coresub")
+    spec = ObjectSpec.from_file(path)
+    assert spec.programs["second"].sec_insn_off > 0  # shares its section with first
+    spec.relocate()
+    second = spec.programs["second"]
+    assert list(_func_starts(spec, second).values()) == ["second", "parent_tgid", "own_pid"]
+    # CO-RE results travel with the subprogram code they patched
+    n_sub = len(spec.btf_ext.core_relos[".text"])
+    n_own = sum(1 for r in spec.btf_ext.core_relos["raw_tp/sys_enter"]
+                if r.insn_off >= second.sec_insn_off)
+    assert len(second.core_results) == n_own + n_sub
+    for at in second.core_results:
+        assert 0 <= at.insn_idx < second.insn_count
+    kernelref = kernelref_module()
+    if not kernelref.bpftool_available():
+        pytest.skip("bpftool/root needed")
+    assert {n: p.tag for n, p in spec.programs.items()} == kernelref.libbpf_tags(path)
