@@ -283,3 +283,25 @@ def test_core_in_subprograms_and_shared_sections_equal_libbpf(tmp_path) -> None:
     if not kernelref.bpftool_available():
         pytest.skip("bpftool/root needed")
     assert {n: p.tag for n, p in spec.programs.items()} == kernelref.libbpf_tags(path)
+
+
+def test_hidden_global_subprog_gets_static_btf_linkage(tmp_path) -> None:
+    from pyebpf.btf.types import Func, Linkage
+
+    path = compile_bpf(tmp_path, """
+        #include <linux/bpf.h>
+        #include <bpf/bpf_helpers.h>
+        __attribute__((visibility("hidden"))) __noinline int hid(int x) { return x + 1; }
+        __noinline int pub(int x) { return x + 2; }
+        SEC("socket") int entry(void *ctx) { return hid(1) + pub(2); }
+        char LICENSE[] SEC("license") = "GPL";
+    """, "hidden")
+    spec = ObjectSpec.from_file(path)
+    funcs = {t.name: t.linkage for _, t in spec.btf.own_types() if isinstance(t, Func)}
+    assert funcs["hid"] == Linkage.STATIC and funcs["pub"] == Linkage.GLOBAL
+    assert funcs["entry"] == Linkage.GLOBAL  # only subprograms are changed
+    spec.relocate()
+    kernelref = kernelref_module()
+    if not kernelref.bpftool_available():
+        pytest.skip("bpftool/root needed")
+    assert spec.programs["entry"].tag == kernelref.libbpf_tags(path)["entry"]

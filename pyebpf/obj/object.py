@@ -121,6 +121,7 @@ class ObjectSpec:
 
         self._init_btf(needs_btf=bool(maps_shndx) or elf.section(".struct_ops") is not None)
         self._init_programs()
+        self._mark_hidden_funcs_static()
         self._init_maps_and_externs(maps_shndx, legacy_shndx)
 
         ctx = RelocContext(elf, self.text_shndx, maps_shndx, legacy_shndx,
@@ -215,7 +216,9 @@ class ObjectSpec:
                     license=self.license, kern_version=self.kern_version,
                     insns=bytearray(code), autoload=not raw_name.startswith("?"),
                     sec_idx=sec.index, sec_insn_off=sym.value // 8,
-                    symbol_global=sym.bind != STB_LOCAL, orig_insns=code))
+                    symbol_global=sym.bind != STB_LOCAL, orig_insns=code,
+                    mark_btf_static=(sym.bind != STB_LOCAL
+                                     and sym.visibility in (STV_HIDDEN, STV_INTERNAL))))
         progs.sort(key=lambda p: (p.sec_idx, p.sec_insn_off))
         multi = len(progs) > 1
         for p in progs:
@@ -235,6 +238,21 @@ class ObjectSpec:
                 p.flags = sd.flags
                 p.attach_target = attach_target(sd, p.section)
                 p.autoattach = sd.attach is not None
+
+    def _mark_hidden_funcs_static(self) -> None:
+        """Give hidden global subprograms static BTF linkage (libbpf's btf_finalize_data):
+        the verifier then checks them in their callers' context, as static functions."""
+        if self.btf is None:
+            return
+        from ..btf.types import Func, Linkage
+
+        for p in self.subprograms.values():
+            if not p.mark_btf_static:
+                continue
+            for tid, t in self.btf.own_types():
+                if isinstance(t, Func) and t.linkage == Linkage.GLOBAL and t.name == p.name:
+                    self.btf.replace(tid, Func(t.name, t.type, Linkage.STATIC))
+                    break
 
     def _init_maps_and_externs(self, maps_shndx: int, legacy_shndx: int) -> None:
         from . import externs as _ext

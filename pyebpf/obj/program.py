@@ -88,6 +88,8 @@ class ProgramSpec:
     sec_insn_off: int = 0  # first instruction within the ELF section
     is_subprog: bool = False
     symbol_global: bool = True
+    # global symbol with hidden/internal visibility: libbpf makes its BTF FUNC static
+    mark_btf_static: bool = False
     # relocations recorded at open (section-independent, relative to the program)
     relocs: list[Reloc] = field(default_factory=list, repr=False)
     # the untouched instructions from the ELF section; relocate() starts from these
