@@ -342,17 +342,13 @@ class ObjectSpec:
         for p in self._all_programs():
             buf = bytearray(p.orig_insns)
             code[p.name] = buf
-            if relocator is not None and (p.is_subprog or p.autoload):
-                relos = [r for r in core_by_sec.get(self._raw_section(p), ())
-                         if find_prog(self._by_section.get(p.sec_idx, []), r.insn_off) is p]
-                if relos:
-                    core[p.name] = relocator.relocate(buf, relos, p.name,
-                                                      insn_offset=p.sec_insn_off)
             # mark function-pointer loads so the linker recognizes them (libbpf does
             # this before relocating calls, whether or not clang already did)
             for r in p.relocs:
                 if r.type == RelocType.SUBPROG_ADDR:
                     I.set_src(buf, r.insn_idx, I.BPF_PSEUDO_FUNC)
+        if relocator is not None:
+            self._relocate_core(relocator, core_by_sec, code, core)
 
         text = self._by_section.get(self.text_shndx, []) if self.text_shndx else []
         section_of = {p.name: self._raw_section(p) for p in self._all_programs()}
@@ -371,6 +367,27 @@ class ObjectSpec:
                             linked.core_results, refs))
         for p, insns, fi, li, cr, refs in results:
             p.insns, p.func_info, p.line_info, p.core_results, p.map_refs = insns, fi, li, cr, refs
+
+    def _relocate_core(self, relocator: Any, core_by_sec: Mapping[str, Any],
+                       code: dict[str, bytearray], core: dict[str, list[Any]]) -> None:
+        """CO-RE, walking BTF.ext sections and records in file order as libbpf does:
+        the candidate cache is pruned by earlier relocations, so order can matter,
+        and relocation numbers in messages are per section, as in libbpf's log."""
+        from ..btf.core import patch_insn
+
+        shndx = {}
+        for sec in self.elf.sections:
+            shndx.setdefault(sec.name, sec.index)
+        for sec_name, relos in core_by_sec.items():
+            progs = self._by_section.get(shndx.get(sec_name, -1), [])
+            for i, relo in enumerate(relos):
+                p = find_prog(progs, relo.insn_off)
+                if p is None or not (p.is_subprog or p.autoload):
+                    continue  # no program there (dropped static function) or not loaded
+                idx = relo.insn_off - p.sec_insn_off
+                res = relocator.resolve(relo, i, p.name)
+                patch_insn(code[p.name], idx, res, p.name, i)
+                core.setdefault(p.name, []).append(res)
 
     # -- helpers -----------------------------------------------------------------------
 
