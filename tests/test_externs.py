@@ -264,6 +264,25 @@ def test_parse_kallsyms():
         parse_kallsyms("not a kallsyms line\n")
 
 
+def test_kallsyms_name_search_agrees_with_full_parse():
+    # the per-name byte search must give what parsing every line gives
+    raw = open("/proc/kallsyms", "rb").read()
+    every: dict[str, set[int]] = {}
+    for line in raw.splitlines():
+        addr, typ, name = line.split()[:3]
+        n = name.decode()
+        if typ == b"d" and ".llvm." in n:
+            n = n[: n.find(".llvm.")]
+        every.setdefault(n, set()).add(int(addr, 16))
+    names = sorted(every)[:: max(1, len(every) // 500)]
+    for n in names:
+        if len(every[n]) > 1:
+            with pytest.raises(ExternError, match="ambiguous"):
+                parse_kallsyms(raw, {n})
+        else:
+            assert parse_kallsyms(raw, {n}) == {n: next(iter(every[n]))}
+
+
 @pytest.mark.skipif(not IS_ROOT, reason="kallsyms addresses need root")
 def test_read_kallsyms_real():
     syms = read_kallsyms({"__start_BTF", "_stext"})

@@ -394,47 +394,75 @@ def read_kconfig(paths: Iterable[str] | None = None) -> dict[str, str]:
     raise ExternError("failed to open system Kconfig (/boot/config-*, /proc/config.gz)")
 
 
-_KALLSYMS_LINE = re.compile(r"([0-9a-fA-F]+)\s+(\S)\s+(\S+)")
-
-
-def parse_kallsyms(text: str, names: set[str] | None = None) -> dict[str, int]:
+def parse_kallsyms(text: str | bytes, names: set[str] | None = None) -> dict[str, int]:
     """Name -> address from ``/proc/kallsyms`` text (libbpf ``kallsyms_cb`` rules).
 
     A ``.llvm.<hash>`` suffix of a data ('d') symbol is dropped. With ``names``, only
     those are kept and a name with two different addresses raises ExternError (libbpf:
     "resolution is ambiguous"); without, the first address wins.
     """
+    raw = text.encode() if isinstance(text, str) else bytes(text)
+    if names is not None:
+        return _find_kallsyms(raw, names)
     out: dict[str, int] = {}
-    for line in text.splitlines():
-        m = _KALLSYMS_LINE.match(line)
-        if m is None:
-            if line.strip():
-                raise ExternError(f"failed to read kallsyms entry {line!r}")
+    for line in raw.splitlines():
+        fields = line.split()
+        if len(fields) < 3 or len(fields[1]) != 1:
+            if fields:
+                raise ExternError(f"failed to read kallsyms entry {line.decode(errors='replace')!r}")
             continue
-        addr, typ, name = int(m.group(1), 16), m.group(2), m.group(3)
-        if typ == "d":
+        try:
+            addr = int(fields[0], 16)
+        except ValueError:
+            raise ExternError(
+                f"failed to read kallsyms entry {line.decode(errors='replace')!r}") from None
+        name = fields[2].decode(errors="replace")
+        if fields[1] == b"d":
             i = name.find(".llvm.")
             if i >= 0:
                 name = name[:i]
-        if names is not None and name not in names:
-            continue
-        prev = out.get(name)
-        if prev is None:
-            out[name] = addr
-        elif prev != addr and names is not None:
-            raise ExternError(f"extern (ksym) '{name}': resolution is ambiguous: "
-                              f"0x{prev:x} or 0x{addr:x}", name=name)
+        out.setdefault(name, addr)
+    return out
+
+
+def _find_kallsyms(raw: bytes, names: set[str]) -> dict[str, int]:
+    # The file has ~120k lines and an extern object needs a handful of names:
+    # searching the bytes for each name is ~50x faster than parsing every line.
+    out: dict[str, int] = {}
+    for name in names:
+        needle = b" " + name.encode()
+        pos = raw.find(needle)
+        while pos >= 0:
+            end = pos + len(needle)
+            nxt = raw[end:end + 1]
+            llvm = raw.startswith(b".llvm.", end)
+            if nxt in (b"\n", b"\t", b"") or llvm:
+                line_start = raw.rfind(b"\n", 0, pos) + 1
+                head = raw[line_start:pos].split()
+                if (len(head) == 2 and len(head[1]) == 1 and (not llvm or head[1] == b"d")):
+                    try:
+                        addr = int(head[0], 16)
+                    except ValueError:
+                        addr = None
+                    if addr is not None:
+                        prev = out.get(name)
+                        if prev is None:
+                            out[name] = addr
+                        elif prev != addr:
+                            raise ExternError(f"extern (ksym) '{name}': resolution is ambiguous: "
+                                              f"0x{prev:x} or 0x{addr:x}", name=name)
+            pos = raw.find(needle, end)
     return out
 
 
 def read_kallsyms(names: set[str] | None = None, path: str = "/proc/kallsyms") -> dict[str, int]:
     """:func:`parse_kallsyms` of the running kernel (addresses are 0 unless root)."""
     try:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            text = f.read()
+        with open(path, "rb") as f:
+            raw = f.read()
     except OSError as e:
         raise ExternError(f"failed to open {path}: {e}") from None
-    return parse_kallsyms(text, names)
+    return parse_kallsyms(raw, names)
 
 
 def _kv(major: int, minor: int, patch: int) -> int:
