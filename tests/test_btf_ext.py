@@ -147,6 +147,17 @@ def test_construct_description_agrees(clang_object: tuple[BTF, bytes]) -> None:
         [int(r.kind) for v in ext.core_relos.values() for r in v]
 
 
+@pytest.mark.parametrize("hdr_len", [24, 32])
+def test_hand_header_parse_agrees_with_construct(hdr_len: int) -> None:
+    from pyebpf.btf.ext import _parse_header
+
+    raw = struct.pack("<HBBIIIIIII", 0xEB9F, 1, 0, hdr_len, 0, 16, 16, 32, 48, 8)[:hdr_len]
+    ours = _parse_header(raw, hdr_len)
+    ref = formats.btf_ext_header.parse(raw)
+    for name in ours._fields:
+        assert getattr(ours, name) == ref[name], name
+
+
 def test_pack_for_kernel(clang_object: tuple[BTF, bytes]) -> None:
     btf, data = clang_object
     ext = parse_btf_ext(data, btf)

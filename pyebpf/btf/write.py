@@ -13,7 +13,6 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 
 from ..errors import BTFError
-from .formats import btf_header
 from .spec import BTF, BTF_MAGIC, BTF_VERSION, HEADER_SIZE
 from .types import (
     Array,
@@ -245,6 +244,8 @@ def marshal_with_offsets(
         type_sec = struct.pack(f"<{len(words)}I", *words)
     except struct.error as e:
         raise BTFError(f"BTF field out of range: {e}") from None
+    from .formats import btf_header  # construct costs ~12 ms to import; only writers pay it
+
     hdr = btf_header.build(
         dict(magic=BTF_MAGIC, version=BTF_VERSION, flags=0, hdr_len=HEADER_SIZE, type_off=0,
              type_len=len(type_sec), str_off=len(type_sec), str_len=len(strs))
