@@ -320,7 +320,7 @@ EXPECTED: dict[str, tuple[dict[str, tuple[str, str]], list[str], list[str]]] = {
             'pyebpf_cc_cong_avoid': ('struct_ops/pyebpf_cc_cong_avoid', 'STRUCT_OPS'),
             'pyebpf_cc_undo_cwnd': ('struct_ops/pyebpf_cc_undo_cwnd', 'STRUCT_OPS'),
         },
-        [],
+        ['pyebpf_cc'],
         [],
     ),
     'sections_trampoline': (

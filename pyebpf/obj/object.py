@@ -119,7 +119,10 @@ class ObjectSpec:
             elif sec.name == ".text" and sec.is_exec and sec.size:
                 self.text_shndx = sec.index
 
-        self._init_btf(needs_btf=bool(maps_shndx) or elf.section(".struct_ops") is not None)
+        from .struct_ops import is_struct_ops_section
+
+        self._init_btf(needs_btf=bool(maps_shndx)
+                       or any(is_struct_ops_section(s.name) for s in secs))
         self._init_programs()
         self._mark_hidden_funcs_static()
         self._init_maps_and_externs(maps_shndx, legacy_shndx)
@@ -273,6 +276,11 @@ class ObjectSpec:
         if kconfig is not None:
             self._add_map(kconfig.name, kconfig)
             self.kconfig_map = kconfig.name
+        # after kconfig, as libbpf's bpf_object__init_maps orders them
+        from .struct_ops import collect_struct_ops
+
+        for name, m in collect_struct_ops(elf, self.btf, self._all_programs()).items():
+            self._add_map(name, m)
 
     def _add_map(self, name: str, m: MapSpec) -> None:
         if name in self.maps:
