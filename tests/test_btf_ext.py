@@ -1,13 +1,12 @@
-"""BTF.ext parser tests: a clang-compiled object, hand-built sections, malformed input."""
+"""BTF.ext parser tests: a clang-compiled fixture object, hand-built sections, malformed input."""
 
 from __future__ import annotations
 
-import shutil
 import struct
-import subprocess
 
 import pytest
 from elftools.elf.elffile import ELFFile
+from unitobj import unit_object, unit_source
 
 from pyebpf.btf import formats
 from pyebpf.btf.ext import (
@@ -26,51 +25,13 @@ from pyebpf.btf.types import Func, FuncProto, Int, Struct, Void
 from pyebpf.btf.write import marshal_with_offsets
 from pyebpf.errors import BTFError
 
-CLANG = shutil.which("clang-19")
-
-# Uses the compiler builtins directly, so no libbpf headers are needed.
-C_SOURCE = r"""
-#define SEC(n) __attribute__((section(n), used))
-struct task { int pid; int flags:3; unsigned int f2:5; struct task *parent; }
-    __attribute__((preserve_access_index));
-enum state { RUNNING = 0, STOPPED = 4 };
-typedef struct task task_t;
-
-static __attribute__((noinline)) int sub(int x) { return x * 3; }
-
-SEC("tracepoint/x") int prog(struct task *t) {
-  long r = 0;
-  r += __builtin_preserve_field_info(t->pid, 0);      /* FIELD_BYTE_OFFSET */
-  r += __builtin_preserve_field_info(t->parent, 1);   /* FIELD_BYTE_SIZE */
-  r += __builtin_preserve_field_info(t->pid, 2);      /* FIELD_EXISTS */
-  r += __builtin_preserve_field_info(t->flags, 3);    /* FIELD_SIGNED */
-  r += __builtin_preserve_field_info(t->flags, 4);    /* FIELD_LSHIFT_U64 */
-  r += __builtin_preserve_field_info(t->flags, 5);    /* FIELD_RSHIFT_U64 */
-  r += __builtin_btf_type_id(*(struct task *)0, 0);   /* TYPE_ID_LOCAL */
-  r += __builtin_btf_type_id(*(struct task *)0, 1);   /* TYPE_ID_TARGET */
-  r += __builtin_preserve_type_info(*(struct task *)0, 0);  /* TYPE_EXISTS */
-  r += __builtin_preserve_type_info(*(struct task *)0, 1);  /* TYPE_SIZE */
-  r += __builtin_preserve_enum_value(*(enum state *)STOPPED, 0);  /* ENUMVAL_EXISTS */
-  r += __builtin_preserve_enum_value(*(enum state *)STOPPED, 1);  /* ENUMVAL_VALUE */
-  r += __builtin_preserve_type_info(*(task_t *)0, 2);  /* TYPE_MATCHES */
-  return r + sub(t->pid);
-}
-
-SEC("xdp") int xdp_prog(void *ctx) { return 2; }
-char LICENSE[] SEC("license") = "GPL";
-"""
+# fixtures/src/unit/btf_ext.bpf.c uses the compiler builtins directly (every CO-RE kind).
+C_SOURCE = unit_source("btf_ext")
 
 
 @pytest.fixture(scope="session")
-def clang_object(tmp_path_factory: pytest.TempPathFactory) -> tuple[BTF, bytes]:
-    if CLANG is None:
-        pytest.skip("clang-19 not installed")
-    d = tmp_path_factory.mktemp("btfext")
-    (d / "c.c").write_text(C_SOURCE)
-    out = d / "c.o"
-    subprocess.run([CLANG, "-g", "-O2", "-target", "bpf", "-c", str(d / "c.c"), "-o", str(out)],
-                   check=True)
-    with open(out, "rb") as f:
+def clang_object() -> tuple[BTF, bytes]:
+    with open(unit_object("btf_ext"), "rb") as f:
         elf = ELFFile(f)
         btf = BTF.from_bytes(elf.get_section_by_name(".BTF").data())
         return btf, elf.get_section_by_name(".BTF.ext").data()
@@ -92,7 +53,7 @@ def test_clang_line_info(clang_object: tuple[BTF, bytes]) -> None:
     btf, data = clang_object
     ext = parse_btf_ext(data, btf)
     lines = ext.line_info["tracepoint/x"]
-    assert lines[0].insn_off == 0 and lines[0].file_name.endswith("c.c")
+    assert lines[0].insn_off == 0 and lines[0].file_name.endswith("unit/btf_ext.bpf.c")
     assert "int prog(struct task *t)" in lines[0].line_text
     assert [r.insn_off for r in lines] == sorted(r.insn_off for r in lines)
     src = C_SOURCE.splitlines()

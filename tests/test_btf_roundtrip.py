@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import ctypes
 import os
-import shutil
-import subprocess
 from collections.abc import Callable
 
 import pytest
 from elftools.elf.elffile import ELFFile
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from unitobj import unit_object
 
 from pyebpf.btf.spec import BTF
 from pyebpf.btf.types import (
@@ -47,7 +46,6 @@ from pyebpf.btf.write import Features, fixup_datasec, marshal
 from pyebpf.errors import BTFError
 
 VMLINUX = "/sys/kernel/btf/vmlinux"
-CLANG = shutil.which("clang-19")
 
 # -- generated graphs ---------------------------------------------------------------------
 
@@ -204,46 +202,10 @@ def kernel_load_btf(data: bytes) -> None:
 
 need_root = pytest.mark.skipif(os.geteuid() != 0, reason="BPF_BTF_LOAD needs root")
 
-C_SOURCE = r"""
-typedef unsigned int u32;
-#define SEC(n) __attribute__((section(n), used))
-#define __tag(x) __attribute__((btf_decl_tag(x)))
-#define __ttag(x) __attribute__((btf_type_tag(x)))
-enum e32 { A = -1, B = 5 };
-enum e64 { C = 0xffffffffffULL, D = 1 };
-struct bits { int a:3; unsigned b:5; int c; float f; double d; } __tag("s");
-union un { int x; char y[4]; };
-struct task { int pid; struct task *parent; } __attribute__((preserve_access_index));
-int gdata = 1;
-int gbss;
-const volatile int grodata = 7;
-int __attribute__((visibility("hidden"))) hid = 9;
-struct bits gb;
-union un gu;
-enum e32 ge32; enum e64 ge64;
-int __ttag("user") *tp;
-struct { int type; int max_entries; } m SEC(".maps");
-__attribute__((noinline)) int helper(int x __tag("arg")) { return x + 1; }
-static __attribute__((noinline)) int shelper(int x) { return x * 2; }
-SEC("xdp") int prog(void *ctx) {
-  struct task *t = (struct task *)ctx;
-  return helper(gdata) + shelper(gbss) + grodata + hid + gb.a + gu.x + ge32 + (int)ge64
-         + __builtin_preserve_field_info(t->parent, 0) + t->pid;
-}
-char LICENSE[] SEC("license") = "GPL";
-"""
-
-
 @pytest.fixture(scope="session")
-def clang_object(tmp_path_factory: pytest.TempPathFactory) -> str:
-    if CLANG is None:
-        pytest.skip("clang-19 not installed")
-    d = tmp_path_factory.mktemp("btfobj")
-    (d / "t.c").write_text(C_SOURCE)
-    out = d / "t.o"
-    subprocess.run([CLANG, "-g", "-O2", "-target", "bpf", "-c", str(d / "t.c"), "-o", str(out)],
-                   check=True)
-    return str(out)
+def clang_object() -> str:
+    """fixtures/src/unit/btf_roundtrip.bpf.c: every BTF kind clang emits, in one object."""
+    return str(unit_object("btf_roundtrip"))
 
 
 def elf_callbacks(elf: ELFFile) -> tuple[Callable[[str], int | None],
