@@ -11,6 +11,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from unitobj import unit_object
 
 from pyebpf.btf.spec import BTF
 from pyebpf.btf.types import Datasec, Func, Kind, Linkage, Var
@@ -38,7 +39,6 @@ from pyebpf.uapi import BPF_F_MMAPABLE, BPF_F_RDONLY_PROG, MapType
 
 ROOT = Path(__file__).resolve().parent.parent
 FIX = ROOT / "fixtures"
-CLANG = shutil.which("clang-19") or shutil.which("clang")
 IS_ROOT = os.geteuid() == 0
 
 
@@ -52,21 +52,6 @@ def fixture(name: str):
     if not p.exists():
         pytest.skip(f"fixture {name} missing")
     return load(p)
-
-
-def compile_c(tmp_path: Path, src: str, name: str = "ext") -> Path:
-    if CLANG is None:
-        pytest.skip("clang not installed")
-    c = tmp_path / f"{name}.bpf.c"
-    o = tmp_path / f"{name}.bpf.o"
-    c.write_text('#include "vmlinux.h"\n#include <bpf/bpf_helpers.h>\n' + src
-                 + '\nchar LICENSE[] SEC("license") = "GPL";\n')
-    r = subprocess.run([CLANG, "-g", "-O2", "-target", "bpf", "-D__TARGET_ARCH_x86", "-c",
-                        "-I", str(FIX / "include"), "-I/usr/include/x86_64-linux-gnu",
-                        str(c), "-o", str(o)], capture_output=True, text=True)
-    if r.returncode:
-        pytest.fail(r.stderr)
-    return o
 
 
 @pytest.fixture(scope="module")
@@ -132,10 +117,8 @@ def test_collect_needs_btf():
         collect_externs(elf, None)
 
 
-def test_collect_unsupported_kconfig_type(tmp_path):
-    o = compile_c(tmp_path, "extern struct task_struct CONFIG_X __kconfig;\n"
-                  "SEC(\"socket\") int f(void *c) { return (long)&CONFIG_X; }")
-    elf, btf = load(o)
+def test_collect_unsupported_kconfig_type():
+    elf, btf = load(unit_object("externs_bad_kconfig_type"))
     with pytest.raises(ObjectError, match="type is unsupported"):
         collect_externs(elf, btf)
 
@@ -409,29 +392,8 @@ def test_strong_missing_externs_raise(kbtf):
         "CONFIG_PYEBPF_DOES_NOT_EXIST", "bpf_pyebpf_no_such_kfunc"]
 
 
-EXTRA_SRC = r"""
-extern unsigned int LINUX_HAS_BPF_COOKIE __kconfig;
-extern bool LINUX_HAS_SYSCALL_WRAPPER __kconfig;
-extern int LINUX_SOMETHING_NEW __kconfig __weak;
-extern struct task_struct *bpf_task_acquire___flavor(struct task_struct *p) __ksym;
-extern void bpf_task_release(int not_a_task) __ksym __weak;
-extern const int runqueues __ksym __weak;
-int out;
-SEC("tp_btf/sched_process_fork")
-int prog(unsigned long long *ctx)
-{
-	struct task_struct *t = bpf_task_acquire___flavor((void *)ctx[1]);
-	out = LINUX_HAS_BPF_COOKIE + LINUX_HAS_SYSCALL_WRAPPER + LINUX_SOMETHING_NEW + (&runqueues != 0);
-	if (t)
-		bpf_task_release(1);
-	return 0;
-}
-"""
-
-
-def test_virtual_kconfig_flavors_and_incompatible_types(tmp_path, kbtf):
-    o = compile_c(tmp_path, EXTRA_SRC)
-    elf, btf = load(o)
+def test_virtual_kconfig_flavors_and_incompatible_types(kbtf):
+    elf, btf = load(unit_object("externs_virtual"))
     all_ext, kmap = collect_externs(elf, btf)
     ext = {k: v for k, v in all_ext.items() if k != "runqueues"}
     resolve_externs(ext, kernel_btf=kbtf, local_btf=btf,
@@ -457,10 +419,8 @@ def test_virtual_kconfig_flavors_and_incompatible_types(tmp_path, kbtf):
     assert ext["LINUX_HAS_SYSCALL_WRAPPER"].value is False
 
 
-def test_unknown_strong_linux_extern(tmp_path):
-    o = compile_c(tmp_path, "extern int LINUX_FOO __kconfig;\nint out;\n"
-                  "SEC(\"socket\") int f(void *c) { out = LINUX_FOO; return 0; }", "lf")
-    elf, btf = load(o)
+def test_unknown_strong_linux_extern():
+    elf, btf = load(unit_object("externs_unknown_linux"))
     ext, _ = collect_externs(elf, btf)
     with pytest.raises(ExternError, match="unrecognized virtual extern"):
         resolve_externs(ext)
