@@ -319,11 +319,11 @@ def ops_obj(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _kernel(members: list[tuple[str, str]], *, with_value: bool = True,
-            value_data_type: int | None = None) -> BTF:
+            value_data_type: int | None = None, base: BTF | None = None) -> BTF:
     """A tiny 'kernel' BTF: struct pyebpf_ops with the given (name, kind) members in
     order, kinds "fn" (func ptr), "int", "long", "tag" (char[8]), plus its
     bpf_struct_ops_pyebpf_ops wrapper with an 8-byte header then `data`."""
-    b = BTF()
+    b = BTF(base=base) if base is not None else BTF()
     t_int = b.add(Int("int", 4, INT_SIGNED))
     t_long = b.add(Int("long", 8, INT_SIGNED))
     t_char = b.add(Int("char", 1))
@@ -454,3 +454,21 @@ def test_open_errors(tmp_path: Path) -> None:
     """, "nobtf", debug=False)
     with pytest.raises(ObjectError, match="BTF"):
         ObjectSpec.from_file(no_btf)
+
+
+def test_struct_in_module_btf(ops_obj: Path) -> None:
+    m = ObjectSpec.from_file(ops_obj).maps["ops_one"]
+    vmlinux = BTF([Int("int", 4, INT_SIGNED)])
+    module = _kernel(_GOOD, base=vmlinux)
+    plan = resolve_struct_ops(m, [vmlinux, module])
+    assert plan.btf_index == 1
+    assert plan.kernel_type_id == module.find("pyebpf_ops", Kind.STRUCT)[0] >= len(vmlinux)
+    assert resolve_struct_ops(m, [module]).btf_index == 0
+
+
+def test_junk_in_pointer_slot(ops_obj: Path) -> None:
+    m = ObjectSpec.from_file(ops_obj).maps["ops_one"]
+    so = m.extra["struct_ops"]
+    so.data[8:16] = (0x1234).to_bytes(8, "little")  # member b, no program behind it
+    with pytest.raises(ObjectError, match="member b is not a struct_ops program"):
+        resolve_struct_ops(m, _kernel(_GOOD))

@@ -23,7 +23,7 @@ can spread struct_ops over several sections; ``.link`` variants get ``BPF_F_LINK
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -92,6 +92,7 @@ class StructOpsPlan:
     """A struct_ops map resolved against kernel BTF: what the loader submits."""
 
     map_name: str
+    btf_index: int  # which of the given kernel BTFs holds the struct (0: vmlinux)
     kernel_type_id: int  # struct <name>: every program's attach_btf_id
     value_type_id: int  # struct bpf_struct_ops_<name>: btf_vmlinux_value_type_id
     value_size: int  # the map's value_size at creation
@@ -278,13 +279,28 @@ def _member_at_bit(btf: Any, type_id: int, bit_off: int,
 # -- load-time resolution against kernel BTF ------------------------------------------------
 
 
-def resolve_struct_ops(map_spec: MapSpec, kernel_btf: BTFView) -> StructOpsPlan:
+def _find_kernel_struct(btfs: list[BTFView], tname: str) -> tuple[int, int]:
+    """(index into ``btfs``, type id) of ``struct tname``: vmlinux first, then each
+    module's own types, as libbpf's find_ksym_btf_id."""
+    for i, btf in enumerate(btfs):
+        start = 1 if i == 0 else getattr(btf, "start_id", 1)
+        ids = [t for t in btf.find(tname, Kind.STRUCT) if t >= start]
+        if ids:
+            return i, ids[0]
+    raise BTFError(f"struct_ops init_kern: struct {tname} is not found in kernel BTF")
+
+
+def resolve_struct_ops(map_spec: MapSpec,
+                       kernel_btf: BTFView | Sequence[BTFView]) -> StructOpsPlan:
     """Lay a struct_ops map out for the running kernel (libbpf's init_kern_struct_ops).
 
-    Pure: reads only ``kernel_btf`` (a BTFView of vmlinux or a module). Raises
-    BTFError when the kernel lacks the struct or its ``bpf_struct_ops_<name>`` value
-    type, and ObjectError when the object's struct does not fit the kernel's (a
-    non-zero member the kernel does not have, a bitfield, a kind or size mismatch).
+    Pure: reads only ``kernel_btf``, a BTFView of vmlinux, or a sequence of views
+    (vmlinux first, then module BTFs split on it): the struct is looked up as libbpf
+    does and :attr:`StructOpsPlan.btf_index` says which one held it (the loader
+    passes that module's BTF fd). Raises BTFError when the kernel lacks the struct or
+    its ``bpf_struct_ops_<name>`` value type, and ObjectError when the object's struct
+    does not fit the kernel's (a non-zero member the kernel does not have, a
+    bitfield, a kind or size mismatch). ``map_spec`` is not modified.
     """
     so = map_spec.extra.get("struct_ops")
     if not isinstance(so, StructOpsSpec):
@@ -295,10 +311,11 @@ def resolve_struct_ops(map_spec: MapSpec, kernel_btf: BTFView) -> StructOpsPlan:
     def fail(msg: str) -> ObjectError:
         return ObjectError(f"struct_ops init_kern {name}: {msg}")
 
-    ktype_ids = kernel_btf.find(tname, Kind.STRUCT)
-    if not ktype_ids:
-        raise BTFError(f"struct_ops init_kern: struct {tname} is not found in kernel BTF")
-    ktype_id = ktype_ids[0]
+    btfs = list(kernel_btf) if isinstance(kernel_btf, (list, tuple)) else [kernel_btf]
+    if not btfs:
+        raise BTFError("struct_ops init_kern: no kernel BTF given")
+    btf_index, ktype_id = _find_kernel_struct(btfs, tname)
+    kernel_btf = btfs[btf_index]
     vtype_ids = kernel_btf.find(VALUE_PREFIX + tname, Kind.STRUCT)
     if not vtype_ids:
         raise BTFError(f"struct_ops init_kern: struct {VALUE_PREFIX}{tname} is not found "
@@ -352,6 +369,9 @@ def resolve_struct_ops(map_spec: MapSpec, kernel_btf: BTFView) -> StructOpsPlan:
         if mb.kind == Kind.PTR:
             # pointers other than programs are not copied: the kernel would reject them
             if prog is None:
+                if any(mdata):
+                    # libbpf reads the slot as a program pointer: junk there is refused
+                    raise fail(f"member {mb.name} is not a struct_ops program")
                 continue
             target = kernel_btf.type(_skip_mods(kernel_btf, kmtype.type))  # type: ignore[union-attr]
             if target.kind != Kind.FUNC_PROTO:
@@ -377,7 +397,7 @@ def resolve_struct_ops(map_spec: MapSpec, kernel_btf: BTFView) -> StructOpsPlan:
     # a program dropped with its member still counts if another member uses it
     dropped = [p for p in (so.programs.get(n) for n in skipped) if p and p not in attach]
     return StructOpsPlan(
-        map_name=name, kernel_type_id=ktype_id, value_type_id=vtype_id,
+        map_name=name, btf_index=btf_index, kernel_type_id=ktype_id, value_type_id=vtype_id,
         value_size=vtype.size, data_offset=data_off, value=value, member_offsets=offsets,
         member_indexes=indexes, func_offsets=func_offsets, programs=progs,
         prog_attach=attach, skipped=skipped, dropped_programs=dropped)
