@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
+from unitobj import unit_object
 
 from pyebpf.btf.spec import BTF
 from pyebpf.errors import ObjectError
@@ -23,7 +22,6 @@ from pyebpf.obj.spec import PinType
 from pyebpf.uapi import BPF_F_MMAPABLE, BPF_F_NO_PREALLOC, BPF_F_RDONLY_PROG, MapType
 
 FIX = Path(__file__).resolve().parent.parent / "fixtures"
-CLANG = shutil.which("clang-19") or shutil.which("clang")
 
 
 def load(path: Path | str):
@@ -38,19 +36,6 @@ def fixture(name: str):
     if not p.exists():
         pytest.skip(f"fixture {name} missing")
     return load(p)
-
-
-def compile_c(tmp_path: Path, src: str, name: str = "t") -> Path:
-    if CLANG is None:
-        pytest.skip("clang not installed")
-    c = tmp_path / f"{name}.bpf.c"
-    o = tmp_path / f"{name}.bpf.o"
-    c.write_text('#include <linux/bpf.h>\n#include <bpf/bpf_helpers.h>\n' + src)
-    r = subprocess.run([CLANG, "-g", "-O2", "-target", "bpf", "-c", "-I/usr/include/x86_64-linux-gnu",
-                        str(c), "-o", str(o)], capture_output=True, text=True)
-    if r.returncode:
-        pytest.fail(r.stderr)
-    return o
 
 
 # -- BTF-defined maps ---------------------------------------------------------------------
@@ -103,13 +88,9 @@ def test_btf_maps_order_follows_section_offsets():
     assert offs == sorted(offs)
 
 
-def test_ringbuf_size_rounded_like_libbpf(tmp_path):
-    o = compile_c(tmp_path, """
-struct { __uint(type, BPF_MAP_TYPE_RINGBUF); __uint(max_entries, 5000); } rb SEC(".maps");
-struct { __uint(type, BPF_MAP_TYPE_RINGBUF); __uint(max_entries, 3 * 4096); } rb3 SEC(".maps");
-char LICENSE[] SEC("license") = "GPL";
-""")
-    elf, btf = load(o)
+def test_ringbuf_size_rounded_like_libbpf():
+    # rb asks for 5000 bytes, rb3 for 3 * 4096
+    elf, btf = load(unit_object("maps_ringbuf"))
     maps = parse_btf_maps(elf, btf)
     page = os.sysconf("SC_PAGE_SIZE")
     assert maps["rb"].max_entries == 2 * page if page == 4096 else maps["rb"].max_entries % page == 0
@@ -122,45 +103,29 @@ def test_opensnoop_maps():
     assert set(maps) >= {"start", "events"}
 
 
+# case -> libbpf's message; the map definitions are in
+# fixtures/src/unit/maps_malformed_<case>.bpf.c.
 MALFORMED = {
-    "no_type": ("struct { __uint(max_entries, 1); __type(key, int); __type(value, int); } m SEC(\".maps\");",
-                "map type isn't specified"),
-    "unknown_field": ("struct { __uint(type, BPF_MAP_TYPE_ARRAY); __uint(max_entries, 1);"
-                      " __uint(bogus, 3); } m SEC(\".maps\");", "unknown field 'bogus'"),
-    "key_not_ptr": ("struct { __uint(type, BPF_MAP_TYPE_HASH); int key; } m SEC(\".maps\");",
-                    "key spec is not PTR"),
-    "uint_not_array": ("struct { int *type; } m SEC(\".maps\");", "expected ARRAY"),
-    "uint_not_ptr": ("struct { int type; } m SEC(\".maps\");", "expected PTR"),
-    "conflicting_key": ("struct { __uint(type, BPF_MAP_TYPE_HASH); __type(key, int);"
-                        " __uint(key_size, 8); } m SEC(\".maps\");", "conflicting key size 4 != 8"),
-    "values_not_mim": ("struct { __uint(type, BPF_MAP_TYPE_HASH); __type(key, int);"
-                       " __array(values, int (void *)); } m SEC(\".maps\");",
-                       "should be map-in-map or prog-array"),
-    "values_not_last": ("struct inner { __uint(type, BPF_MAP_TYPE_ARRAY); };"
-                        " struct { __uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);"
-                        " struct inner *values[0]; __uint(max_entries, 1); } m SEC(\".maps\");",
-                        "'values' member should be last"),
-    "bad_pinning": ("struct { __uint(type, BPF_MAP_TYPE_ARRAY); __uint(pinning, 7); } m SEC(\".maps\");",
-                    "invalid pinning value 7"),
-    "inner_pinned": ("struct inner { __uint(type, BPF_MAP_TYPE_ARRAY); __uint(pinning, 1); };"
-                     " struct { __uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);"
-                     " __array(values, struct inner); } m SEC(\".maps\");",
-                     "map 'm.inner': inner def can't be pinned"),
-    "prog_array_bad_values": ("struct { __uint(type, BPF_MAP_TYPE_PROG_ARRAY);"
-                              " __array(values, int); } m SEC(\".maps\");",
-                              "def is of unexpected kind"),
-    "static_map": ("static struct { __uint(type, BPF_MAP_TYPE_ARRAY); } m SEC(\".maps\");"
-                   " SEC(\"socket\") int f(void *c) { return bpf_map_lookup_elem(&m, &(int){0}) != 0; }",
-                   "unsupported map linkage static"),
-    "def_not_struct": ("int m SEC(\".maps\");", "unexpected def kind"),
+    "no_type": "map type isn't specified",
+    "unknown_field": "unknown field 'bogus'",
+    "key_not_ptr": "key spec is not PTR",
+    "uint_not_array": "expected ARRAY",
+    "uint_not_ptr": "expected PTR",
+    "conflicting_key": "conflicting key size 4 != 8",
+    "values_not_mim": "should be map-in-map or prog-array",
+    "values_not_last": "'values' member should be last",
+    "bad_pinning": "invalid pinning value 7",
+    "inner_pinned": "map 'm.inner': inner def can't be pinned",
+    "prog_array_bad_values": "def is of unexpected kind",
+    "static_map": "unsupported map linkage static",
+    "def_not_struct": "unexpected def kind",
 }
 
 
 @pytest.mark.parametrize("case", sorted(MALFORMED))
-def test_malformed_btf_map_defs(tmp_path, case):
-    src, msg = MALFORMED[case]
-    o = compile_c(tmp_path, src + '\nchar LICENSE[] SEC("license") = "GPL";\n', case)
-    elf, btf = load(o)
+def test_malformed_btf_map_defs(case):
+    msg = MALFORMED[case]
+    elf, btf = load(unit_object(f"maps_malformed_{case}"))
     with pytest.raises(ObjectError) as ei:
         parse_btf_maps(elf, btf)
     assert msg in str(ei.value)
@@ -168,10 +133,8 @@ def test_malformed_btf_map_defs(tmp_path, case):
         assert "'m" in str(ei.value)
 
 
-def test_relaxed_mode_ignores_unknown_fields(tmp_path):
-    src, _ = MALFORMED["unknown_field"]
-    o = compile_c(tmp_path, src + '\nchar LICENSE[] SEC("license") = "GPL";\n')
-    elf, btf = load(o)
+def test_relaxed_mode_ignores_unknown_fields():
+    elf, btf = load(unit_object("maps_malformed_unknown_field"))
     assert parse_btf_maps(elf, btf, strict=False)["m"].type == MapType.ARRAY
 
 
@@ -207,14 +170,9 @@ def test_legacy_maps_fixture():
     assert maps["legacy_array"].section == "maps"
 
 
-def test_legacy_maps_extra_fields(tmp_path):
-    o = compile_c(tmp_path, """
-struct bpf_elf_map { unsigned int type, key_size, value_size, max_entries, map_flags, id, pinning; };
-struct bpf_elf_map SEC("maps") zero = { .type = BPF_MAP_TYPE_ARRAY, .key_size = 4, .value_size = 4, .max_entries = 2 };
-struct bpf_elf_map SEC("maps") pinned = { .type = BPF_MAP_TYPE_HASH, .key_size = 4, .value_size = 8, .max_entries = 8, .pinning = 2 };
-char LICENSE[] SEC("license") = "GPL";
-""")
-    elf, _ = load(o)
+def test_legacy_maps_extra_fields():
+    # iproute2's struct bpf_elf_map: 28-byte definitions, "pinned" has pinning = 2
+    elf, _ = load(unit_object("maps_legacy_extra"))
     with pytest.raises(ObjectError, match="non-zero options"):
         parse_legacy_maps(elf)
     maps = parse_legacy_maps(elf, strict=False)
@@ -301,13 +259,8 @@ def test_global_data_without_btf():
     assert maps["globals.rodata"].flags == BPF_F_RDONLY_PROG
 
 
-def test_hidden_globals_are_not_mmapable(tmp_path):
-    o = compile_c(tmp_path, """
-__attribute__((visibility("hidden"))) int hidden_only = 1;
-SEC("socket") int f(void *c) { return hidden_only; }
-char LICENSE[] SEC("license") = "GPL";
-""", "hid")
-    elf, btf = load(o)
+def test_hidden_globals_are_not_mmapable():
+    elf, btf = load(unit_object("maps_hidden_global"))
     maps, variables = parse_global_data(elf, btf, "hid")
     assert maps["hid.data"].flags == 0
     assert variables["hidden_only"].linkage == 0
@@ -315,34 +268,24 @@ char LICENSE[] SEC("license") = "GPL";
 
 # -- arena globals -------------------------------------------------------------------------
 
-ARENA_MAP = ("struct { __uint(type, 33); __uint(map_flags, 1024); __uint(max_entries, %d); }"
-             " %s SEC(\".maps\");\n")
-ARENA_VAR = ("int __attribute__((address_space(1))) avar = 5;\n"
-             "SEC(\"syscall\") int f(void *c) { return avar; }\n")
-
-
-def test_arena_globals(tmp_path):
-    o = compile_c(tmp_path, ARENA_MAP % (2, "arena") + ARENA_VAR, "arena")
-    elf, btf = load(o)
-    if elf.section(".addr_space.1") is None:
-        pytest.skip("compiler did not emit .addr_space.1")
+def test_arena_globals():
+    # fixtures/src/unit/maps_arena.bpf.c: a two-page arena map and `int __arena avar = 5`
+    elf, btf = load(unit_object("maps_arena"))
+    assert elf.section(".addr_space.1") is not None
     m = parse_btf_maps(elf, btf)["arena"]
     assert m.type == MapType.ARENA and m.flags == 1024
     assert m.extra["arena_data"][:4] == (5).to_bytes(4, "little")
 
 
-@pytest.mark.parametrize("maps_src,msg", [
-    ("", "ARENA map should be explicitly declared"),
-    (ARENA_MAP % (1, "a1") + ARENA_MAP % (1, "a2"), "only single ARENA map"),
-    (ARENA_MAP % (0, "arena"), "too small"),
+@pytest.mark.parametrize("case,msg", [
+    ("undeclared", "ARENA map should be explicitly declared"),
+    ("two", "only single ARENA map"),
+    ("small", "too small"),
 ])
-def test_arena_errors(tmp_path, maps_src, msg):
-    o = compile_c(tmp_path, maps_src + ARENA_VAR
-                  + "struct { __uint(type, BPF_MAP_TYPE_ARRAY); __uint(max_entries, 1);"
-                  " __type(key, int); __type(value, int); } plain SEC(\".maps\");\n", "arenaerr")
-    elf, btf = load(o)
-    if elf.section(".addr_space.1") is None:
-        pytest.skip("compiler did not emit .addr_space.1")
+def test_arena_errors(case, msg):
+    # an arena global and a plain array map, with no / two / a zero-page arena map
+    elf, btf = load(unit_object(f"maps_arena_{case}"))
+    assert elf.section(".addr_space.1") is not None
     with pytest.raises(ObjectError, match=msg):
         parse_btf_maps(elf, btf)
 
