@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
-from bpfcc import compile_bpf, kernelref_module
+from unitobj import kernelref_module, unit_object
 
 from pyebpf import ObjectSpec
 from pyebpf import insn as I
@@ -20,32 +20,13 @@ from pyebpf.uapi import ProgType
 CALL = I.BPF_JMP | I.BPF_CALL
 EXIT = I.BPF_JMP | I.BPF_EXIT
 
-SOURCE = """
-#include <linux/bpf.h>
-#include <bpf/bpf_helpers.h>
-
-long counter;
-
-static __noinline int leaf(int x) { return x * 3 + 1; }             /* static .text */
-static __noinline int sub_b(int x) { counter++; return leaf(x) + 2; }  /* no relo */
-__noinline int sub_a(int x) { return sub_b(x) + 5; }                /* global */
-static __noinline int sub_c(int x) { return sub_b(x - 1) * 2; }
-
-static int loop_cb(__u64 i, void *ctx) { counter += i; return 0; }
-
-SEC("socket") int main_a(void *ctx) { return sub_a(1); }
-SEC("socket") int main_b(void *ctx) {
-    bpf_loop(4, loop_cb, 0, 0);
-    return sub_c(2) + leaf(3);
-}
-SEC("socket") int main_plain(void *ctx) { return 0; }
-char LICENSE[] SEC("license") = "GPL";
-"""
+# fixtures/src/unit/linker.bpf.c: static and global subprograms (leaf, sub_a, sub_b, sub_c),
+# a bpf_loop callback, three socket programs.
 
 
 @pytest.fixture(scope="module")
-def linked(tmp_path_factory) -> tuple[Path, ObjectSpec]:
-    path = compile_bpf(tmp_path_factory.mktemp("linker"), SOURCE, "linker")
+def linked() -> tuple[Path, ObjectSpec]:
+    path = unit_object("linker")
     spec = ObjectSpec.from_file(path)
     spec.relocate()
     return path, spec
@@ -161,51 +142,11 @@ def test_ext_slice_matches_libbpf_selection() -> None:
 
 # -- more shapes, checked against libbpf 1.1 -------------------------------------------
 
-SOURCE2 = """
-#include <linux/bpf.h>
-#include <bpf/bpf_helpers.h>
-
-struct {
-    __uint(type, BPF_MAP_TYPE_ARRAY);
-    __uint(max_entries, 8);
-    __type(key, __u32);
-    __type(value, __u64);
-} arr SEC(".maps");
-
-const volatile int knob = 7;
-long hits;
-
-static __noinline int printer(int v) {
-    bpf_printk("v=%d knob=%d", v, knob);   /* .rodata + .rodata.str1.1 from a subprog */
-    return v;
-}
-
-static long elem_cb(void *map, __u32 *key, __u64 *val, void *ctx) {
-    hits += *val + printer(*key);
-    return 0;
-}
-
-static __noinline int walker(int n) {       /* a subprog that takes a callback address */
-    bpf_for_each_map_elem(&arr, elem_cb, 0, 0);
-    return n + 1;
-}
-
-__noinline __weak int weak_helper(int x) { return x ^ 0x55; }
-
-SEC("tc") int cls_main(struct __sk_buff *skb) {
-    __u32 k = 1;
-    __u64 *v = bpf_map_lookup_elem(&arr, &k);
-    if (v)
-        *v += walker(skb->len);
-    return weak_helper(printer(skb->len)) & 1;
-}
-SEC("xdp") int xdp_main(struct xdp_md *ctx) { return printer(2) ? 2 : 1; }
-char LICENSE[] SEC("license") = "GPL";
-"""
+# fixtures/src/unit/linker_shapes.bpf.c: a weak subprogram, callbacks, map access in .text.
 
 
-def test_more_shapes_equal_libbpf(tmp_path) -> None:
-    path = compile_bpf(tmp_path, SOURCE2, "shapes")
+def test_more_shapes_equal_libbpf() -> None:
+    path = unit_object("linker_shapes")
     spec = ObjectSpec.from_file(path)
     assert "weak_helper" in spec.subprograms
     spec.relocate()
@@ -229,44 +170,12 @@ def test_more_shapes_equal_libbpf(tmp_path) -> None:
     assert xdp.tag == ours["xdp_main"]
 
 
-SOURCE3 = """
-#include <linux/bpf.h>
-#include <bpf/bpf_helpers.h>
-#include <bpf/bpf_core_read.h>
-
-struct task_struct {
-    int pid;
-    int tgid;
-    struct task_struct *real_parent;
-} __attribute__((preserve_access_index));
-
-long seen;
-
-static __noinline int parent_tgid(struct task_struct *t) {      /* CO-RE inside .text */
-    return BPF_CORE_READ(t, real_parent, tgid);
-}
-
-static __noinline int own_pid(struct task_struct *t) {
-    return BPF_CORE_READ(t, pid) + bpf_core_field_exists(t->tgid);
-}
-
-/* two programs in one section: CO-RE offsets are section-relative */
-SEC("raw_tp/sys_enter") int first(void *ctx) {
-    struct task_struct *t = (void *)bpf_get_current_task();
-    seen += own_pid(t);
-    return 0;
-}
-SEC("raw_tp/sys_enter") int second(void *ctx) {
-    struct task_struct *t = (void *)bpf_get_current_task();
-    seen += parent_tgid(t) + BPF_CORE_READ(t, tgid) + own_pid(t);
-    return 0;
-}
-char LICENSE[] SEC("license") = "GPL";
-"""
+# fixtures/src/unit/linker_coresub.bpf.c: CO-RE reads inside .text subprograms, and two
+# programs (first, second) in one raw_tp/sys_enter section.
 
 
-def test_core_in_subprograms_and_shared_sections_equal_libbpf(tmp_path) -> None:
-    path = compile_bpf(tmp_path, SOURCE3, "coresub")
+def test_core_in_subprograms_and_shared_sections_equal_libbpf() -> None:
+    path = unit_object("linker_coresub")
     spec = ObjectSpec.from_file(path)
     assert spec.programs["second"].sec_insn_off > 0  # shares its section with first
     spec.relocate()
@@ -285,17 +194,11 @@ def test_core_in_subprograms_and_shared_sections_equal_libbpf(tmp_path) -> None:
     assert {n: p.tag for n, p in spec.programs.items()} == kernelref.libbpf_tags(path)
 
 
-def test_hidden_global_subprog_gets_static_btf_linkage(tmp_path) -> None:
+def test_hidden_global_subprog_gets_static_btf_linkage() -> None:
     from pyebpf.btf.types import Func, Linkage
 
-    path = compile_bpf(tmp_path, """
-        #include <linux/bpf.h>
-        #include <bpf/bpf_helpers.h>
-        __attribute__((visibility("hidden"))) __noinline int hid(int x) { return x + 1; }
-        __noinline int pub(int x) { return x + 2; }
-        SEC("socket") int entry(void *ctx) { return hid(1) + pub(2); }
-        char LICENSE[] SEC("license") = "GPL";
-    """, "hidden")
+    # hidden __noinline hid(), global pub(), socket program entry() calling both
+    path = unit_object("linker_hidden")
     spec = ObjectSpec.from_file(path)
     funcs = {t.name: t.linkage for _, t in spec.btf.own_types() if isinstance(t, Func)}
     assert funcs["hid"] == Linkage.STATIC and funcs["pub"] == Linkage.GLOBAL
