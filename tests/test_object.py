@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 
 import pytest
-from bpfcc import compile_bpf, kernelref_module
+from unitobj import kernelref_module, unit_object
 
 from pyebpf import ObjectSpec
 from pyebpf import insn as I
@@ -369,14 +369,9 @@ def test_fixture_contents(name: str) -> None:
 # -- hand-made objects -------------------------------------------------------------------
 
 
-def test_unknown_section_is_stored_not_raised(tmp_path: Path) -> None:
-    obj = compile_bpf(tmp_path, """
-        #include <linux/bpf.h>
-        #include <bpf/bpf_helpers.h>
-        SEC("definitely_not_a_section") int weird(void *ctx) { return 0; }
-        SEC("?xdp") int lazy(struct xdp_md *ctx) { return 1; }
-        char LICENSE[] SEC("license") = "GPL";
-    """)
+def test_unknown_section_is_stored_not_raised() -> None:
+    # SEC("definitely_not_a_section") int weird(...); SEC("?xdp") int lazy(...)
+    obj = unit_object("object_unknown_section")
     spec = ObjectSpec.from_file(obj)
     weird = spec.programs["weird"]
     assert weird.sec_def is None and weird.type == ProgType.UNSPEC
@@ -396,24 +391,16 @@ def VMLINUX_OR_NONE():  # noqa: N802 - reads like a constant at call sites
     return kernel_btf() if os.path.exists(VMLINUX) else None
 
 
-def test_static_program_outside_text_rejected(tmp_path: Path) -> None:
-    obj = compile_bpf(tmp_path, """
-        #include <linux/bpf.h>
-        #include <bpf/bpf_helpers.h>
-        SEC("xdp") static int hidden(struct xdp_md *ctx) { return 1; }
-        SEC("xdp") int visible(struct xdp_md *ctx) { return hidden(ctx); }
-        char LICENSE[] SEC("license") = "GPL";
-    """)
+def test_static_program_outside_text_rejected() -> None:
+    # SEC("xdp") static int hidden(...), called by SEC("xdp") int visible(...)
+    obj = unit_object("object_static_prog")
     with pytest.raises(ObjectError, match="static and not supported"):
         ObjectSpec.from_file(obj)
 
 
-def test_version_section_and_no_btf(tmp_path: Path) -> None:
-    out = compile_bpf(tmp_path, """
-        __attribute__((section("version"), used)) unsigned int _version = 0x060c00;
-        __attribute__((section("socket"), used)) int f(void *ctx) { return 0; }
-        __attribute__((section("license"), used)) char LICENSE[] = "GPL";
-    """, "v", debug=False)
+def test_version_section_and_no_btf() -> None:
+    # "version" section = 0x060c00, a socket program, compiled with -g0 (no .BTF)
+    out = unit_object("object_version_no_btf")
     spec = ObjectSpec.from_file(out)
     assert spec.kern_version == 0x060C00 and spec.btf is None and spec.license == "GPL"
     spec.relocate()
