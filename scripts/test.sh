@@ -4,10 +4,16 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! command -v bpftool >/dev/null 2>&1; then
-    # bpftool (libbpf 1.1) is the reference loader the tag tests compare against.
+# bpftool (libbpf 1.1) is the reference loader the tag tests compare against;
+# tests/test_core_libbpf.py builds a small libbpf driver with gcc and libbpf-dev.
+# BPF objects are committed fixtures: no clang is needed.
+pkgs=()
+command -v bpftool >/dev/null 2>&1 || pkgs+=(bpftool)
+command -v gcc >/dev/null 2>&1 || pkgs+=(gcc)
+[ -f /usr/include/bpf/libbpf.h ] || pkgs+=(libbpf-dev)
+if [ "${#pkgs[@]}" -gt 0 ]; then
     apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bpftool >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${pkgs[@]}" >/dev/null
 fi
 python3 -m pip install -q --disable-pip-version-check -e '.[test]'
 
