@@ -1,4 +1,10 @@
-"""Compile small BPF C snippets for tests (clang-19), skipping when clang is missing."""
+"""Compile small BPF C snippets for tests (clang-19), skipping when clang is missing.
+
+Deprecated: tests must not need a compiler.  Put the snippet in
+fixtures/src/unit/<name>.bpf.c, run fixtures/build.sh, commit fixtures/unit/<name>.bpf.o
+and load it with ``unitobj.unit_object(name)``.  Only tests/test_struct_ops_spec.py
+still uses this module.
+"""
 
 from __future__ import annotations
 
