@@ -36,9 +36,9 @@ from pyebpf.obj.struct_ops import (
 from pyebpf.uapi import BPF_F_LINK, MapType
 
 try:
-    from tests.bpfcc import compile_bpf
+    from tests.unitobj import unit_object
 except ImportError:  # pragma: no cover - tests/ itself on sys.path
-    from bpfcc import compile_bpf  # type: ignore[no-redef]
+    from unitobj import unit_object  # type: ignore[no-redef]
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "fixtures"
@@ -161,72 +161,12 @@ def test_fixture_matches_libbpf_log() -> None:
     assert copies == ours
 
 
-# -- hand-compiled objects -------------------------------------------------------------------
-
-_LINK_SRC = r"""
-#include "vmlinux.h"
-#include <bpf/bpf_helpers.h>
-#include <bpf/bpf_tracing.h>
-
-SEC("struct_ops/l_init")
-void BPF_PROG(l_init, struct sock *sk) {}
-
-SEC("struct_ops.s/l_release")
-void BPF_PROG(l_release, struct sock *sk) {}
-
-SEC("struct_ops/l_undo")
-__u32 BPF_PROG(l_undo, struct sock *sk) { return 2; }
-
-SEC(".struct_ops.link")
-struct tcp_congestion_ops linked_cc = {
-	.init = (void *)l_init,
-	.release = (void *)l_release,
-	.undo_cwnd = (void *)l_undo,
-	.name = "pyebpf_lcc",
-};
-
-/* a second map in a suffixed section reusing a program for the same member */
-SEC(".struct_ops.link.more")
-struct tcp_congestion_ops linked_cc2 = {
-	.undo_cwnd = (void *)l_undo,
-	.name = "pyebpf_lcc2",
-};
-
-SEC("?.struct_ops")
-struct tcp_congestion_ops optional_cc = {
-	.init = (void *)l_init,
-	.name = "pyebpf_occ",
-};
-
-char LICENSE[] SEC("license") = "GPL";
-"""
-
-
-def _compile_with_vmlinux(tmp_path: Path, src: str, name: str) -> Path:
-    inc = FIXTURES / "include"
-    if not (inc / "vmlinux.h").exists():
-        pytest.skip("fixtures/include/vmlinux.h missing (run fixtures/build.sh)")
-    full = f'#define __TARGET_ARCH_x86\n{src}'
-    src_path = tmp_path / f"{name}.bpf.c"
-    out = tmp_path / f"{name}.bpf.o"
-    src_path.write_text(full)
-    cmd = ["clang-19", "-g", "-O2", "-target", "bpf", "-I", str(inc),
-           "-I", f"/usr/include/{os.uname().machine}-linux-gnu", "-c", str(src_path),
-           "-o", str(out)]
-    try:
-        subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=180)
-    except FileNotFoundError:
-        pytest.skip("clang-19 not installed")
-    except subprocess.CalledProcessError as e:
-        raise AssertionError(e.stderr) from None
-    return out
+# -- .struct_ops.link / "?" sections (fixtures/src/unit/struct_ops_link.bpf.c) -------------
 
 
 @pytest.fixture(scope="module")
-def link_obj(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    if os.uname().machine != "x86_64":
-        pytest.skip("source written for x86_64")
-    return _compile_with_vmlinux(tmp_path_factory.mktemp("so_link"), _LINK_SRC, "solink")
+def link_obj() -> Path:
+    return unit_object("struct_ops_link")
 
 
 def test_link_sections(link_obj: Path) -> None:
@@ -288,34 +228,10 @@ def test_section_names() -> None:
 
 # -- a made-up struct against a synthetic kernel BTF -----------------------------------------
 
-_OPS_SRC = r"""
-#include <linux/bpf.h>
-#include <bpf/bpf_helpers.h>
-
-struct pyebpf_ops {
-	int (*a)(void);
-	int (*b)(void);
-	int x;
-	int gone;
-	char tag[8];
-};
-
-SEC("struct_ops/op_a") int op_a(void) { return 1; }
-SEC("struct_ops/op_b") int op_b(void) { return 2; }
-
-SEC(".struct_ops")
-struct pyebpf_ops ops_one = { .a = (void *)op_a, .x = 7, .tag = "one" };
-
-SEC(".struct_ops")
-struct pyebpf_ops ops_two = { .b = (void *)op_b, .x = 9, .gone = 5 };
-
-char LICENSE[] SEC("license") = "GPL";
-"""
-
-
 @pytest.fixture(scope="module")
-def ops_obj(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return compile_bpf(tmp_path_factory.mktemp("so_ops"), _OPS_SRC, "ops")
+def ops_obj() -> Path:
+    """struct pyebpf_ops maps ops_one and ops_two (fixtures/src/unit/struct_ops_ops.bpf.c)."""
+    return unit_object("struct_ops_ops")
 
 
 def _kernel(members: list[tuple[str, str]], *, with_value: bool = True,
@@ -429,31 +345,13 @@ def test_not_a_struct_ops_map() -> None:
         resolve_struct_ops(next(iter(spec.maps.values())), BTF())
 
 
-def test_open_errors(tmp_path: Path) -> None:
-    bad_prog = compile_bpf(tmp_path, r"""
-        #include <linux/bpf.h>
-        #include <bpf/bpf_helpers.h>
-        struct pyebpf_ops { int (*a)(void); };
-        SEC("xdp") int not_so(void) { return 1; }
-        SEC(".struct_ops") struct pyebpf_ops o = { .a = (void *)not_so };
-        char LICENSE[] SEC("license") = "GPL";
-    """, "badprog")
+def test_open_errors() -> None:
     with pytest.raises(ObjectError, match="not struct_ops BPF program"):
-        ObjectSpec.from_file(bad_prog)
-    not_struct = compile_bpf(tmp_path, r"""
-        #include <linux/bpf.h>
-        #include <bpf/bpf_helpers.h>
-        SEC(".struct_ops") int o = 3;
-        char LICENSE[] SEC("license") = "GPL";
-    """, "notstruct")
+        ObjectSpec.from_file(unit_object("struct_ops_bad_prog"))
     with pytest.raises(ObjectError, match="int is not a struct"):
-        ObjectSpec.from_file(not_struct)
-    no_btf = compile_bpf(tmp_path, r"""
-        struct pyebpf_ops { long x; };
-        __attribute__((section(".struct_ops"), used)) struct pyebpf_ops o = { .x = 1 };
-    """, "nobtf", debug=False)
+        ObjectSpec.from_file(unit_object("struct_ops_not_struct"))
     with pytest.raises(ObjectError, match="BTF"):
-        ObjectSpec.from_file(no_btf)
+        ObjectSpec.from_file(unit_object("struct_ops_no_btf"))
 
 
 def test_struct_in_module_btf(ops_obj: Path) -> None:
