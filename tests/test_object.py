@@ -61,12 +61,13 @@ def test_opensnoop_parsed() -> None:
     assert [(r.type, r.target) for r in exit_.relocs] == [
         (RelocType.LD64, "start"), (RelocType.DATA, "opensnoo.rodata"),
         (RelocType.LD64, "events"), (RelocType.LD64, "start")]
-    assert set(spec.maps) == {"start", "events", "opensnoo.rodata"}
+    assert set(spec.maps) == {"start", "events", "opensnoo.rodata", "opensnoo.bss"}
     assert spec.maps["start"].type == MapType.HASH and spec.maps["start"].max_entries == 10240
     assert spec.maps["events"].type == MapType.RINGBUF
     assert spec.maps["opensnoo.rodata"].value_size == 13
     assert {n: (v.offset, v.size) for n, v in spec.variables.items()} == {
-        "targ_pid": (0, 4), "targ_tgid": (4, 4), "targ_uid": (8, 4), "targ_failed": (12, 1)}
+        "targ_pid": (0, 4), "targ_tgid": (4, 4), "targ_uid": (8, 4), "targ_failed": (12, 1),
+        "unused_event": (0, 8)}
     assert spec.btf is not None and spec.btf_ext is not None
     assert len(spec.btf_ext.core_relos["tracepoint/syscalls/sys_exit_openat"]) == 5
     assert spec.externs == {}
@@ -253,7 +254,12 @@ EXPECTED: dict[str, tuple[dict[str, tuple[str, str]], list[str], list[str]]] = {
             'tracepoint__syscalls__sys_enter_openat': ('tracepoint/syscalls/sys_enter_openat', 'TRACEPOINT'),
             'tracepoint__syscalls__sys_exit_openat': ('tracepoint/syscalls/sys_exit_openat', 'TRACEPOINT'),
         },
-        ['events', 'opensnoo.rodata', 'start'],
+        ['events', 'opensnoo.bss', 'opensnoo.rodata', 'start'],
+        [],
+    ),
+    'ringbuf_producer': (
+        {'produce_rb': ('syscall', 'SYSCALL'), 'produce_rb2': ('syscall', 'SYSCALL')},
+        ['rb', 'rb2', 'scratch'],
         [],
     ),
     'sections': (
