@@ -67,6 +67,7 @@ __all__ = [
 ]
 
 _DEBUG = logging.DEBUG
+_debug_on = log.isEnabledFor  # bound once: the hot paths call it on every op
 _addressof = ctypes.addressof
 
 
@@ -223,7 +224,7 @@ class MapOps:
         "fd", "key_size", "value_size",
         "_kbuf", "_kmv", "_vbuf", "_vmv", "_nbuf", "_ctypes",
         "_lk", "_lk_p", "_up", "_up_p", "_del", "_del_p", "_nx", "_nx_p", "_nx0", "_nx0_p",
-        "_ld", "_ld_p", "_kaddr",
+        "_ld", "_ld_p", "_kaddr", "_upflags",
     )  # fmt: skip
 
     def __init__(self, fd: int | FD, key_size: int, value_size: int):
@@ -245,6 +246,7 @@ class MapOps:
         fdn = self.fd
         self._lk = A.MapElemAttr(map_fd=fdn, key=ka, value=va)
         self._up = A.MapElemAttr(map_fd=fdn, key=ka, value=va)
+        self._upflags = 0
         self._del = A.MapElemAttr(map_fd=fdn, key=ka)
         self._nx = A.MapElemAttr(map_fd=fdn, key=ka, value=na)
         self._nx0 = A.MapElemAttr(map_fd=fdn, key=0, value=na)
@@ -266,23 +268,29 @@ class MapOps:
     def _trace(self, cmd: int, key: bytes | None, ret: int) -> None:
         log.debug("bpf(%s, map_fd=%d key=%s) = %d", cmd_name(cmd), self.fd, key.hex() if key else None, ret)
 
-    def lookup(self, key: bytes, flags: int = 0) -> bytes | None:
+    def lookup(self, key: bytes) -> bytes | None:
         """The value for ``key`` as bytes, or None if absent."""
         self._kmv[:] = key
-        if flags:
-            self._lk.flags = flags
-        ret = raw_syscall(NR_BPF, 1, self._lk_p, 32)
-        if flags:
-            self._lk.flags = 0
-        if ret < 0:
-            if get_errno() == _errno.ENOENT:
-                if log.isEnabledFor(_DEBUG):
-                    self._trace(1, key, -1)
-                return None
-            self._fail(Cmd.MAP_LOOKUP_ELEM, self._lk)
-        if log.isEnabledFor(_DEBUG):
-            self._trace(1, key, ret)
+        if raw_syscall(NR_BPF, 1, self._lk_p, 32) < 0:
+            return self._lookup_failed(key)
+        if _debug_on(_DEBUG):
+            self._trace(1, key, 0)
         return self._vmv.tobytes()
+
+    def _lookup_failed(self, key: bytes) -> None:
+        if get_errno() != _errno.ENOENT:
+            self._fail(Cmd.MAP_LOOKUP_ELEM, self._lk)
+        if _debug_on(_DEBUG):
+            self._trace(1, key, -1)
+        return None
+
+    def lookup_flags(self, key: bytes, flags: int) -> bytes | None:
+        """lookup with flags (BPF_F_LOCK)."""
+        self._lk.flags = flags
+        try:
+            return self.lookup(key)
+        finally:
+            self._lk.flags = 0
 
     def lookup_into(self, key: bytes) -> memoryview | None:
         """Like lookup, but returns a view of the internal value buffer (valid until the next op)."""
@@ -297,18 +305,18 @@ class MapOps:
         """Set ``key`` to ``value`` (flags: BPF_ANY, BPF_NOEXIST, BPF_EXIST, BPF_F_LOCK)."""
         self._kmv[:] = key
         self._vmv[:] = value
-        up = self._up
-        up.flags = flags
+        if flags != self._upflags:  # a ctypes field store costs more than this compare
+            self._up.flags = self._upflags = flags
         if raw_syscall(NR_BPF, 2, self._up_p, 32) < 0:
-            self._fail(Cmd.MAP_UPDATE_ELEM, up)
-        if log.isEnabledFor(_DEBUG):
+            self._fail(Cmd.MAP_UPDATE_ELEM, self._up)
+        if _debug_on(_DEBUG):
             self._trace(2, key, 0)
 
     def push(self, value: bytes, flags: int = 0) -> None:
         """Queue/stack push (an update with a NULL key)."""
         self._vmv[:] = value
         self._up.key = 0
-        self._up.flags = flags
+        self._up.flags = self._upflags = flags
         try:
             if raw_syscall(NR_BPF, 2, self._up_p, 32) < 0:
                 self._fail(Cmd.MAP_UPDATE_ELEM, self._up)
@@ -320,11 +328,11 @@ class MapOps:
         self._kmv[:] = key
         if raw_syscall(NR_BPF, 3, self._del_p, 32) < 0:
             if get_errno() == _errno.ENOENT:
-                if log.isEnabledFor(_DEBUG):
+                if _debug_on(_DEBUG):
                     self._trace(3, key, -1)
                 return False
             self._fail(Cmd.MAP_DELETE_ELEM, self._del)
-        if log.isEnabledFor(_DEBUG):
+        if _debug_on(_DEBUG):
             self._trace(3, key, 0)
         return True
 
@@ -339,7 +347,7 @@ class MapOps:
             if get_errno() == _errno.ENOENT:
                 return None
             self._fail(Cmd.MAP_GET_NEXT_KEY, self._nx)
-        if log.isEnabledFor(_DEBUG):
+        if _debug_on(_DEBUG):
             self._trace(4, key, ret)
         return bytes(self._nbuf[: self.key_size])
 
@@ -363,7 +371,7 @@ class MapOps:
             if get_errno() == _errno.ENOENT:
                 return None
             self._fail(Cmd.MAP_LOOKUP_AND_DELETE_ELEM, ld)
-        if log.isEnabledFor(_DEBUG):
+        if _debug_on(_DEBUG):
             self._trace(21, key, 0)
         return self._vmv.tobytes()
 

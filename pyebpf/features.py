@@ -1,0 +1,665 @@
+"""Kernel feature probes, cached per process (libbpf's ``kernel_supports(FEAT_*)``).
+
+Each probe loads a tiny BTF blob, map or program and closes it at once; none
+leaks an fd. Results are computed once per process, under a lock.
+Program-type, map-type and helper probes follow libbpf_probes.c; they return a
+:class:`Support` that is truthy when supported and carries the reason when not.
+"""
+
+from __future__ import annotations
+
+import errno as _errno
+import functools
+import logging
+import os
+import struct
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from .errors import SyscallError, VerifierError
+from .sys import bpf as B
+from .sys.fd import FD
+from .uapi import BPF_F_MMAPABLE, BPF_F_NO_PREALLOC, AttachType, MapType, ProgType
+
+__all__ = [
+    "Support",
+    "arg_ctx_tag",
+    "array_mmap",
+    "bpf_cookie",
+    "btf",
+    "btf_datasec",
+    "btf_decl_tag",
+    "btf_enum64",
+    "btf_features",
+    "btf_float",
+    "btf_func",
+    "btf_func_global",
+    "btf_qmark_datasec",
+    "btf_type_tag",
+    "clear_cache",
+    "exp_attach_type",
+    "global_data",
+    "has_memcg_account",
+    "helper_supported",
+    "kernel_supports",
+    "ldimm64_full_range_off",
+    "map_type_supported",
+    "module_btf",
+    "perf_link",
+    "probe_read_kernel",
+    "prog_bind_map",
+    "prog_name",
+    "prog_type_supported",
+    "syscall_wrapper",
+    "trampolines",
+    "uprobe_multi_link",
+]
+
+_log = logging.getLogger("pyebpf.features")
+
+F = TypeVar("F", bound=Callable[..., Any])
+_lock = threading.RLock()
+_caches: list[Callable[..., Any]] = []
+
+
+def _cached(fn: F) -> F:
+    """functools.cache plus a lock, so each probe runs once even with threads."""
+    cached = functools.cache(fn)
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any) -> Any:
+        with _lock:
+            return cached(*args)
+
+    wrapper.cache_clear = cached.cache_clear  # type: ignore[attr-defined]
+    _caches.append(cached)
+    return wrapper  # type: ignore[return-value]
+
+
+def clear_cache() -> None:
+    """Forget every probe result (tests; or after the process gains capabilities)."""
+    with _lock:
+        for c in _caches:
+            c.cache_clear()
+
+
+@dataclass(frozen=True)
+class Support:
+    """A probe result: truthy when supported; ``reason`` says why not (or a caveat)."""
+
+    supported: bool
+    reason: str = ""
+
+    def __bool__(self) -> bool:
+        return self.supported
+
+
+# --- tiny encoders ---------------------------------------------------------------------------
+
+_INSN = struct.Struct("<BBhi")
+
+
+def _ins(code: int, dst: int = 0, src: int = 0, off: int = 0, imm: int = 0) -> bytes:
+    return _INSN.pack(code, (src << 4) | dst, off, imm)
+
+
+MOV64_R0_0 = _ins(0xB7, 0, 0, 0, 0)
+EXIT = _ins(0x95)
+
+
+def _call(helper: int) -> bytes:
+    return _ins(0x85, 0, 0, 0, helper)
+
+
+def _ld_map_value(dst: int, map_fd: int, off: int) -> bytes:
+    # ld_imm64 with src BPF_PSEUDO_MAP_VALUE: imm = map fd, second half's imm = value offset
+    return _ins(0x18, dst, 2, 0, map_fd) + _ins(0, 0, 0, 0, off)
+
+
+RET0 = MOV64_R0_0 + EXIT
+
+BTF_KIND_INT, BTF_KIND_PTR, BTF_KIND_STRUCT = 1, 2, 4
+BTF_KIND_FUNC, BTF_KIND_FUNC_PROTO, BTF_KIND_VAR, BTF_KIND_DATASEC = 12, 13, 14, 15
+BTF_KIND_FLOAT, BTF_KIND_DECL_TAG, BTF_KIND_TYPE_TAG, BTF_KIND_ENUM64 = 16, 17, 18, 19
+BTF_INT_SIGNED = 1
+
+
+def _info(kind: int, vlen: int = 0, kflag: int = 0) -> int:
+    return (kflag << 31) | (kind << 24) | vlen
+
+
+def _int(name_off: int, bits: int = 32, size: int = 4) -> list[int]:
+    return [name_off, _info(BTF_KIND_INT), size, (BTF_INT_SIGNED << 24) | bits]
+
+
+def raw_btf(types: list[int], strs: bytes) -> bytes:
+    """A BTF blob: header, the given u32 type words, the string section."""
+    tbytes = struct.pack(f"<{len(types)}I", *[t & 0xFFFFFFFF for t in types])
+    hdr = struct.pack("<HBBIIIII", 0xEB9F, 1, 0, 24, 0, len(tbytes), len(tbytes), len(strs))
+    return hdr + tbytes + strs
+
+
+def _btf_loads(types: list[int], strs: bytes) -> bool:
+    try:
+        B.btf_load(raw_btf(types, strs), log_level=0).close()
+        return True
+    except SyscallError as e:
+        _log.debug("BTF probe rejected: %s", e.errname)
+        return False
+
+
+# --- BTF kinds (the sanitizer's Features) ----------------------------------------------------
+
+
+@_cached
+def btf() -> bool:
+    """Minimal BTF (an INT) loads."""
+    return _btf_loads(_int(1), b"\0int\0")
+
+
+@_cached
+def btf_func() -> bool:
+    """BTF_KIND_FUNC / FUNC_PROTO."""
+    t = _int(1) + [0, _info(BTF_KIND_FUNC_PROTO, 1), 0, 7, 1, 5, _info(BTF_KIND_FUNC), 2]
+    return _btf_loads(t, b"\0int\0x\0a\0")
+
+
+@_cached
+def btf_func_global() -> bool:
+    """BTF_FUNC_GLOBAL linkage."""
+    t = _int(1) + [0, _info(BTF_KIND_FUNC_PROTO, 1), 0, 7, 1, 5, _info(BTF_KIND_FUNC, 1), 2]
+    return _btf_loads(t, b"\0int\0x\0a\0")
+
+
+def _datasec(secname: bytes) -> bool:
+    t = _int(0) + [1, _info(BTF_KIND_VAR), 1, 0] + [3, _info(BTF_KIND_DATASEC, 1), 4, 2, 0, 4]
+    return _btf_loads(t, b"\0x\0" + secname + b"\0")
+
+
+@_cached
+def btf_datasec() -> bool:
+    """BTF_KIND_VAR / DATASEC."""
+    return _datasec(b".data")
+
+
+@_cached
+def btf_qmark_datasec() -> bool:
+    """DATASEC names starting with '?'."""
+    return _datasec(b"?.data")
+
+
+@_cached
+def btf_float() -> bool:
+    """BTF_KIND_FLOAT."""
+    return _btf_loads([1, _info(BTF_KIND_FLOAT), 4], b"\0float\0")
+
+
+@_cached
+def btf_decl_tag() -> bool:
+    """BTF_KIND_DECL_TAG."""
+    t = _int(0) + [1, _info(BTF_KIND_VAR), 1, 0] + [1, _info(BTF_KIND_DECL_TAG), 2, 0xFFFFFFFF]
+    return _btf_loads(t, b"\0tag\0")
+
+
+@_cached
+def btf_type_tag() -> bool:
+    """BTF_KIND_TYPE_TAG."""
+    t = _int(0) + [1, _info(BTF_KIND_TYPE_TAG), 1] + [0, _info(BTF_KIND_PTR), 2]
+    return _btf_loads(t, b"\0tag\0")
+
+
+@_cached
+def btf_enum64() -> bool:
+    """BTF_KIND_ENUM64."""
+    return _btf_loads([1, _info(BTF_KIND_ENUM64), 8], b"\0enum64\0")
+
+
+def btf_features() -> Any:
+    """The probed :class:`pyebpf.btf.write.Features` for BTF sanitizing."""
+    from .btf.write import Features
+
+    return Features(
+        has_func=btf_func(),
+        has_func_global=btf_func_global(),
+        has_datasec=btf_datasec(),
+        has_float=btf_float(),
+        has_decl_tag=btf_decl_tag(),
+        has_type_tag=btf_type_tag(),
+        has_enum64=btf_enum64(),
+        has_qmark_datasec=btf_qmark_datasec(),
+    )
+
+
+# --- programs and maps (libbpf FEAT_*) -------------------------------------------------------
+
+
+def _try_prog(prog_type: int, insns: bytes, **kw: Any) -> tuple[FD | None, int, str]:
+    """Load a probe program: (fd or None, errno, log). The caller closes the fd."""
+    try:
+        r = B.prog_load_with_log(prog_type, insns, **kw)
+        return r.fd, 0, r.log
+    except VerifierError as e:
+        return None, e.errno, e.log
+    except SyscallError as e:
+        return None, e.errno, ""
+
+
+def _loads(prog_type: int, insns: bytes, **kw: Any) -> bool:
+    fd, err, _ = _try_prog(prog_type, insns, **kw)
+    if fd is not None:
+        fd.close()
+        return True
+    return False
+
+
+@_cached
+def prog_name() -> bool:
+    """FEAT_PROG_NAME: programs can be named."""
+    return _loads(ProgType.SOCKET_FILTER, RET0, name="libbpf_nametest")
+
+
+@_cached
+def global_data() -> bool:
+    """FEAT_GLOBAL_DATA: array map + ld_imm64 BPF_PSEUDO_MAP_VALUE."""
+    try:
+        m = B.map_create(MapType.ARRAY, 4, 32, 1, name="pyebpf_global")
+    except SyscallError:
+        return False
+    with m:
+        insns = _ld_map_value(1, int(m), 16) + _ins(0x7A, 1, 0, 0, 42) + RET0
+        return _loads(ProgType.SOCKET_FILTER, insns)
+
+
+@_cached
+def array_mmap() -> bool:
+    """FEAT_ARRAY_MMAP: BPF_F_MMAPABLE arrays."""
+    try:
+        B.map_create(MapType.ARRAY, 4, 4, 1, BPF_F_MMAPABLE, name="pyebpf_mmap").close()
+        return True
+    except SyscallError:
+        return False
+
+
+@_cached
+def exp_attach_type() -> bool:
+    """FEAT_EXP_ATTACH_TYPE: BPF_PROG_LOAD knows expected_attach_type."""
+    return _loads(ProgType.CGROUP_SOCK, RET0, expected_attach_type=AttachType.CGROUP_INET_SOCK_CREATE)
+
+
+@_cached
+def probe_read_kernel() -> bool:
+    """FEAT_PROBE_READ_KERN: bpf_probe_read_kernel() helper."""
+    insns = (_ins(0xBF, 1, 10) + _ins(0x07, 1, 0, 0, -8) + _ins(0xB7, 2, 0, 0, 8)
+             + _ins(0xB7, 3, 0, 0, 0) + _call(113) + EXIT)
+    return _loads(ProgType.TRACEPOINT, insns)
+
+
+@_cached
+def prog_bind_map() -> bool:
+    """FEAT_PROG_BIND_MAP."""
+    try:
+        m = B.map_create(MapType.ARRAY, 4, 32, 1, name="pyebpf_det_bind")
+    except SyscallError:
+        return False
+    with m:
+        fd, _, _ = _try_prog(ProgType.SOCKET_FILTER, RET0)
+        if fd is None:
+            return False
+        with fd:
+            try:
+                B.prog_bind_map(fd, m)
+                return True
+            except SyscallError:
+                return False
+
+
+@_cached
+def module_btf() -> bool:
+    """FEAT_MODULE_BTF: bpf_btf_info has name/name_len."""
+    import ctypes
+
+    from .sys.attrs import BtfInfo
+
+    try:
+        fd = B.btf_load(raw_btf(_int(1), b"\0int\0"))
+    except SyscallError:
+        return False
+    with fd:
+        name = ctypes.create_string_buffer(16)
+        info = BtfInfo(name=ctypes.addressof(name), name_len=16)
+        try:
+            B.obj_get_info_by_fd(fd, info)
+            return True
+        except SyscallError:
+            return False
+
+
+@_cached
+def perf_link() -> bool:
+    """FEAT_PERF_LINK: BPF_LINK_CREATE on perf events (EBADF for fd -1 means supported)."""
+    fd, _, _ = _try_prog(ProgType.TRACEPOINT, RET0)
+    if fd is None:
+        return False
+    with fd:
+        try:
+            B.link_create(fd, -1, AttachType.PERF_EVENT).close()
+            return True  # cannot happen with fd -1, but it would mean support
+        except SyscallError as e:
+            return e.errno == _errno.EBADF
+
+
+@_cached
+def has_memcg_account() -> bool:
+    """FEAT_MEMCG_ACCOUNT: BPF memory is charged to memcg (proxy: bpf_ktime_get_coarse_ns, 5.11)."""
+    return _loads(ProgType.SOCKET_FILTER, _call(160) + EXIT)
+
+
+@_cached
+def bpf_cookie() -> bool:
+    """FEAT_BPF_COOKIE: bpf_get_attach_cookie() from tracepoint programs."""
+    return _loads(ProgType.TRACEPOINT, _call(174) + EXIT)
+
+
+@_cached
+def uprobe_multi_link() -> bool:
+    """FEAT_UPROBE_MULTI_LINK, including the pid-filtering fix (as libbpf checks)."""
+    fd, _, _ = _try_prog(ProgType.KPROBE, RET0, expected_attach_type=AttachType.TRACE_UPROBE_MULTI)
+    if fd is None:
+        return False
+    with fd:
+        for pid, want in ((0, _errno.EBADF), (0xFFFFFFFF, _errno.EINVAL)):
+            try:
+                B.link_create(fd, -1, AttachType.TRACE_UPROBE_MULTI,
+                              uprobe_multi={"path": "/", "offsets": [0], "pid": pid}).close()
+                return False
+            except SyscallError as e:
+                if e.errno != want:
+                    return False
+        return True
+
+
+@_cached
+def arg_ctx_tag() -> bool:
+    """FEAT_ARG_CTX_TAG: kernel-side __arg_ctx decl tags on global subprog args."""
+    strs = b"\0a\0b\0arg:ctx\0"
+    t = (_int(1)
+         + [0, _info(BTF_KIND_PTR), 0]
+         + [0, _info(BTF_KIND_FUNC_PROTO, 1), 1, 1, 2]
+         + [1, _info(BTF_KIND_FUNC, 0, 0) | 1, 3]
+         + [0, _info(BTF_KIND_FUNC_PROTO, 1), 1, 3, 2]
+         + [3, _info(BTF_KIND_FUNC) | 1, 5]
+         + [5, _info(BTF_KIND_DECL_TAG), 6, 0])
+    try:
+        btf_fd = B.btf_load(raw_btf(t, strs))
+    except SyscallError:
+        return False
+    with btf_fd:
+        insns = _ins(0x85, 0, 1, 0, 1) + EXIT + _call(173) + EXIT
+        func_info = struct.pack("<IIII", 0, 4, 2, 6)
+        return _loads(ProgType.KPROBE, insns, name="det_arg_ctx", prog_btf_fd=btf_fd,
+                      func_info=func_info, func_info_rec_size=8, kern_version=_kernel_version())
+
+
+@_cached
+def ldimm64_full_range_off() -> bool:
+    """FEAT_LDIMM64_FULL_RANGE_OFF: map value offsets beyond 1 << 29 reach the verifier."""
+    try:
+        m = B.map_create(MapType.ARRAY, 4, 1, 1, name="arr")
+    except SyscallError:
+        return False
+    with m:
+        fd, _, text = _try_prog(ProgType.TRACEPOINT, _ld_map_value(1, int(m), 1 << 30) + EXIT,
+                                name="global_reloc", log_level=1)
+        if fd is not None:
+            fd.close()
+            return False
+        if "direct value offset of" in text:
+            return False
+        return "invalid access to map value pointer" in text
+
+
+@_cached
+def syscall_wrapper() -> bool:
+    """FEAT_SYSCALL_WRAPPER: syscalls are __<arch>_sys_* wrappers (probed with a kprobe, as libbpf)."""
+    from .sys import perf as P
+
+    pfx = {"x86_64": "x64", "aarch64": "arm64", "arm64": "arm64"}.get(os.uname().machine)
+    if not pfx:
+        return False
+    sym = f"__{pfx}_sys_bpf"
+    ktype = P.pmu_type("kprobe")
+    if ktype is not None:
+        import ctypes
+
+        name = ctypes.create_string_buffer(sym.encode())
+        attr = P.PerfEventAttr(type=ktype, config1=ctypes.addressof(name), config2=0)
+        try:
+            P.perf_event_open(attr, pid=os.getpid(), cpu=-1).close()
+            return True
+        except SyscallError:
+            return False
+    try:
+        group, ev = P.add_kprobe_event(sym, name=P.unique_event_name("pyebpf_probe", sym))
+    except Exception:
+        return False  # no kprobes at all (as on this kernel): nothing to wrap
+    try:
+        P.remove_probe_event("kprobe", group, ev)
+    except Exception as e:  # best effort, like libbpf
+        _log.debug("removing probe event %s failed: %s", ev, e)
+    return True
+
+
+@_cached
+def trampolines() -> Support:
+    """Whether trampoline programs (fentry/fexit/fmod_ret/lsm/freplace) can be loaded at all.
+
+    Probed as libbpf probes BPF_PROG_TYPE_TRACING: fentry with attach_btf_id 1
+    must fail EINVAL (verification reached). This kernel answers EPERM instead.
+    """
+    fd, err, _ = _try_prog(ProgType.TRACING, RET0, expected_attach_type=AttachType.TRACE_FENTRY,
+                           attach_btf_id=1)
+    if fd is not None:
+        fd.close()
+        return Support(True)
+    if err == _errno.EINVAL:
+        return Support(True)
+    if err == _errno.EPERM:
+        return Support(False, "this kernel refuses BPF trampolines: fentry/fexit/fmod_ret/lsm/freplace "
+                              "loads fail with EPERM before verification (unsupported here)")
+    return Support(False, f"probe load failed with {_errno.errorcode.get(err, err)}")
+
+
+FEATURES: dict[str, Callable[[], Any]] = {
+    "PROG_NAME": prog_name,
+    "GLOBAL_DATA": global_data,
+    "BTF": btf,
+    "BTF_FUNC": btf_func,
+    "BTF_GLOBAL_FUNC": btf_func_global,
+    "BTF_DATASEC": btf_datasec,
+    "ARRAY_MMAP": array_mmap,
+    "EXP_ATTACH_TYPE": exp_attach_type,
+    "PROBE_READ_KERN": probe_read_kernel,
+    "PROG_BIND_MAP": prog_bind_map,
+    "MODULE_BTF": module_btf,
+    "BTF_FLOAT": btf_float,
+    "PERF_LINK": perf_link,
+    "BTF_DECL_TAG": btf_decl_tag,
+    "BTF_TYPE_TAG": btf_type_tag,
+    "MEMCG_ACCOUNT": has_memcg_account,
+    "BPF_COOKIE": bpf_cookie,
+    "BTF_ENUM64": btf_enum64,
+    "SYSCALL_WRAPPER": syscall_wrapper,
+    "UPROBE_MULTI_LINK": uprobe_multi_link,
+    "ARG_CTX_TAG": arg_ctx_tag,
+    "BTF_QMARK_DATASEC": btf_qmark_datasec,
+    "LDIMM64_FULL_RANGE_OFF": ldimm64_full_range_off,
+}
+
+
+def kernel_supports(feat: str) -> bool:
+    """libbpf's kernel_supports(FEAT_<feat>), e.g. kernel_supports("BTF_FUNC")."""
+    name = feat.upper().removeprefix("FEAT_")
+    try:
+        return bool(FEATURES[name]())
+    except KeyError:
+        raise ValueError(f"unknown feature {feat!r}; known: {', '.join(FEATURES)}") from None
+
+
+# --- libbpf_probes.c: program types, map types, helpers ---------------------------------------
+
+
+def _kernel_version() -> int:
+    rel = os.uname().release.split("-")[0].split(".")
+    nums = [int("".join(ch for ch in p if ch.isdigit()) or 0) for p in (rel + ["0", "0"])[:3]]
+    return (nums[0] << 16) | (nums[1] << 8) | min(nums[2], 255)
+
+
+def _prog_opts(prog_type: int) -> tuple[dict[str, Any], int]:
+    """Load options that make a minimal program of ``prog_type`` valid; plus the errno expected."""
+    kw: dict[str, Any] = {}
+    exp_err = 0
+    if prog_type == ProgType.CGROUP_SOCK_ADDR:
+        kw["expected_attach_type"] = AttachType.CGROUP_INET4_CONNECT
+    elif prog_type == ProgType.CGROUP_SOCKOPT:
+        kw["expected_attach_type"] = AttachType.CGROUP_GETSOCKOPT
+    elif prog_type == ProgType.SK_LOOKUP:
+        kw["expected_attach_type"] = AttachType.SK_LOOKUP
+    elif prog_type == ProgType.KPROBE:
+        kw["kern_version"] = _kernel_version()
+    elif prog_type == ProgType.LIRC_MODE2:
+        kw["expected_attach_type"] = AttachType.LIRC_MODE2
+    elif prog_type == ProgType.TRACING:
+        kw.update(expected_attach_type=AttachType.TRACE_FENTRY, attach_btf_id=1)
+        exp_err = _errno.EINVAL
+    elif prog_type == ProgType.EXT:
+        kw.update(attach_btf_id=1)
+        exp_err = _errno.EINVAL
+    elif prog_type == ProgType.LSM:
+        kw.update(expected_attach_type=AttachType.LSM_MAC, attach_btf_id=1)
+        exp_err = _errno.EINVAL
+    elif prog_type == ProgType.STRUCT_OPS:
+        kw.update(attach_btf_id=1)
+        exp_err = 524  # ENOTSUPP
+    elif prog_type == ProgType.SYSCALL:
+        kw["prog_flags"] = 1 << 4  # BPF_F_SLEEPABLE
+    elif prog_type == ProgType.NETFILTER:
+        kw["expected_attach_type"] = AttachType.NETFILTER
+    return kw, exp_err
+
+
+_TRAMPOLINE_TYPES = (ProgType.TRACING, ProgType.EXT, ProgType.LSM)
+
+
+@_cached
+def prog_type_supported(prog_type: int) -> Support:
+    """Whether programs of ``prog_type`` load (libbpf_probe_bpf_prog_type).
+
+    For TRACING, LSM and EXT an EPERM means "unsupported here" (this kernel
+    refuses trampolines); TRACING still counts as supported when its
+    non-trampoline form (tp_btf) reaches the verifier.
+    """
+    kw, exp_err = _prog_opts(prog_type)
+    fd, err, _ = _try_prog(prog_type, RET0, **kw)
+    if fd is not None:
+        fd.close()
+        return Support(True)
+    if exp_err and err == exp_err:
+        return Support(True)
+    if err == _errno.EPERM and prog_type in _TRAMPOLINE_TYPES:
+        why = trampolines().reason or "EPERM"
+        if prog_type == ProgType.TRACING:
+            fd2, err2, _ = _try_prog(prog_type, RET0, expected_attach_type=AttachType.TRACE_RAW_TP,
+                                     attach_btf_id=1)
+            if fd2 is not None:
+                fd2.close()
+            if fd2 is not None or err2 == _errno.EINVAL:
+                return Support(True, "only tp_btf/iter/struct_ops forms: " + why)
+        return Support(False, why)
+    return Support(False, f"probe load failed with {_errno.errorcode.get(err, err)}")
+
+
+def _local_storage_btf() -> FD:
+    # [1] int, [2] struct bpf_spin_lock { int val; }, [3] struct val { int cnt; struct bpf_spin_lock l; }
+    strs = b"\0bpf_spin_lock\0val\0cnt\0l\0"
+    t = (_int(0)
+         + [1, _info(BTF_KIND_STRUCT, 1), 4, 15, 1, 0]
+         + [15, _info(BTF_KIND_STRUCT, 2), 8, 19, 1, 0, 23, 2, 32])
+    return B.btf_load(raw_btf(t, strs))
+
+
+@_cached
+def map_type_supported(map_type: int) -> Support:
+    """Whether maps of ``map_type`` can be created (libbpf_probe_bpf_map_type)."""
+    key, value, entries, flags = 4, 4, 1, 0
+    extra: dict[str, Any] = {}
+    closers: list[FD] = []
+    mt = map_type
+    try:
+        if mt == MapType.LPM_TRIE:
+            key, value, flags = 8, 8, BPF_F_NO_PREALLOC
+        elif mt == MapType.STACK_TRACE:
+            value = 8
+        elif mt in (MapType.SK_STORAGE, MapType.INODE_STORAGE, MapType.TASK_STORAGE, MapType.CGRP_STORAGE):
+            try:
+                bfd = _local_storage_btf()
+            except SyscallError as e:
+                return Support(False, f"needs BTF, which failed to load ({e.errname})")
+            closers.append(bfd)
+            value, entries, flags = 8, 0, BPF_F_NO_PREALLOC
+            extra.update(btf_fd=bfd, btf_key_type_id=1, btf_value_type_id=3)
+        elif mt in (MapType.QUEUE, MapType.STACK, MapType.BLOOM_FILTER):
+            key = 0
+        elif mt in (MapType.CGROUP_STORAGE, MapType.PERCPU_CGROUP_STORAGE):
+            key, entries = 16, 0
+        elif mt in (MapType.RINGBUF, MapType.USER_RINGBUF):
+            key, value, entries = 0, 0, os.sysconf("SC_PAGESIZE")
+        elif mt == MapType.ARENA:
+            key, value, entries, flags = 0, 0, 1, BPF_F_MMAPABLE
+        elif mt in (MapType.ARRAY_OF_MAPS, MapType.HASH_OF_MAPS):
+            try:
+                inner = B.map_create(MapType.ARRAY, 4, 4, 1, name="pyebpf_inner")
+            except SyscallError as e:
+                return Support(False, f"inner array map failed ({e.errname})")
+            closers.append(inner)
+            extra["inner_map_fd"] = inner
+        elif mt == MapType.STRUCT_OPS:
+            return Support(False, "struct_ops maps cannot be probed without a vmlinux value type")
+        try:
+            B.map_create(mt, key, value, entries, flags, **extra).close()
+            return Support(True)
+        except SyscallError as e:
+            return Support(False, f"map create failed with {e.errname}")
+    finally:
+        for c in closers:
+            c.close()
+
+
+@_cached
+def helper_supported(prog_type: int, helper_id: int) -> Support:
+    """Whether programs of ``prog_type`` may call helper ``helper_id`` (libbpf_probe_bpf_helper).
+
+    The probe program fails verification for other reasons; only the log lines
+    naming an unknown or forbidden helper mean "unsupported".
+    """
+    kw, _ = _prog_opts(prog_type)
+    if prog_type in _TRAMPOLINE_TYPES or prog_type == ProgType.STRUCT_OPS:
+        tr = trampolines()
+        if not tr and prog_type != ProgType.TRACING:
+            return Support(False, tr.reason)
+        # The attach target is checked before the program body, as libbpf notes (EOPNOTSUPP).
+        return Support(False, "cannot probe helpers for this program type without a real attach target")
+    fd, err, text = _try_prog(prog_type, _call(helper_id) + EXIT, log_level=1, **kw)
+    if fd is not None:
+        fd.close()
+        return Support(True)
+    if "invalid func " in text or "unknown func " in text:
+        return Support(False, f"the kernel does not know helper #{helper_id}")
+    if "program of this type cannot use helper " in text:
+        return Support(False, f"helper #{helper_id} is not allowed in this program type")
+    if err == _errno.EPERM and not text:
+        return Support(False, "probe load failed with EPERM")
+    if not text:
+        return Support(False, f"cannot probe: load failed with {_errno.errorcode.get(err, err)} and no log")
+    return Support(True)
