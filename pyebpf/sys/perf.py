@@ -27,6 +27,7 @@ __all__ = [
     "add_uprobe_event",
     "bpffs_problem",
     "is_bpffs",
+    "mount_tracefs",
     "perf_event_disable",
     "perf_event_enable",
     "perf_event_open",
@@ -354,3 +355,21 @@ def add_uprobe_event(path: str, offset: int, *, retprobe: bool = False, name: st
 def remove_probe_event(kind: str, group: str, name: str) -> None:
     """Remove a legacy probe event (``kind`` is "kprobe" or "uprobe")."""
     _write_events(f"{kind}_events", f"-:{group}/{name}")
+
+
+def mount_tracefs(path: str = "/sys/kernel/tracing") -> str:
+    """Mount tracefs at ``path`` if it is not mounted there yet (needs root); returns the path.
+
+    libbpf never mounts anything; this is for tools and tests that want a ready tracefs.
+    """
+    global _tracefs
+    if fs_magic(path) == TRACEFS_MAGIC:
+        return path
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.mount(b"tracefs", os.fsencode(path), b"tracefs", ctypes.c_ulong(0), None) != 0:
+        err = ctypes.get_errno()
+        raise SyscallError(err, "mount tracefs", f"could not mount tracefs at {path} "
+                           "(needs root / CAP_SYS_ADMIN): mount -t tracefs tracefs /sys/kernel/tracing")
+    _log.debug("mounted tracefs at %s", path)
+    _tracefs = None
+    return path
