@@ -1,0 +1,442 @@
+"""Struct, union and DATASEC codecs (the compiled part of :mod:`pyebpf.btf.codec`).
+
+A struct compiles to one ``struct.Struct`` covering its whole size (pad bytes for
+holes, so ``unpack_from`` also checks the buffer length) plus generated ``decode``
+and ``encode`` functions. Members that do not fit the flat layout are handed to
+their own codec from the generated code.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import BTFError, OptionError
+from .codec import (
+    _BO,
+    _MISSING,
+    ArrayCodec,
+    CharArrayCodec,
+    Codec,
+    EnumCodec,
+    Flat,
+    IntCodec,
+    _bf_arg,
+    _diagnose,
+    _exec,
+    _fmt_of,
+    _Gen,
+    _short,
+)
+from .codec_values import StructValue, make_value_class, values_equal
+from .types import COMPOSITE_KINDS, Kind, skip_modifiers
+
+
+@dataclass(slots=True)
+class _Field:
+    name: str
+    codec: Codec
+    off: int  # bytes; for bitfields, the bit offset is ``bit``
+    bit: int = 0
+    bits: int = 0  # non-zero: a bitfield
+    tail: bool = False  # a flexible array member: the rest of the buffer
+
+
+@dataclass(slots=True)
+class _Group:
+    """Bitfields sharing bytes: read and written as one integer."""
+
+    start: int
+    end: int
+    fields: list[int] = field(default_factory=list)
+    item: int = -1  # index of its bytes in the unpacked tuple, -1 when not flat
+
+
+def _bf_parts(f: _Field) -> tuple[bool, dict[str, Any] | None]:
+    c = f.codec
+    if isinstance(c, EnumCodec):
+        return c.signed, c.names
+    return bool(getattr(c, "signed", False)) and not getattr(c, "is_bool", False), None
+
+
+def _tail_decoder(codec: Codec) -> Any:
+    """A flexible array member decodes to whatever follows in the buffer."""
+    if isinstance(codec, CharArrayCodec):
+        def tail_bytes(buf: Any, start: int) -> bytes:
+            return bytes(buf[start:])
+        return tail_bytes
+    elem: Codec = codec.elem  # type: ignore[attr-defined]
+
+    def tail(buf: Any, start: int) -> tuple[Any, ...]:
+        if elem.size == 0:
+            return ()
+        n = max(len(buf) - start, 0) // elem.size
+        return tuple(elem.decode(buf, start + i * elem.size) for i in range(n))
+
+    return tail
+
+
+def _tail_encoded(codec: Codec, value: Any, path: str) -> bytes:
+    if not value:
+        return b""
+    if isinstance(codec, CharArrayCodec):
+        if isinstance(value, str):
+            value = value.encode()
+        if not isinstance(value, bytes | bytearray | memoryview):
+            raise OptionError(f"{path}: expected bytes for a flexible char array")
+        return bytes(value)
+    elem: Codec = codec.elem  # type: ignore[attr-defined]
+    return b"".join(elem.encode(v) for v in value)
+
+
+def _coerce_tail(codec: Codec, value: Any, path: str) -> Any:
+    if isinstance(codec, CharArrayCodec):
+        return codec.coerce(value, path)
+    if isinstance(value, str | bytes | bytearray) or not isinstance(value, tuple | list):
+        raise OptionError(f"{path}: expected a sequence for a flexible array member")
+    elem: Codec = codec.elem  # type: ignore[attr-defined]
+    return tuple(elem.coerce(v, f"{path}[{i}]") for i, v in enumerate(value))
+
+
+class StructCodec(Codec):
+    """BTF STRUCT (and DATASEC): values are generated :class:`StructValue` classes."""
+
+    union = False
+
+    def __init__(self, builder: Any, name: str, label: str, size: int,
+                 members: list[tuple[str, int, int, int]]):
+        self.type_name, self.size = label, size
+        self.fields: list[_Field] = []
+        btf = builder.btf
+        anon = 0
+        for i, (mname, tid, boff, bits) in enumerate(members):
+            codec = builder.get(tid)
+            under: Any = btf.type(skip_modifiers(btf, tid))
+            if not bits and under.kind == Kind.INT and (
+                    under.bits != under.size * 8 or under.offset or boff % 8):
+                bits, boff = under.bits, boff + under.offset  # bitfield without kind_flag
+            if bits:
+                if not isinstance(codec, IntCodec | EnumCodec) or bits > 64 and not isinstance(
+                        codec, IntCodec):
+                    raise BTFError(f"{label}: bitfield {mname!r} of non-integer type")
+                if boff + bits > size * 8:
+                    raise BTFError(f"{label}: bitfield {mname!r} lies beyond the struct")
+                f = _Field(mname, codec, boff // 8, boff, bits)
+            else:
+                if boff % 8:
+                    raise BTFError(f"{label}: member {mname!r} is not byte aligned")
+                if boff // 8 + codec.size > size:
+                    raise BTFError(f"{label}: member {mname!r} lies beyond the struct")
+                tail = (i == len(members) - 1 and codec.size == 0 and not self.union
+                        and isinstance(codec, ArrayCodec | CharArrayCodec))
+                f = _Field(mname, codec, boff // 8, tail=tail)
+            if not mname:
+                if bits or under.kind not in COMPOSITE_KINDS:
+                    continue  # unnamed padding bitfield
+                f.name = f"_anon{anon}"
+                anon += 1
+            self.fields.append(f)
+        self.paths: dict[str, tuple[int, ...]] = {}
+        for i, f in enumerate(self.fields):
+            self.paths[f.name] = (i,)
+        for i, f in enumerate(self.fields):
+            if f.name.startswith("_anon") and isinstance(f.codec, StructCodec):
+                for n, p in f.codec.paths.items():
+                    self.paths.setdefault(n, (i, *p))
+        self.has_tail = bool(self.fields) and self.fields[-1].tail
+        self.exact = not self.union and all(f.codec.exact and not f.bits for f in self.fields)
+        anon_paths = {n: p for n, p in self.paths.items() if len(p) > 1}
+        self.cls = make_value_class(name or "anon", [f.name for f in self.fields], anon_paths,
+                                    self, self.union)
+        self._compile()
+
+    # -- layout and code generation ---------------------------------------------------
+
+    def _groups(self) -> dict[int, _Group]:
+        """Field index -> its bitfield group."""
+        out: dict[int, _Group] = {}
+        cur: _Group | None = None
+        for i, f in enumerate(self.fields):
+            if not f.bits:
+                cur = None
+                continue
+            s, e = f.bit // 8, (f.bit + f.bits + 7) // 8
+            if cur is not None and not self.union and cur.start <= s < cur.end:
+                cur.end = max(cur.end, e)
+            else:
+                cur = _Group(s, e)
+            cur.fields.append(i)
+            out[i] = cur
+        return out
+
+    def _compile(self) -> None:
+        g = _Gen()
+        groups = self._groups()
+        items: list[tuple[int, str, int]] = []
+        order: list[tuple[str, Any]] = []  # what each flat item run encodes, in item order
+        plan: list[tuple[str, Any]] = []  # per field
+        cursor, nitems = 0, 0
+        for i, f in enumerate(self.fields):
+            if f.tail:
+                plan.append(("tail", None))
+                continue
+            if f.bits:
+                grp = groups[i]
+                if grp.fields[0] == i:
+                    if not self.union and grp.start >= cursor:
+                        items.append((grp.start, f"{grp.end - grp.start}s", 1))
+                        grp.item, nitems, cursor = nitems, nitems + 1, grp.end
+                        order.append(("group", grp))
+                plan.append(("bf", grp))
+                continue
+            fl = None if self.union else f.codec.flat()
+            if fl is not None and f.off >= cursor:
+                items.extend((f.off + o, fm, c) for o, fm, c in fl.items)
+                plan.append(("flat", (fl, nitems)))
+                order.append(("field", (i, fl)))
+                nitems += fl.count
+                cursor = f.off + f.codec.size
+            else:
+                plan.append(("sub", None))
+        self._items, self._plan, self._order = items, plan, order
+        self._flat_ok = not self.union and all(
+            how == "flat" or how == "bf" and data.item >= 0 for how, data in plan)
+        s = struct.Struct(_fmt_of(items, self.size))
+        g.ns.update(_unpack=s.unpack_from, _pack=s.pack, _pack_into=s.pack_into,
+                    _SE=struct.error, _short=_short, _diag=_diagnose, _codec=self,
+                    _coerce=self.coerce, _path=self.type_name, _cls=self.cls,
+                    _bfa=_bf_arg, _M=_MISSING, _size=self.size, _extra=self._extra)
+        exprs = self._dec_exprs(g, 0)
+        args = self._enc_args(g, "v")
+        posts: list[tuple[bool, str]] = []  # (exact, statement)
+        done: set[int] = set()
+        for i, (f, (how, data)) in enumerate(zip(self.fields, plan, strict=True)):
+            guard = f"if v[{i}] is not _M: " if self.union else ""
+            if how == "sub":
+                e = g.name(f.codec.encode_into, "e")
+                posts.append((f.codec.exact, f"{guard}{e}(buf, offset + {f.off}, v[{i}])"))
+            elif how == "tail":
+                t = g.name(self._put_tail, "ptail")
+                posts.append((True, f"{t}(buf, offset + {f.off}, v[{i}])"))
+            elif how == "bf" and data.item < 0 and id(data) not in done:
+                done.add(id(data))
+                put = g.name(_bf_put, "bfput")
+                mask = 0
+                for j in data.fields:
+                    fj = self.fields[j]
+                    mask |= ((1 << fj.bits) - 1) << (fj.bit - data.start * 8)
+                stmt = (f"{put}(buf, offset + {data.start}, {data.end - data.start}, {mask}, "
+                        f"{self._group_int(g, data)})")
+                posts.append((f.codec.exact, f"{guard}{stmt}"))
+        # in a union, write lossy views (char arrays, bools) first so exact ones win
+        posts.sort(key=lambda p: p[0])
+        pre = "".join(f"    {p}\n" for p in g.pre)
+        body = "".join(f"        {p}\n" for _, p in posts)
+        a = ", ".join(["buf", "offset", *args])
+        src = (
+            "def decode(buf, offset=0):\n"
+            "    try:\n"
+            "        t = _unpack(buf, offset)\n"
+            "    except _SE:\n"
+            "        raise _short(_codec, buf, offset) from None\n"
+            f"{pre}"
+            f"    return _tnew(_cls, ({''.join(e + ', ' for e in exprs)}))\n"
+            "def encode_into(buf, offset, v):\n"
+            "    if v.__class__ is not _cls:\n"
+            "        v = _coerce(v, _path)\n"
+            "    try:\n"
+            f"        _pack_into({a})\n"
+            f"{body}"
+            "    except Exception as e:\n"
+            "        raise _diag(_codec, v, e) from None\n"
+        )
+        if posts:
+            src += (
+                "def encode(v):\n"
+                "    if v.__class__ is not _cls:\n"
+                "        v = _coerce(v, _path)\n"
+                "    b = bytearray(_size + _extra(v))\n"
+                "    encode_into(b, 0, v)\n"
+                "    return bytes(b)\n"
+            )
+        else:
+            src += (
+                "def encode(v):\n"
+                "    if v.__class__ is not _cls:\n"
+                "        v = _coerce(v, _path)\n"
+                "    try:\n"
+                f"        return _pack({', '.join(args)})\n"
+                "    except Exception as e:\n"
+                "        raise _diag(_codec, v, e) from None\n"
+            )
+        ns = _exec(src, g.ns, self.type_name)
+        self.decode, self.encode, self.encode_into = ns["decode"], ns["encode"], ns["encode_into"]
+        self._source = src
+
+    def _dec_exprs(self, g: _Gen, base: int) -> list[str]:
+        """Member expressions over ``t`` (items from ``base``), ``buf`` and ``offset``."""
+        gvars: dict[int, str] = {}
+        exprs = []
+        for f, (how, data) in zip(self.fields, self._plan, strict=True):
+            if how == "flat":
+                fl, first = data
+                exprs.append(fl.dec(g, base + first))
+            elif how == "sub":
+                exprs.append(f"{g.name(f.codec.decode, 'd')}(buf, offset + {f.off})")
+            elif how == "tail":
+                exprs.append(f"{g.name(_tail_decoder(f.codec), 'tail')}(buf, offset + {f.off})")
+            else:
+                grp = data
+                gv = gvars.get(id(grp))
+                if gv is None:
+                    gv = gvars[id(grp)] = g.tmp("g")
+                    src = (f"t[{base + grp.item}]" if grp.item >= 0 else
+                           f"buf[offset + {grp.start}:offset + {grp.end}]")
+                    g.pre.append(f"{gv} = _ifb({src}, {_BO!r})")
+                raw = f"({gv} >> {f.bit - grp.start * 8} & {(1 << f.bits) - 1})"
+                exprs.append(f.codec.bf_value(raw, f.bits, g))  # type: ignore[attr-defined]
+        return exprs
+
+    def _enc_args(self, g: _Gen, v: str) -> list[str]:
+        """``pack`` arguments, in item order, for the value expression ``v``."""
+        args: list[str] = []
+        for how, data in self._order:
+            if how == "field":
+                i, fl = data
+                args.extend(fl.enc(g, f"{v}[{i}]"))
+            else:
+                args.append(f"({self._group_int(g, data, v)}).to_bytes("
+                            f"{data.end - data.start}, {_BO!r})")
+        return args
+
+    def flat(self) -> Flat | None:
+        """Nested structs inline into their parent's format when all their members do."""
+        if not self._flat_ok:
+            return None
+
+        def dec(g: _Gen, first: int) -> str:
+            exprs = self._dec_exprs(g, first)
+            return f"_tnew({g.name(self.cls, 'cls')}, ({''.join(e + ', ' for e in exprs)}))"
+
+        return Flat(list(self._items), dec, self._enc_args)
+
+    def _group_int(self, g: _Gen, grp: Any, v: str = "v") -> str:
+        parts = []
+        for j in grp.fields:
+            f = self.fields[j]
+            signed, names = _bf_parts(f)
+            nm = g.name(names, "en") if names is not None else "None"
+            parts.append(f"_bfa({v}[{j}], {f.bits}, {signed}, {nm}) << {f.bit - grp.start * 8}")
+        if self.union:  # union bitfields are written one by one, each in its own group
+            return parts[0]
+        return " | ".join(parts)
+
+    def _extra(self, v: Any) -> int:
+        if not self.has_tail:
+            return 0
+        f = self.fields[-1]
+        return len(_tail_encoded(f.codec, v[-1], f"{self.type_name}.{f.name}"))
+
+    def _put_tail(self, buf: Any, start: int, value: Any) -> None:
+        f = self.fields[-1]
+        b = _tail_encoded(f.codec, value, f"{self.type_name}.{f.name}")
+        if b:
+            if len(buf) - start < len(b):
+                raise OptionError(f"{self.type_name}.{f.name}: {len(b)} bytes of flexible "
+                                  "array do not fit in the buffer")
+            buf[start:start + len(b)] = b
+
+    # -- values ------------------------------------------------------------------------
+
+    def _construct(self, args: tuple[Any, ...], kwargs: dict[str, Any],
+                   path: str | None = None) -> StructValue:
+        path = path or self.type_name
+        n = len(self.fields)
+        if len(args) > n:
+            raise OptionError(f"{path}: {self.type_name} has {n} members, got {len(args)} values")
+        vals: list[Any] = [*args, *([_MISSING] * (n - len(args)))]
+        sub: dict[int, dict[str, Any]] = {}
+        for k, v in kwargs.items():
+            p = self.paths.get(k)
+            if p is None:
+                raise OptionError(f"{path}: {self.type_name} has no member {k!r}")
+            if len(p) == 1:
+                if vals[p[0]] is not _MISSING:
+                    raise OptionError(f"{path}.{k}: given twice")
+                vals[p[0]] = v
+            else:
+                sub.setdefault(p[0], {})[k] = v
+        for i, kw in sub.items():
+            if vals[i] is not _MISSING:
+                raise OptionError(f"{path}.{self.fields[i].name}: given twice")
+            vals[i] = kw
+        out = [v if v is _MISSING else _coerce_tail(f.codec, v, f"{path}.{f.name}") if f.tail
+               else f.codec.coerce(v, f"{path}.{f.name}")
+               for f, v in zip(self.fields, vals, strict=True)]
+        return self._finish(out, path)
+
+    def _finish(self, out: list[Any], path: str) -> StructValue:
+        for i, f in enumerate(self.fields):
+            if out[i] is _MISSING:
+                out[i] = b"" if f.tail and isinstance(f.codec, CharArrayCodec) else (
+                    () if f.tail else f.codec.zero())
+        return tuple.__new__(self.cls, out)
+
+    def coerce(self, value: Any, path: str) -> Any:
+        if value.__class__ is self.cls:
+            return value
+        if isinstance(value, StructValue):
+            return self._construct((), value._asdict(), path)
+        if isinstance(value, Mapping):
+            return self._construct((), dict(value), path)
+        if isinstance(value, tuple | list):
+            return self._construct(tuple(value), {}, path)
+        raise OptionError(f"{path}: expected {self.type_name} (a value, dict or keyword "
+                          f"arguments), got {type(value).__name__}")
+
+    def check(self, value: Any, path: str) -> None:
+        value = self.coerce(value, path)
+        for f, v in zip(self.fields, value, strict=True):
+            p = f"{path}.{f.name}"
+            if v is _MISSING:
+                continue
+            if f.bits:
+                signed, names = _bf_parts(f)
+                try:
+                    _bf_arg(v, f.bits, signed, names)
+                except (TypeError, OverflowError, KeyError) as e:
+                    raise OptionError(f"{p}: {e}") from None
+            elif f.tail:
+                _tail_encoded(f.codec, v, p)
+            else:
+                f.codec.check(v, p)
+
+
+def _bf_put(buf: Any, start: int, n: int, mask: int, value: int) -> None:
+    old = int.from_bytes(buf[start:start + n], _BO) & ~mask
+    buf[start:start + n] = (old | value).to_bytes(n, _BO)
+
+
+class UnionCodec(StructCodec):
+    """BTF UNION: every member decoded over the same bytes (as C reads them)."""
+
+    union = True
+
+    def _finish(self, out: list[Any], path: str) -> StructValue:
+        given = [i for i, v in enumerate(out) if v is not _MISSING]
+        if not given:
+            return self.zero()  # type: ignore[no-any-return]
+        b = bytearray(self.size)
+        self.encode_into(b, 0, tuple.__new__(self.cls, out))
+        value = self.decode(b)
+        for i in given:
+            if not values_equal(out[i], value[i]):
+                others = ", ".join(self.fields[j].name for j in given if j != i)
+                raise OptionError(f"{path}: union members disagree: {self.fields[i].name}="
+                                  f"{out[i]!r} is overwritten by {others}; give one member")
+        return value  # type: ignore[no-any-return]
+
+
+__all__ = ["StructCodec", "UnionCodec"]
