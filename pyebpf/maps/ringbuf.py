@@ -15,9 +15,15 @@ anything past it.
 Validity of records: a record is handed out as a ``memoryview`` of the
 mmap'd ring, not a copy.  It stays unchanged until the consumer position is
 committed past it, which happens at the earliest when the next record is
-requested (the iterator advances, the callback returns).  Copy it with
-``bytes(rec)`` / ``rec.tobytes()`` to keep it longer.  :meth:`RingBuffer.poll_batch`
-returns copies.
+requested from the same ring (the iterator advances, the callback returns,
+any other consume call starts).  Copy it with ``bytes(rec)`` /
+``rec.tobytes()`` to keep it longer.  :meth:`RingBuffer.poll_batch` returns
+copies.  The position is committed to the kernel in bulk (per quarter ring,
+per batch), not per record, which keeps the producer's cache line quiet.
+
+One consumer per ring at a time: the consumer position is not shared between
+threads or processes.  Interleaving calls on one ring from one thread is safe
+(an interrupted iterator simply ends).
 
 Drop counts: the kernel keeps none.  A full ring makes ``bpf_ringbuf_reserve``
 return NULL / ``bpf_ringbuf_output`` return -EAGAIN in the program, so a
@@ -125,7 +131,7 @@ class Batch:
         if offsets is not None:
             count = len(offsets)
         self._count = count
-        self._stride = stride
+        self._stride = stride or 8  # any non-zero stride for an empty batch
         self._size = size
 
     @property
@@ -223,6 +229,8 @@ class _Ring:
         "_data",
         "_hdr",
         "_mask",
+        "_chunk",
+        "pos",
     )
 
     def __init__(self, fd: int, size: int, callback: Callback | None, keep: Any) -> None:
@@ -251,6 +259,8 @@ class _Ring:
         self._hdr = self._data.cast("I")
         prod.release()
         self._mask = size - 1
+        self._chunk = max(size // 4, 8)
+        self.pos = self._cons_q[0]
 
     @classmethod
     def from_buffers(cls, consumer: Any, producer: Any, data: Any, size: int) -> _Ring:
@@ -267,6 +277,8 @@ class _Ring:
         self._data = memoryview(data)
         self._hdr = self._data.cast("I")
         self._mask = size - 1
+        self._chunk = max(size // 4, 8)
+        self.pos = self._cons_q[0]
         return self
 
     # -- positions ---------------------------------------------------------
@@ -280,31 +292,52 @@ class _Ring:
         return self._prod_q[0]
 
     def avail(self) -> int:
-        """Bytes between the consumer and producer positions (busy records included)."""
-        return self._prod_q[0] - self._cons_q[0]
+        """Bytes not yet handed out (busy and discarded records included)."""
+        return self._prod_q[0] - self.pos
+
+    def has_data(self) -> bool:
+        return self._prod_q[0] > self.pos
 
     # -- consuming ---------------------------------------------------------
 
     def records(self, limit: int = -1) -> Iterator[memoryview]:
-        """Yield available records; commit per producer snapshot and on exit."""
+        """Yield available records.
+
+        ``self.pos`` (the logical consumer position) moves past a record as it
+        is handed out; ``consumer_pos`` in the shared page follows it once
+        per quarter ring, when the iteration ends, and at the start of the
+        next operation on this ring, so the record handed out last stays
+        untouched until more is asked for.  Another operation on this ring
+        in the middle of the iteration ends the iteration (it never moves
+        the position backwards or hands a record out twice).
+        """
         hdr = self._hdr
         data = self._data
         prod_q = self._prod_q
         cons_q = self._cons_q
         mask = self._mask
-        cons = cons_q[0]
+        chunk = self._chunk
+        cons = self.pos
+        cons_q[0] = cons
         try:
             while True:
                 prod = prod_q[0]
                 if cons >= prod:
                     return
+                # Publish progress at least every quarter ring, so a slow
+                # consumer of a small ring does not stall the producer.
+                if prod - cons > chunk:
+                    prod = cons + chunk
                 while cons < prod:
                     off = cons & mask
                     ln = hdr[off >> 2]
                     if ln < BPF_RINGBUF_DISCARD_BIT:
                         start = off + 8
                         cons += (ln + 15) & -8
+                        self.pos = cons
                         yield data[start : start + ln]
+                        if self.pos != cons:
+                            return
                         if limit > 0:
                             limit -= 1
                             if limit == 0:
@@ -313,63 +346,69 @@ class _Ring:
                         return
                     else:
                         cons += ((ln & _LEN_MASK) + 15) & -8
-                # Once per snapshot: lets the producer reuse the space.
+                        self.pos = cons
                 cons_q[0] = cons
         finally:
-            try:
-                cons_q[0] = cons
-            except ValueError:  # the ring was closed under a live iterator
-                pass
+            if self.pos == cons:
+                try:
+                    cons_q[0] = cons
+                except ValueError:  # the ring was closed under a live iterator
+                    pass
 
     def consume_callbacks(self, callback: Callback, limit: int = -1) -> int:
         """Call ``callback`` for each available record; libbpf's ringbuf_process_ring.
 
         Returns the number of records passed to the callback, or the
-        callback's negative return value if it stopped early (that record
-        counts as consumed, as in libbpf).
+        callback's negative return value if it stopped early.  A record whose
+        callback stopped early or raised counts as consumed, as in libbpf.
         """
         hdr = self._hdr
         data = self._data
         prod_q = self._prod_q
         cons_q = self._cons_q
         mask = self._mask
-        cons = cons_q[0]
+        chunk = self._chunk
+        cons = self.pos
+        cons_q[0] = cons
         count = 0
         try:
             while True:
                 prod = prod_q[0]
                 if cons >= prod:
                     return count
+                if prod - cons > chunk:
+                    prod = cons + chunk
                 while cons < prod:
                     off = cons & mask
                     ln = hdr[off >> 2]
                     if ln < BPF_RINGBUF_DISCARD_BIT:
                         start = off + 8
-                        # Advanced before the callback runs, so a callback
-                        # that raises or stops leaves this record consumed
-                        # (the finally publishes it).
                         cons += (ln + 15) & -8
+                        self.pos = cons
                         r = callback(data[start : start + ln])
                         count += 1
                         if r is not None and r < 0:
                             return int(r)
-                        if count == limit:
+                        if count == limit or self.pos != cons:
                             return count
                     elif ln & BPF_RINGBUF_BUSY_BIT:
                         return count
                     else:
                         cons += ((ln & _LEN_MASK) + 15) & -8
+                        self.pos = cons
                 cons_q[0] = cons
         finally:
-            try:
-                cons_q[0] = cons
-            except ValueError:
-                pass
+            if self.pos == cons:
+                try:
+                    cons_q[0] = cons
+                except ValueError:
+                    pass
 
     def batch(self, limit: int = -1) -> Batch:
         """Copy every record available now (one producer snapshot); commit once."""
         cons_q = self._cons_q
-        cons = cons_q[0]
+        cons = self.pos
+        cons_q[0] = cons
         prod = self._prod_q[0]
         avail = prod - cons
         if avail <= 0:
@@ -390,7 +429,7 @@ class _Ring:
                 if heads.count(first) == n:
                     end = off0 + n * stride
                     blob = self._data[off0:end].tobytes()
-                    cons_q[0] = cons + n * stride
+                    self.pos = cons_q[0] = cons + n * stride
                     return Batch(blob, count=n, stride=stride, size=first)
         return self._batch_walk(cons, prod, limit)
 
@@ -414,11 +453,12 @@ class _Ring:
                 break
             else:
                 pos += ((ln & _LEN_MASK) + 15) & -8
-        if pos == cons:
+        if not offsets:
+            self.pos = self._cons_q[0] = pos  # only discarded records (or none)
             return Batch(b"")
         # [cons, pos) is contiguous thanks to the double mapping (pos - cons <= size).
         blob = self._data[start_off : start_off + (pos - cons)].tobytes()
-        self._cons_q[0] = pos
+        self.pos = self._cons_q[0] = pos
         return Batch(blob, offsets=offsets, lengths=lengths)
 
     # -- teardown ----------------------------------------------------------
@@ -480,6 +520,36 @@ class _Waiter:
                 return [fd for fd, _ in self.ep.poll(t)]
             except InterruptedError:  # pragma: no cover - PEP 475 retries already
                 continue
+
+    def wait_until(self, has_data: Callable[[], bool], timeout: float | None) -> bool:
+        """Wait until ``has_data()`` or ``timeout``; epoll can wake without new data
+        (level-triggered readiness left from an earlier wake-up)."""
+        deadline = _wait_deadline(timeout)
+        while True:
+            if has_data():
+                return True
+            if deadline is None:
+                self.wait(None)
+            else:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self.wait(left)
+
+    async def wait_until_async(self, has_data: Callable[[], bool], timeout: float | None) -> bool:
+        """:meth:`wait_until` on the running event loop (a reader on the epoll fd)."""
+        deadline = _wait_deadline(timeout)
+        while True:
+            if has_data():
+                return True
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                return False
+            try:
+                await asyncio.wait_for(_readable(self.fileno()), left)
+            except asyncio.TimeoutError:
+                return has_data()
+            self.wait(0)  # drain the epoll ready list
 
     def close(self) -> None:
         if self.ep is not None:
@@ -555,8 +625,7 @@ class RingBuffer:
         if timeout == 0:
             return False
         if interval is None:
-            self._waiter.wait(timeout)
-            return ring.avail() > 0
+            return self._waiter.wait_until(ring.has_data, timeout)
         # Periodic consume: independent of the kernel's wake-ups (e.g. a
         # producer that passes BPF_RB_NO_WAKEUP).  interval=0 spins.
         deadline = _wait_deadline(timeout)
@@ -687,12 +756,8 @@ class RingBuffer:
     async def poll_async(self, timeout: float | None = None) -> Batch:
         """Wait on the event loop for data, then return a :class:`Batch` (empty on timeout)."""
         ring = self._r()
-        if ring.avail() <= 0:
-            try:
-                await asyncio.wait_for(_readable(self.fileno()), timeout)
-            except asyncio.TimeoutError:
-                return Batch(b"")
-            self._waiter.wait(0)
+        if not await self._waiter.wait_until_async(ring.has_data, timeout):
+            return Batch(b"")
         return ring.batch()
 
     # -- misc --------------------------------------------------------------
@@ -786,10 +851,11 @@ class RingBufferManager:
 
         Returns the records handled, or a callback's negative value (stops).
         """
-        ready = [r for r in self._rings if r.avail() > 0]
+        ready = [r for r in self._rings if r.has_data()]
         if not ready and timeout != 0:
-            fds = self._waiter.wait(timeout)
-            ready = [self._by_fd[fd] for fd in fds if fd in self._by_fd]
+            if not self._waiter.wait_until(self._has_data, timeout):
+                return 0
+            ready = [r for r in self._rings if r.has_data()]
         return self._consume_rings(ready)
 
     def consume(self) -> int:
@@ -804,13 +870,12 @@ class RingBufferManager:
 
     async def poll_async(self, timeout: float | None = None) -> int:
         """Await data on any ring via the event loop, then run the callbacks."""
-        if not any(r.avail() > 0 for r in self._rings):
-            try:
-                await asyncio.wait_for(_readable(self.fileno()), timeout)
-            except asyncio.TimeoutError:
-                return 0
-            self._waiter.wait(0)
+        if not await self._waiter.wait_until_async(self._has_data, timeout):
+            return 0
         return self.consume()
+
+    def _has_data(self) -> bool:
+        return any(r.pos < r.producer_pos for r in self._rings)
 
     def __aiter__(self) -> AsyncIterator[tuple[int, memoryview]]:
         """``async for index, rec in mgr``: records of every ring, forever."""
