@@ -762,3 +762,20 @@ def test_no_leaks_across_a_mixed_workload():
         del p
     gc.collect()
     assert open_fd_count() == before and nfds() == fds
+
+
+def test_loader_hooks_for_source_line_and_explain():
+    insns = ins(0xB7, 1, imm=1) + ins(0x85, imm=I.CORE_POISON_IMM) + RET0
+    with pytest.raises(VerifierError) as ei:
+        B.prog_load(ProgType.SOCKET_FILTER, insns, name="t_hooks",
+                    source_line=lambda i: f"prog.c:{10 + i}",
+                    explain=lambda i, imm: f"CO-RE relocation #0 at insn {i}: field x not found")
+    e = ei.value
+    assert e.insn_index == 1 and e.source_line == "prog.c:11"
+    assert e.notes == ["CO-RE relocation #0 at insn 1: field x not found"]
+    assert "source: prog.c:11" in str(e)
+
+
+def test_explain_log_map_poison():
+    log = "5: (85) call unknown#2001000002\ninvalid func unknown#2001000002\n"
+    assert "map #2" in B.explain_log(log)[0]

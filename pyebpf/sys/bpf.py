@@ -12,7 +12,7 @@ import errno as _errno
 import logging
 import os
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -494,6 +494,7 @@ def prog_load_hint(err: int, prog_type: int, expected_attach_type: int) -> str:
 _INSN_LINE = re.compile(r"^(\d+): \([0-9a-f]{2}\)", re.M)
 _POISON_CALL = re.compile(r"^(\d+): \(85\) call unknown#(\d+)\s*$", re.M)
 CORE_POISON_IMM = 0xBAD2310
+MAP_POISON_BASE = 2001000000
 KFUNC_POISON_BASE = 2002000000
 
 
@@ -510,15 +511,27 @@ def poisoned_calls(log: str) -> list[tuple[int, int]]:
     return [(int(m.group(1)), int(m.group(2))) for m in _POISON_CALL.finditer(log)]
 
 
-def explain_log(log: str) -> list[str]:
-    """Plain-words notes for poisoned CO-RE relocations and kfunc calls in a verifier log."""
+def explain_log(log: str, explain: Callable[[int, int], str | None] | None = None) -> list[str]:
+    """Plain-words notes for poisoned CO-RE relocations, map loads and kfunc calls in a log.
+
+    ``explain(insn_index, imm)`` lets the loader give a precise note (e.g. which CO-RE
+    relocation failed and why); generic words are used where it returns None.
+    """
     notes = []
     for idx, imm in poisoned_calls(log):
-        if imm == CORE_POISON_IMM:
+        note = explain(idx, imm) if explain is not None else None
+        if note:
+            notes.append(note)
+        elif imm == CORE_POISON_IMM:
             notes.append(
                 f"instruction {idx} is a poisoned CO-RE relocation: the field or type it "
                 "refers to does not exist in this kernel's BTF, and the code path using it was not "
                 "guarded by bpf_core_field_exists()/bpf_core_type_exists()"
+            )
+        elif MAP_POISON_BASE <= imm < MAP_POISON_BASE + 1_000_000:
+            notes.append(
+                f"instruction {idx} references map #{imm - MAP_POISON_BASE}, which was not created "
+                "(autocreate disabled?)"
             )
         elif KFUNC_POISON_BASE <= imm < KFUNC_POISON_BASE + 1_000_000:
             notes.append(
@@ -565,12 +578,16 @@ def prog_load_with_log(
     token_fd: int | FD | None = None,
     log_level: int = 0,
     log_size: int = 0,
+    explain: Callable[[int, int], str | None] | None = None,
+    source_line: Callable[[int], str | None] | None = None,
 ) -> ProgLoadResult:
     """BPF_PROG_LOAD with a verifier log that is never truncated.
 
     With ``log_level`` 0 the first attempt has no log; on failure it retries at
     level 1 (as libbpf does). On ENOSPC the buffer grows to ``log_true_size``.
-    Raises VerifierError (with the complete log) or SyscallError.
+    Raises VerifierError (with the complete log) or SyscallError. ``explain`` and
+    ``source_line`` let the loader add words for poisoned calls (see :func:`explain_log`)
+    and map the failing instruction index to a C source line (from line_info).
     """
     if len(insns) % 8 or not insns:
         raise OptionError("insns must be a non-empty multiple of 8 bytes")
@@ -638,9 +655,12 @@ def prog_load_with_log(
             continue
         hint = prog_load_hint(err, prog_type, expected_attach_type)
         if text:
+            idx = failed_insn_index(text)
+            src = source_line(idx) if source_line is not None and idx is not None else None
             raise VerifierError(
                 err, "BPF_PROG_LOAD", hint, log=text, log_true_size=a.log_true_size or None,
-                insn_index=failed_insn_index(text), program=pname or None, notes=explain_log(text),
+                insn_index=idx, source_line=src, program=pname or None,
+                notes=explain_log(text, explain),
             )
         raise SyscallError(err, "BPF_PROG_LOAD", hint, detail=pname)
 

@@ -1,0 +1,126 @@
+"""Kernel feature probes: results on this kernel, caching, and no fd leaks."""
+
+from __future__ import annotations
+
+import gc
+import logging
+import os
+
+import pytest
+
+from pyebpf import features as F
+from pyebpf.sys import open_fd_count
+from pyebpf.uapi import MapType, ProgType
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
+
+
+def nfds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.fixture
+def fresh():
+    F.clear_cache()
+    gc.collect()
+    before = (open_fd_count(), nfds())
+    yield
+    gc.collect()
+    assert (open_fd_count(), nfds()) == before
+
+
+def test_every_libbpf_feature_probe_runs_without_leaks(fresh):
+    results = {name: F.kernel_supports(name) for name in F.FEATURES}
+    assert all(isinstance(v, bool) for v in results.values())
+    # what a 6.18 kernel has, whatever its configuration
+    for name in ("PROG_NAME", "GLOBAL_DATA", "BTF", "BTF_FUNC", "BTF_GLOBAL_FUNC", "BTF_DATASEC",
+                 "ARRAY_MMAP", "EXP_ATTACH_TYPE", "PROBE_READ_KERN", "PROG_BIND_MAP", "MODULE_BTF",
+                 "BTF_FLOAT", "PERF_LINK", "BTF_DECL_TAG", "BTF_TYPE_TAG", "MEMCG_ACCOUNT",
+                 "BPF_COOKIE", "BTF_ENUM64", "UPROBE_MULTI_LINK", "ARG_CTX_TAG", "BTF_QMARK_DATASEC"):
+        assert results[name], name
+
+
+def test_kernel_supports_names():
+    assert F.kernel_supports("FEAT_BTF") == F.kernel_supports("btf")
+    with pytest.raises(ValueError):
+        F.kernel_supports("NO_SUCH_FEATURE")
+
+
+def test_btf_features_for_the_sanitizer(fresh):
+    from pyebpf.btf.write import Features
+
+    f = F.btf_features()
+    assert isinstance(f, Features)
+    assert f == Features()  # a 6.18 kernel needs no BTF rewriting
+
+
+def test_probes_are_cached(caplog):
+    F.btf_float(), F.has_memcg_account(), F.prog_type_supported(ProgType.XDP)
+    with caplog.at_level(logging.DEBUG, logger="pyebpf.sys"):
+        for _ in range(3):
+            assert F.btf_float()
+            assert F.has_memcg_account()
+            assert F.prog_type_supported(ProgType.XDP)
+    assert not [r for r in caplog.records if r.name == "pyebpf.sys"]
+
+
+def test_clear_cache_reprobes(caplog):
+    F.array_mmap()
+    F.clear_cache()
+    with caplog.at_level(logging.DEBUG, logger="pyebpf.sys"):
+        assert F.array_mmap()
+    assert any("BPF_MAP_CREATE" in r.getMessage() for r in caplog.records)
+
+
+def test_trampolines_reported_as_unsupported_here(fresh):
+    t = F.trampolines()
+    if t:
+        pytest.skip("this kernel loads trampoline programs")
+    assert "EPERM" in t.reason and "unsupported here" in t.reason
+    lsm = F.prog_type_supported(ProgType.LSM)
+    ext = F.prog_type_supported(ProgType.EXT)
+    assert not lsm and not ext and "trampoline" in lsm.reason
+    tracing = F.prog_type_supported(ProgType.TRACING)
+    assert tracing and "tp_btf" in tracing.reason  # tp_btf and iter still work
+    h = F.helper_supported(ProgType.LSM, 1)
+    assert not h and "trampoline" in h.reason
+
+
+@pytest.mark.parametrize("pt", [ProgType.SOCKET_FILTER, ProgType.KPROBE, ProgType.TRACEPOINT,
+                                ProgType.XDP, ProgType.PERF_EVENT, ProgType.RAW_TRACEPOINT,
+                                ProgType.CGROUP_SOCK_ADDR, ProgType.CGROUP_SOCKOPT, ProgType.SK_LOOKUP,
+                                ProgType.SYSCALL, ProgType.NETFILTER, ProgType.STRUCT_OPS,
+                                ProgType.SCHED_CLS, ProgType.FLOW_DISSECTOR])
+def test_prog_types(pt):
+    assert F.prog_type_supported(pt)
+
+
+@pytest.mark.parametrize("mt", [m for m in MapType if m not in (MapType.UNSPEC, MapType.STRUCT_OPS)])
+def test_map_types(mt, fresh):
+    assert F.map_type_supported(mt), mt.name
+
+
+def test_struct_ops_map_says_why():
+    s = F.map_type_supported(MapType.STRUCT_OPS)
+    assert not s and s.reason
+
+
+def test_map_type_unknown():
+    s = F.map_type_supported(200)
+    assert not s and "EINVAL" in s.reason
+
+
+def test_helpers(fresh):
+    assert F.helper_supported(ProgType.KPROBE, 1)  # map_lookup_elem
+    assert F.helper_supported(ProgType.TRACEPOINT, 174)  # get_attach_cookie
+    nope = F.helper_supported(ProgType.KPROBE, 99999)
+    assert not nope and "does not know helper" in nope.reason
+    # bpf_probe_write_user is refused under lockdown=integrity; the kernel log line says so
+    w = F.helper_supported(ProgType.KPROBE, 36)
+    if not w:
+        assert "not allowed" in w.reason
+
+
+def test_support_is_truthy():
+    assert F.Support(True)
+    assert not F.Support(False, "x")
