@@ -554,6 +554,13 @@ def test_kernel_types_zero(kbtf: Any, name: str) -> None:
         assert v.len == 0 and v.next == 0 and v.dev == 0  # fields of anonymous unions
 
 
+def test_kernel_enum(kbtf: Any) -> None:
+    c = codec_for(kbtf, kbtf.find("bpf_map_type", Kind.ENUM)[0])
+    v = c.decode((2).to_bytes(4, "little"))
+    assert isinstance(v, enum.IntEnum) and v.name == "BPF_MAP_TYPE_ARRAY"
+    assert c.encode("BPF_MAP_TYPE_RINGBUF") == c.encode(c.enum.BPF_MAP_TYPE_RINGBUF)
+
+
 def test_kernel_task_struct_roundtrip_pattern(kbtf: Any) -> None:
     c = codec_for(kbtf, kbtf.find("task_struct", Kind.STRUCT)[0])
     raw = bytes((i * 7) & 0xFF for i in range(c.size))
@@ -704,3 +711,7 @@ def test_hypothesis_roundtrip(data: Any) -> None:
     assert back == value
     assert c.encode(back) == raw
     assert c.decode(c.encode(c.cls(**value))) == back
+    # arbitrary bytes decode, and their value survives a round trip
+    junk = data.draw(st.binary(min_size=c.size, max_size=c.size))
+    v = c.decode(junk)
+    assert c.decode(c.encode(v)) == v

@@ -53,6 +53,7 @@ _FLOAT_FMT = {2: "e", 4: "f", 8: "d"}
 # Arrays whose elements need per-element work are unrolled into the parent's
 # format only up to this many struct items; larger ones decode element by element.
 _UNROLL_LIMIT = 1024
+_UNPACK_LOCALS = 255
 _MISSING = object()
 _Z = b"\0"
 
@@ -104,6 +105,21 @@ class _Gen:
                                    "_bfa": _bf_arg}
         self.pre: list[str] = []
         self._ids: dict[int, str] = {}
+        self.unpacked = False  # items are locals t0, t1, ... rather than t[0], t[1], ...
+
+    def it(self, i: int) -> str:
+        return f"t{i}" if self.unpacked else f"t[{i}]"
+
+    def span(self, i: int, n: int) -> str:
+        if self.unpacked:
+            return "(" + "".join(f"t{j}, " for j in range(i, i + n)) + ")"
+        return f"t[{i}:{i + n}]"
+
+    def unpack_target(self, count: int) -> str:
+        """Where the unpacked tuple goes: separate locals when there are few items,
+        as UNPACK_SEQUENCE is cheaper than indexing the tuple item by item."""
+        self.unpacked = 0 < count <= _UNPACK_LOCALS
+        return "".join(f"t{j}, " for j in range(count)) if self.unpacked else "t"
 
     def name(self, obj: Any, hint: str = "c") -> str:
         key = id(obj)
@@ -279,14 +295,14 @@ class IntCodec(Codec):
         if self.is_bool and self.bits == self.size * 8 and self.size == 1:
             def enc(g: _Gen, v: str) -> list[str]:
                 return [f"{g.name(_bool_arg, 'bool')}({v})"]
-            return Flat([(0, "?", 1)], lambda g, i: f"t[{i}]", enc)
+            return Flat([(0, "?", 1)], lambda g, i: g.it(i), enc)
         if self._fmt:
-            return Flat([(0, self._fmt, 1)], lambda g, i: f"t[{i}]", lambda g, v: [v], True)
+            return Flat([(0, self._fmt, 1)], lambda g, i: g.it(i), lambda g, v: [v], True)
         if self.bits == self.size * 8 and not self.bit_offset and not self.is_bool:
             # __int128 and other odd sizes: bytes converted in the expression
             n, sg = self.size, self.signed
             return Flat([(0, f"{n}s", 1)],
-                        lambda g, i: f"_ifb(t[{i}], {_BO!r}, signed={sg})",
+                        lambda g, i: f"_ifb({g.it(i)}, {_BO!r}, signed={sg})",
                         lambda g, v: [f"({v}).to_bytes({n}, {_BO!r}, signed={sg})"])
         return None
 
@@ -332,7 +348,7 @@ class FloatCodec(Codec):
             raise OptionError(f"{path}: {value!r} does not fit {self.type_name}: {e}") from None
 
     def flat(self) -> Flat | None:
-        return Flat([(0, self._fmt, 1)], lambda g, i: f"t[{i}]", lambda g, v: [v], True)
+        return Flat([(0, self._fmt, 1)], lambda g, i: g.it(i), lambda g, v: [v], True)
 
 
 def _make_enum(name: str, values: list[tuple[str, int]]) -> type[IntEnum] | None:
@@ -403,7 +419,7 @@ class EnumCodec(Codec):
 
     def flat(self) -> Flat | None:
         def dec(g: _Gen, i: int) -> str:
-            return f"{g.name(self.by_value.get, 'eget')}(t[{i}], t[{i}])"
+            return f"{g.name(self.by_value.get, 'eget')}({g.it(i)}, {g.it(i)})"
 
         def enc(g: _Gen, v: str) -> list[str]:
             return [f"({g.name(self.names, 'enames')}[{v}] if {v}.__class__ is str else {v})"]
@@ -449,7 +465,7 @@ class CharArrayCodec(Codec):
 
     def flat(self) -> Flat | None:
         n = self.n
-        return Flat([(0, f"{n}s", 1)], lambda g, i: f"t[{i}].partition(_Z)[0]",
+        return Flat([(0, f"{n}s", 1)], lambda g, i: f"{g.it(i)}.partition(_Z)[0]",
                     lambda g, v: [f"{g.name(_char_arg, 'chars')}({v}, {n})"])
 
 
@@ -508,7 +524,7 @@ class ArrayCodec(Codec):
             self._flat = Flat([], lambda g, i: "()", lambda g, v: [])
         elif ef is not None and ef.plain:
             fmt = ef.items[0][1]
-            self._flat = Flat([(0, f"{n}{fmt}", n)], lambda g, i: f"t[{i}:{i + n}]",
+            self._flat = Flat([(0, f"{n}{fmt}", n)], lambda g, i: g.span(i, n),
                               lambda g, v: [f"*{v}"])
         elif ef is not None and n * ef.count <= _UNROLL_LIMIT:
             es, cnt = self.elem.size, ef.count
@@ -543,13 +559,14 @@ def _compile_flat(codec: Codec, fl: Flat, label: str, normalize: str = "") -> No
     g.ns.update(_unpack=s.unpack_from, _pack=s.pack, _pack_into=s.pack_into,
                 _SE=struct.error, _short=_short, _diag=_diagnose, _codec=codec,
                 _coerce=codec.coerce, _path=codec.type_name)
+    target = g.unpack_target(fl.count)
     expr = fl.dec(g, 0)
     args = ", ".join(fl.enc(g, "v"))
     pre = "".join(f"    {p}\n" for p in g.pre)
     src = (
         "def decode(buf, offset=0):\n"
         "    try:\n"
-        "        t = _unpack(buf, offset)\n"
+        f"        {target} = _unpack(buf, offset)\n"
         "    except _SE:\n"
         "        raise _short(_codec, buf, offset) from None\n"
         f"{pre}"

@@ -208,6 +208,7 @@ class StructCodec(Codec):
                     _SE=struct.error, _short=_short, _diag=_diagnose, _codec=self,
                     _coerce=self.coerce, _path=self.type_name, _cls=self.cls,
                     _bfa=_bf_arg, _M=_MISSING, _size=self.size, _extra=self._extra)
+        target = g.unpack_target(nitems)
         exprs = self._dec_exprs(g, 0)
         args = self._enc_args(g, "v")
         posts: list[tuple[bool, str]] = []  # (exact, statement)
@@ -238,7 +239,7 @@ class StructCodec(Codec):
         src = (
             "def decode(buf, offset=0):\n"
             "    try:\n"
-            "        t = _unpack(buf, offset)\n"
+            f"        {target} = _unpack(buf, offset)\n"
             "    except _SE:\n"
             "        raise _short(_codec, buf, offset) from None\n"
             f"{pre}"
@@ -292,7 +293,7 @@ class StructCodec(Codec):
                 gv = gvars.get(id(grp))
                 if gv is None:
                     gv = gvars[id(grp)] = g.tmp("g")
-                    src = (f"t[{base + grp.item}]" if grp.item >= 0 else
+                    src = (g.it(base + grp.item) if grp.item >= 0 else
                            f"buf[offset + {grp.start}:offset + {grp.end}]")
                     g.pre.append(f"{gv} = _ifb({src}, {_BO!r})")
                 raw = f"({gv} >> {f.bit - grp.start * 8} & {(1 << f.bits) - 1})"
@@ -328,7 +329,11 @@ class StructCodec(Codec):
             f = self.fields[j]
             signed, names = _bf_parts(f)
             nm = g.name(names, "en") if names is not None else "None"
-            parts.append(f"_bfa({v}[{j}], {f.bits}, {signed}, {nm}) << {f.bit - grp.start * 8}")
+            x, m = f"{v}[{j}]", (1 << f.bits) - 1
+            lo, hi = (-(1 << (f.bits - 1)), m >> 1) if signed else (0, m)
+            # the common case (an in-range int) needs no call; _bfa converts or explains
+            parts.append(f"({x} & {m} if {x}.__class__ is int and {lo} <= {x} <= {hi} else "
+                         f"_bfa({x}, {f.bits}, {signed}, {nm})) << {f.bit - grp.start * 8}")
         if self.union:  # union bitfields are written one by one, each in its own group
             return parts[0]
         return " | ".join(parts)
