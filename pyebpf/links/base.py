@@ -1,0 +1,297 @@
+"""Link: an attachment of a program that owns its kernel fds, plus LinkInfo and the attach errors."""
+
+from __future__ import annotations
+
+import ctypes
+import errno as _errno
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from ..errors import OptionError, PyebpfError, SyscallError
+from ..sys import bpf as _bpf
+from ..sys import perf as _perf
+from ..sys.attrs import LinkInfo as _RawLinkInfo
+from ..sys.fd import FD
+from ..uapi import AttachType, LinkType, ProgType
+
+__all__ = [
+    "AttachError",
+    "AttachSkipped",
+    "Link",
+    "LinkInfo",
+    "ProgramLike",
+    "prog_fd",
+    "prog_label",
+]
+
+_log = logging.getLogger("pyebpf.links")
+
+
+class AttachError(PyebpfError):
+    """Attaching a program failed for a reason pyebpf can explain (missing target, no support)."""
+
+    def __init__(self, message: str, *, program: str | None = None, cause: BaseException | None = None):
+        self.program = program
+        self.cause = cause
+        super().__init__(f"{program}: {message}" if program else message)
+
+    @property
+    def errno(self) -> int | None:
+        """The errno of the underlying syscall failure, if there was one."""
+        return getattr(self.cause, "errno", None)
+
+
+class AttachSkipped(PyebpfError):
+    """A program is not auto-attachable (libbpf's rules); ``reason`` says why."""
+
+    def __init__(self, reason: str, *, program: str | None = None):
+        self.reason = reason
+        self.program = program
+        super().__init__(f"{program}: {reason}" if program else reason)
+
+
+class ProgramLike(Protocol):
+    """What attach functions need from a loaded program (pyebpf.program.Program satisfies it)."""
+
+    name: str
+    fd: FD
+    type: ProgType
+    expected_attach_type: AttachType | None
+    spec: Any
+    attach_btf_id: int | None
+
+
+def prog_fd(prog: Any) -> int:
+    """The raw fd of a program (a Program-like object, an FD, or an int)."""
+    fd = getattr(prog, "fd", prog)
+    try:
+        return int(fd)
+    except ValueError:
+        raise AttachError("the program is closed", program=prog_label(prog)) from None
+
+
+def prog_label(prog: Any) -> str | None:
+    return getattr(prog, "name", None)
+
+
+# --- LinkInfo ----------------------------------------------------------------------------------
+
+
+@dataclass
+class LinkInfo:
+    """What BPF_OBJ_GET_INFO_BY_FD reports about a link, with the per-type fields decoded."""
+
+    type: LinkType | int
+    id: int
+    prog_id: int
+    # per-type details: tp_name, attach_type, target_btf_id, target_obj_id, target_name, map_id,
+    # perf_event_type, ... (only the ones the link type has)
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def __getattr__(self, name: str) -> Any:
+        details = self.__dict__.get("details", {})
+        if name in details:
+            return details[name]
+        raise AttributeError(name)
+
+    def __repr__(self) -> str:
+        t = self.type.name.lower() if isinstance(self.type, LinkType) else str(self.type)
+        extra = "".join(f", {k}={v!r}" for k, v in self.details.items())
+        return f"LinkInfo(type={t}, id={self.id}, prog_id={self.prog_id}{extra})"
+
+
+def _u32(b: bytes, off: int) -> int:
+    return int.from_bytes(b[off : off + 4], "little")
+
+
+def _u64(b: bytes, off: int) -> int:
+    return int.from_bytes(b[off : off + 8], "little")
+
+
+def _info_with_string(fd: int, ptr_off: int, len_off: int, size: int = 512) -> tuple[bytes, str]:
+    """Re-query link info with a string buffer at extra[ptr_off] (len at extra[len_off])."""
+    buf = ctypes.create_string_buffer(size)
+    info = _RawLinkInfo()
+    extra = bytearray(48)
+    extra[ptr_off : ptr_off + 8] = ctypes.addressof(buf).to_bytes(8, "little")
+    extra[len_off : len_off + 4] = size.to_bytes(4, "little")
+    ctypes.memmove(info.extra, bytes(extra), 48)
+    _bpf.obj_get_info_by_fd(fd, info)
+    return bytes(info.extra), buf.value.decode("utf-8", "replace")
+
+
+def link_info(fd: int | FD) -> LinkInfo:
+    """Decode BPF_OBJ_GET_INFO_BY_FD for a link fd."""
+    raw = _bpf.link_info(fd)
+    try:
+        ltype: LinkType | int = LinkType(raw.type)
+    except ValueError:
+        ltype = raw.type
+    ex = bytes(raw.extra)
+    d: dict[str, Any] = {}
+    n = int(fd)
+    try:
+        if ltype == LinkType.RAW_TRACEPOINT:
+            _, d["tp_name"] = _info_with_string(n, 0, 8)
+        elif ltype == LinkType.TRACING:
+            at = _u32(ex, 0)
+            try:
+                d["attach_type"] = AttachType(at)
+            except ValueError:
+                d["attach_type"] = at
+            d["target_obj_id"] = _u32(ex, 4)
+            d["target_btf_id"] = _u32(ex, 8)
+        elif ltype == LinkType.ITER:
+            ex, d["target_name"] = _info_with_string(n, 0, 8)
+            if _u32(ex, 12):  # map_id of bpf_map_elem/sockmap/sk_storage iterators
+                d["map_id"] = _u32(ex, 12)
+        elif ltype == LinkType.PERF_EVENT:
+            d["perf_event_type"] = _u32(ex, 0)
+    except SyscallError as e:  # older kernels reject some name queries; the common part is enough
+        _log.debug("link info details unavailable: %s", e)
+    return LinkInfo(ltype, raw.id, raw.prog_id, d)
+
+
+# --- Link --------------------------------------------------------------------------------------
+
+
+class Link:
+    """A program attachment. Owns its fds (the bpf link fd and/or a perf event fd).
+
+    ``close()`` detaches (the kernel drops the attachment when the last fd goes, unless
+    the link is pinned); garbage collection and ``with`` do the same.
+    """
+
+    kind = "link"
+    # whether the kernel implements BPF_LINK_UPDATE for this kind of link
+    updatable = False
+
+    def __init__(self, fd: FD | None, program: Any = None, *, perf_fd: FD | None = None,
+                 target: str = "", extra_fds: tuple[FD, ...] = (),
+                 cleanup: Any = None) -> None:
+        self.fd = fd
+        self.perf_fd = perf_fd
+        self.program = program
+        self.target = target
+        self._extra_fds = list(extra_fds)
+        self._cleanup = cleanup  # callable run once after the fds close (e.g. remove a tracefs event)
+        self.pinned_path: str | None = None
+        self._id: int | None = None
+
+    @property
+    def id(self) -> int | None:
+        """The kernel link id (None for a perf-event attachment made with PERF_EVENT_IOC_SET_BPF)."""
+        if self._id is None and self.fd is not None and not self.fd.closed:
+            self._id = _bpf.link_info(self.fd).id
+        return self._id
+
+    @property
+    def closed(self) -> bool:
+        fds = [f for f in (self.fd, self.perf_fd) if f is not None]
+        return all(f.closed for f in fds)
+
+    def _need_link_fd(self, what: str) -> FD:
+        if self.fd is None:
+            raise AttachError(
+                f"cannot {what}: this attachment has no bpf link (it was made with "
+                "PERF_EVENT_IOC_SET_BPF because the kernel lacks perf links)",
+                program=prog_label(self.program),
+            )
+        if self.fd.closed:
+            raise AttachError(f"cannot {what}: the link is closed", program=prog_label(self.program))
+        return self.fd
+
+    def info(self) -> LinkInfo:
+        """The kernel's view of this link (type, id, prog id and per-type details)."""
+        return link_info(self._need_link_fd("query link info"))
+
+    def pin(self, path: str) -> None:
+        """Pin the link at ``path`` on a bpffs; it then outlives this process."""
+        fd = self._need_link_fd("pin")
+        if not path:
+            raise OptionError("empty pin path")
+        _bpf.obj_pin(fd, path)
+        self.pinned_path = path
+
+    def unpin(self) -> None:
+        """Remove the pin created by :meth:`pin` (the link stays attached while this object lives)."""
+        if self.pinned_path is None:
+            return
+        try:
+            os.unlink(self.pinned_path)
+        except FileNotFoundError:
+            pass
+        self.pinned_path = None
+
+    def update(self, new_prog: Any, old_prog: Any = None) -> None:
+        """Swap in ``new_prog`` (BPF_LINK_UPDATE); with ``old_prog`` only if it is the current one.
+
+        The kernel allows this for iterator, cgroup, XDP, tcx, netns and struct_ops links, not
+        for tracepoint/raw_tp/tracing/perf-event links (those raise AttachError).
+        """
+        fd = self._need_link_fd("update")
+        try:
+            _bpf.link_update(fd, prog_fd(new_prog),
+                             old_prog_fd=prog_fd(old_prog) if old_prog is not None else None)
+        except SyscallError as e:
+            if e.errno in (_errno.EOPNOTSUPP, _errno.EINVAL) and not self.updatable:
+                raise AttachError(
+                    f"the kernel does not allow replacing the program of a {self.kind} link "
+                    f"(BPF_LINK_UPDATE: {e.errname}); detach and attach the new program instead",
+                    program=prog_label(self.program), cause=e,
+                ) from e
+            raise
+        self.program = new_prog
+
+    def detach(self) -> None:
+        """Detach now (BPF_LINK_DETACH) while keeping the fd; closing does this too."""
+        fd = self._need_link_fd("detach")
+        _bpf.link_detach(fd)
+
+    def close(self) -> None:
+        """Close every fd this link owns (detaching it unless pinned); idempotent."""
+        for f in (self.fd, self.perf_fd, *self._extra_fds):
+            if f is not None:
+                f.close()
+        cleanup, self._cleanup = self._cleanup, None
+        if cleanup is not None:
+            try:
+                cleanup()
+            except Exception as e:  # cleanup of a tracefs event must not mask the close
+                _log.debug("link cleanup failed: %s", e)
+
+    def __enter__(self) -> Link:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    def __repr__(self) -> str:
+        prog = prog_label(self.program)
+        parts = [self.kind]
+        if self.target:
+            parts.append(repr(self.target))
+        if prog:
+            parts.append(f"prog={prog}")
+        if self.closed:
+            parts.append("closed")
+        else:
+            if self.fd is not None:
+                parts.append(f"id={self._id if self._id is not None else self.id}")
+            if self.perf_fd is not None:
+                parts.append(f"perf_fd={self.perf_fd.fileno()}")
+            if self.pinned_path:
+                parts.append(f"pinned={self.pinned_path}")
+        return f"{type(self).__name__}({', '.join(parts)})"
+
+
+# re-exported for the attach modules
+TracefsError = _perf.TracefsError

@@ -1,0 +1,322 @@
+"""kprobe / kretprobe / ksyscall attach, as libbpf's bpf_program__attach_kprobe_opts does it.
+
+First choice is the kprobe PMU: perf_event_open(type from /sys/bus/event_source/devices/kprobe/type,
+config1 = pointer to the function name, config2 = offset, config bit from format/retprobe for
+return probes). Without the PMU, a legacy probe is written to tracefs kprobe_events and opened as
+a tracepoint. The program then goes on the perf event like any other (see perf_event.py).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno as _errno
+import itertools
+import logging
+import os
+import platform
+import re
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import OptionError, SyscallError
+from ..sys import perf as _perf
+from ..sys.perf import PERF_FLAG_FD_CLOEXEC, PERF_TYPE_TRACEPOINT, PerfEventAttr, TracefsError
+from .base import AttachError, prog_label
+from .perf_event import PerfEventLink, attach_perf_event, has_perf_link
+from .tracing import tracefs_root, tracepoint_id
+
+__all__ = [
+    "KprobeLink",
+    "KprobeUnavailable",
+    "attach_kprobe",
+    "attach_ksyscall",
+    "kprobe_perf_attr",
+    "legacy_kprobe_add_command",
+    "legacy_kprobe_event_name",
+    "legacy_kprobe_remove_command",
+    "parse_kprobe_target",
+    "syscall_function",
+]
+
+_log = logging.getLogger("pyebpf.links")
+
+PMU_DIR = "/sys/bus/event_source/devices"
+
+# libbpf's arch_specific_syscall_pfx(): syscall wrappers are named __<pfx>_sys_<name>
+_SYSCALL_PFX = {
+    "x86_64": "x64", "amd64": "x64", "i386": "ia32", "i686": "ia32", "s390x": "s390x",
+    "s390": "s390", "armv7l": "arm", "arm": "arm", "aarch64": "arm64", "arm64": "arm64",
+    "mips": "mips", "mips64": "mips", "riscv64": "riscv", "ppc": "powerpc", "ppc64": "powerpc64",
+    "ppc64le": "powerpc64", "loongarch64": "loongarch",
+}
+
+
+class KprobeUnavailable(AttachError):
+    """This kernel offers neither a kprobe PMU nor tracefs kprobe_events."""
+
+
+class KprobeLink(PerfEventLink):
+    """A kprobe/kretprobe attachment (PMU or legacy tracefs event, removed on close)."""
+
+    kind = "kprobe"
+
+
+# --- pure pieces (unit-tested without a kernel) -----------------------------------------------
+
+_TARGET = re.compile(r"^([a-zA-Z0-9_.]+)(?:\+(0[xX][0-9a-fA-F]+|0[0-7]*|[1-9][0-9]*))?")
+
+
+def parse_kprobe_target(text: str) -> tuple[str, int]:
+    """``"func"`` or ``"func+off"`` (offset in C notation, as libbpf's ``%li``) -> (func, offset)."""
+    m = _TARGET.match(text)
+    if not m:
+        raise OptionError(f"kprobe name is invalid: {text!r}")
+    off = m.group(2)
+    if not off:
+        return m.group(1), 0
+    if off[:2].lower() == "0x":
+        return m.group(1), int(off, 16)
+    return m.group(1), int(off, 8) if off.startswith("0") else int(off)
+
+
+@dataclass
+class ProbeAttr:
+    """A perf_event_attr for the kprobe PMU plus the name buffer config1 points at."""
+
+    attr: PerfEventAttr
+    name: ctypes.Array[ctypes.c_char]
+
+    def bytes(self) -> bytes:
+        return ctypes.string_at(ctypes.addressof(self.attr), ctypes.sizeof(self.attr))
+
+
+def kprobe_perf_attr(func: str, offset: int = 0, *, retprobe: bool = False, pmu_type: int,
+                     retprobe_bit: int | None) -> ProbeAttr:
+    """The attr libbpf's perf_event_open_probe() builds for a kprobe on ``func+offset``."""
+    name = ctypes.create_string_buffer(func.encode())
+    attr = PerfEventAttr(type=pmu_type)
+    if retprobe:
+        if retprobe_bit is None:
+            raise KprobeUnavailable("the kprobe PMU has no retprobe format bit "
+                                    f"({PMU_DIR}/kprobe/format/retprobe); kretprobes are unavailable")
+        attr.config |= 1 << retprobe_bit
+    attr.config1 = ctypes.addressof(name)
+    attr.config2 = offset
+    return ProbeAttr(attr, name)
+
+
+_legacy_index = itertools.count()
+_index_lock = threading.Lock()
+
+
+def legacy_kprobe_event_name(func: str, offset: int = 0, *, pid: int | None = None,
+                             index: int | None = None) -> str:
+    """A tracefs-safe, unique legacy event name (libbpf: libbpf_<pid>_<func>_0x<off>_<n>)."""
+    if index is None:
+        with _index_lock:
+            index = next(_legacy_index)
+    raw = f"pyebpf_{os.getpid() if pid is None else pid}_{func}_0x{offset:x}_{index}"
+    return "".join(c if c.isalnum() or c == "_" else "_" for c in raw)
+
+
+def _group(retprobe: bool) -> str:
+    return "kretprobes" if retprobe else "kprobes"
+
+
+def legacy_kprobe_add_command(event: str, func: str, offset: int = 0, *, retprobe: bool = False) -> str:
+    """The kprobe_events line that creates the probe: ``p:kprobes/<event> <func>+0x<off>``."""
+    return f"{'r' if retprobe else 'p'}:{_group(retprobe)}/{event} {func}+0x{offset:x}"
+
+
+def legacy_kprobe_remove_command(event: str, *, retprobe: bool = False) -> str:
+    """The kprobe_events line that removes it: ``-:kprobes/<event>``."""
+    return f"-:{_group(retprobe)}/{event}"
+
+
+def syscall_prefix(machine: str | None = None) -> str | None:
+    """The arch part of syscall wrapper names (``"x64"`` on x86_64), None if unknown."""
+    return _SYSCALL_PFX.get((machine or platform.machine()).lower())
+
+
+def syscall_function(name: str, *, wrapper: bool, machine: str | None = None) -> str:
+    """The kernel function libbpf's attach_ksyscall probes: ``__x64_sys_<name>``, else ``__se_sys_<name>``."""
+    pfx = syscall_prefix(machine)
+    if wrapper and pfx:
+        return f"__{pfx}_sys_{name}"
+    return f"__se_sys_{name}"
+
+
+# --- kernel side ------------------------------------------------------------------------------
+
+
+def kprobe_pmu_type(pmu_dir: str = PMU_DIR) -> int | None:
+    """The dynamic PMU type of the kprobe PMU, None when the kernel has none."""
+    try:
+        with open(os.path.join(pmu_dir, "kprobe", "type")) as f:
+            return int(f.read().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def kprobe_retprobe_bit(pmu_dir: str = PMU_DIR) -> int | None:
+    try:
+        with open(os.path.join(pmu_dir, "kprobe", "format", "retprobe")) as f:
+            text = f.read().strip()
+    except OSError:
+        return None
+    m = re.fullmatch(r"config:(\d+)", text)
+    return int(m.group(1)) if m else None
+
+
+def _events_file(tracefs: str | None) -> tuple[str | None, str]:
+    """(path of kprobe_events or None, why not)."""
+    try:
+        base = tracefs_root(tracefs)
+    except TracefsError as e:
+        return None, str(e)
+    path = os.path.join(base, "kprobe_events")
+    if not os.path.exists(path):
+        return None, f"{path} does not exist"
+    return path, ""
+
+
+def _unavailable(func: str, why_legacy: str, pmu_dir: str, program: str | None) -> KprobeUnavailable:
+    return KprobeUnavailable(
+        f"kprobes are unavailable on this kernel, cannot probe {func!r}: there is no kprobe PMU "
+        f"({pmu_dir}/kprobe) and no legacy tracefs kprobe_events ({why_legacy}); the kernel was "
+        "most likely built without CONFIG_KPROBES (or CONFIG_KPROBE_EVENTS); use a tracepoint, "
+        "raw_tp or tp_btf program instead",
+        program=program,
+    )
+
+
+def _write_kprobe_events(path: str, line: str) -> None:
+    _log.debug("tracefs kprobe_events <- %r", line)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+    except OSError as e:
+        raise SyscallError(e.errno or _errno.EIO, f"open {path}", "cannot open kprobe_events") from None
+    try:
+        os.write(fd, line.encode() + b"\n")
+    except OSError as e:
+        raise SyscallError(e.errno or _errno.EIO, "write kprobe_events",
+                           f"the kernel refused {line!r} (no such function, or not probeable)") from None
+    finally:
+        os.close(fd)
+
+
+def has_syscall_wrapper(*, pmu_dir: str = PMU_DIR, tracefs: str | None = None) -> bool:
+    """libbpf's FEAT_SYSCALL_WRAPPER: does ``__<arch>_sys_bpf`` exist?
+
+    libbpf probes it with a kprobe; when kprobes are unavailable /proc/kallsyms answers.
+    """
+    pfx = syscall_prefix()
+    if not pfx:
+        return False
+    sym = f"__{pfx}_sys_bpf"
+    ptype = kprobe_pmu_type(pmu_dir)
+    if ptype is not None:
+        pa = kprobe_perf_attr(sym, 0, pmu_type=ptype, retprobe_bit=None)
+        try:
+            _perf.perf_event_open(pa.attr, pid=os.getpid(), cpu=-1).close()
+            return True
+        except SyscallError:
+            return False
+    path, _ = _events_file(tracefs)
+    if path is not None:
+        ev = legacy_kprobe_event_name(sym, 0)
+        try:
+            _write_kprobe_events(path, legacy_kprobe_add_command(ev, sym, 0))
+        except SyscallError:
+            return False
+        try:
+            _write_kprobe_events(path, legacy_kprobe_remove_command(ev))
+        except SyscallError:
+            pass
+        return True
+    needle = f" {sym}\n".encode()
+    try:
+        with open("/proc/kallsyms", "rb") as f:
+            return needle in f.read()
+    except OSError:
+        return False
+
+
+def attach_kprobe(prog: Any, func: str, offset: int = 0, retprobe: bool = False, *,
+                  cookie: int = 0, mode: str = "default", pmu_dir: str = PMU_DIR,
+                  tracefs: str | None = None) -> KprobeLink:
+    """Attach a kprobe (or kretprobe) program to kernel function ``func`` at ``offset``.
+
+    ``mode``: "default" (PMU if present, else legacy tracefs), "perf" (PMU, ioctl attach),
+    "link" (PMU + bpf perf link), "legacy" (tracefs kprobe_events + ioctl), as libbpf's
+    PROBE_ATTACH_MODE_*. Raises KprobeUnavailable when the kernel has no kprobes at all.
+    """
+    label = prog_label(prog)
+    if not func:
+        raise OptionError("kprobe needs a function name")
+    if retprobe and offset:
+        raise OptionError("kretprobes do not support an offset")
+    if mode not in ("default", "legacy", "perf", "link"):
+        raise OptionError(f"unknown kprobe attach mode {mode!r}")
+    ptype = kprobe_pmu_type(pmu_dir)
+    legacy = ptype is None
+    force_ioctl = False
+    if mode == "legacy":
+        legacy = force_ioctl = True
+    elif mode == "perf":
+        if legacy:
+            raise KprobeUnavailable(f"no kprobe PMU ({pmu_dir}/kprobe) for mode 'perf'", program=label)
+        force_ioctl = True
+    elif mode == "link" and (legacy or not has_perf_link()):
+        raise KprobeUnavailable("mode 'link' needs the kprobe PMU and bpf perf links", program=label)
+    what = f"{'kretprobe' if retprobe else 'kprobe'} {func}+0x{offset:x}"
+    if not legacy:
+        assert ptype is not None
+        pa = kprobe_perf_attr(func, offset, retprobe=retprobe, pmu_type=ptype,
+                              retprobe_bit=kprobe_retprobe_bit(pmu_dir))
+        try:
+            pe = _perf.perf_event_open(pa.attr, pid=-1, cpu=0, group_fd=-1, flags=PERF_FLAG_FD_CLOEXEC)
+        except SyscallError as e:
+            raise AttachError(f"failed to create {what} perf event: {e}", program=label, cause=e) from e
+        return attach_perf_event(prog, pe, cookie=cookie, force_ioctl=force_ioctl,  # type: ignore[return-value]
+                                 link_class=KprobeLink, target=what)
+    path, why = _events_file(tracefs)
+    if path is None:
+        raise _unavailable(func, why, pmu_dir, label)
+    event = legacy_kprobe_event_name(func, offset)
+    try:
+        _write_kprobe_events(path, legacy_kprobe_add_command(event, func, offset, retprobe=retprobe))
+    except SyscallError as e:
+        raise AttachError(f"failed to add legacy {what}: {e}", program=label, cause=e) from e
+
+    def remove() -> None:
+        _write_kprobe_events(path, legacy_kprobe_remove_command(event, retprobe=retprobe))
+
+    try:
+        tp = tracepoint_id(_group(retprobe), event, tracefs=tracefs)
+        attr = PerfEventAttr(type=PERF_TYPE_TRACEPOINT, config=tp)
+        pe = _perf.perf_event_open(attr, pid=-1, cpu=0, group_fd=-1, flags=PERF_FLAG_FD_CLOEXEC)
+        link = attach_perf_event(prog, pe, cookie=cookie, force_ioctl=force_ioctl,
+                                 link_class=KprobeLink, target=what)
+    except BaseException:
+        try:
+            remove()
+        except SyscallError as e:
+            _log.debug("could not remove legacy kprobe %s: %s", event, e)
+        raise
+    link._cleanup = remove
+    return link  # type: ignore[return-value]
+
+
+def attach_ksyscall(prog: Any, name: str, retprobe: bool = False, *, cookie: int = 0,
+                    pmu_dir: str = PMU_DIR, tracefs: str | None = None) -> KprobeLink:
+    """Attach to syscall ``name`` through its kernel wrapper (``__x64_sys_<name>`` etc.), as libbpf."""
+    if not name:
+        raise OptionError("ksyscall needs a syscall name")
+    if kprobe_pmu_type(pmu_dir) is None and _events_file(tracefs)[0] is None:
+        # no need to probe the wrapper: nothing could be attached anyway
+        func = syscall_function(name, wrapper=has_syscall_wrapper(pmu_dir=pmu_dir, tracefs=tracefs))
+        raise _unavailable(func, _events_file(tracefs)[1], pmu_dir, prog_label(prog))
+    func = syscall_function(name, wrapper=has_syscall_wrapper(pmu_dir=pmu_dir, tracefs=tracefs))
+    return attach_kprobe(prog, func, 0, retprobe, cookie=cookie, pmu_dir=pmu_dir, tracefs=tracefs)
