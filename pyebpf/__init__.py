@@ -22,9 +22,13 @@ from .errors import (
 if TYPE_CHECKING:
     from .btf.kernel import KernelBTF, kernel_btf
     from .btf.spec import BTF
+    from .loader import load
+    from .maps.map import Map
     from .obj.object import ObjectSpec
     from .obj.program import ProgramSpec
     from .obj.spec import ExternSpec, MapSpec, VariableSpec
+    from .object import Object
+    from .program import Program
 
 # Silent unless the application configures logging.
 logging.getLogger(__name__).addHandler(logging.NullHandler())
@@ -38,6 +42,10 @@ _LAZY = {
     "BTF": ".btf.spec",
     "KernelBTF": ".btf.kernel",
     "kernel_btf": ".btf.kernel",
+    "load": ".loader",
+    "Object": ".object",
+    "Program": ".program",
+    "Map": ".maps.map",
 }
 
 __all__ = [
@@ -47,15 +55,19 @@ __all__ = [
     "ExternError",
     "ExternSpec",
     "KernelBTF",
+    "Map",
     "MapSpec",
+    "Object",
     "ObjectError",
     "ObjectSpec",
     "OptionError",
+    "Program",
     "ProgramSpec",
     "PyebpfError",
     "SectionError",
     "VariableSpec",
     "kernel_btf",
+    "load",
 ]
 __version__ = "0.1.0"
 

@@ -1,0 +1,604 @@
+"""Map: a loaded BPF map, with keys and values as bytes or as Python values through BTF.
+
+Every operation is one bpf() syscall through :class:`pyebpf.sys.MapOps` (preallocated
+attr and buffers). Keys and values given as ``bytes``/``bytearray``/``memoryview`` go
+to the kernel unchanged; anything else is encoded through the map's BTF
+(:func:`pyebpf.btf.codec.codec_for`), or, for maps without BTF, ints are taken as
+host-endian integers of the key/value size. Lookups decode through BTF when the map
+has it; ``raw=True`` (or the ``*_bytes`` methods) always gives bytes.
+"""
+
+from __future__ import annotations
+
+import errno as _errno
+import os
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+from ..errors import OptionError, PyebpfError, SyscallError
+from ..sys import bpf as _bpf
+from ..sys.fd import FD
+from ..uapi import MapType
+
+__all__ = [
+    "BPF_ANY",
+    "BPF_EXIST",
+    "BPF_NOEXIST",
+    "Array",
+    "ArrayOfMaps",
+    "BloomFilter",
+    "HashMap",
+    "HashOfMaps",
+    "Map",
+    "PerCpuArray",
+    "PerCpuHash",
+    "PerfEventArray",
+    "ProgArray",
+    "Queue",
+    "RingBuf",
+    "Stack",
+    "StructOpsMap",
+    "map_class",
+]
+
+BPF_ANY = 0
+BPF_NOEXIST = 1
+BPF_EXIST = 2
+
+_RAW = (bytes, bytearray, memoryview)
+_BO = sys.byteorder
+_MISSING: Any = object()
+
+_PERCPU = frozenset({MapType.PERCPU_HASH, MapType.PERCPU_ARRAY, MapType.LRU_PERCPU_HASH,
+                     MapType.PERCPU_CGROUP_STORAGE})
+_ARRAYS = frozenset({MapType.ARRAY, MapType.PERCPU_ARRAY, MapType.PROG_ARRAY,
+                     MapType.PERF_EVENT_ARRAY, MapType.CGROUP_ARRAY, MapType.ARRAY_OF_MAPS})
+
+
+def _type_name(t: int) -> str:
+    try:
+        return MapType(t).name
+    except ValueError:
+        return str(t)
+
+
+class Map:
+    """A BPF map that owns its fd (``close()``, ``with``, or garbage collection closes it).
+
+    ``obj.maps["counts"][key]`` looks up (KeyError if absent), ``m[key] = value``
+    updates, ``del m[key]`` deletes; ``lookup``/``update``/``delete`` take flags and
+    defaults. Iteration yields keys (GET_NEXT_KEY walk).
+    """
+
+    def __init__(self, fd: FD, *, name: str, type: int, key_size: int, value_size: int,
+                 max_entries: int, flags: int = 0, map_extra: int = 0, btf: Any = None,
+                 btf_key_type_id: int = 0, btf_value_type_id: int = 0, spec: Any = None,
+                 pin_path: str | None = None) -> None:
+        self.fd = fd
+        self.name = name
+        try:
+            self.type: MapType | int = MapType(type)
+        except ValueError:
+            self.type = type
+        self.key_size = key_size
+        self.value_size = value_size
+        self.max_entries = max_entries
+        self.flags = flags
+        self.map_extra = map_extra
+        self.btf = btf  # a BTFView holding the key/value types (the object's BTF)
+        self.btf_key_type_id = btf_key_type_id
+        self.btf_value_type_id = btf_value_type_id
+        self.spec = spec
+        self.pin_path = pin_path
+        self.percpu = self.type in _PERCPU
+        self._ncpus = _bpf.possible_cpus() if self.percpu else 1
+        self._stride = (value_size + 7) & ~7 if self.percpu else value_size
+        self._ops: _bpf.MapOps | None = None
+        self._kc: Any = _MISSING
+        self._vc: Any = _MISSING
+        self._id: int | None = None
+
+    # -- construction from existing kernel maps ------------------------------------------
+
+    @classmethod
+    def from_fd(cls, fd: FD | int, *, name: str | None = None) -> Map:
+        """Wrap an open map fd (an int is duplicated, an FD is taken over)."""
+        owned = fd if isinstance(fd, FD) else FD(os.dup(int(fd)), "map")
+        try:
+            info = _bpf.map_info(owned)
+        except BaseException:
+            owned.close()
+            raise
+        klass = map_class(info.type)
+        m = klass(owned, name=name or info.name.decode("latin-1"), type=info.type,
+                  key_size=info.key_size, value_size=info.value_size,
+                  max_entries=info.max_entries, flags=info.map_flags, map_extra=info.map_extra,
+                  btf_key_type_id=info.btf_key_type_id, btf_value_type_id=info.btf_value_type_id)
+        m._id = info.id
+        if info.btf_id and (info.btf_key_type_id or info.btf_value_type_id):
+            m.btf = _LazyKernelBTF(info.btf_id)
+        return m
+
+    @classmethod
+    def from_pin(cls, path: str) -> Map:
+        """Open the map pinned at ``path`` on a bpffs."""
+        m = cls.from_fd(_bpf.obj_get(path, kind="map"))
+        m.pin_path = path
+        return m
+
+    @classmethod
+    def from_id(cls, map_id: int) -> Map:
+        """Open the map with kernel id ``map_id``."""
+        return cls.from_fd(_bpf.map_get_fd_by_id(map_id))
+
+    # -- properties ------------------------------------------------------------------------
+
+    @property
+    def id(self) -> int:
+        """The kernel's map id."""
+        if self._id is None:
+            self._id = _bpf.map_info(self.fd).id
+        return self._id
+
+    def info(self) -> Any:
+        """BPF_OBJ_GET_INFO_BY_FD (a :class:`pyebpf.sys.attrs.MapInfo`)."""
+        return _bpf.map_info(self.fd)
+
+    @property
+    def ops(self) -> _bpf.MapOps:
+        """The preallocated syscall helper for this map (bytes in, bytes out)."""
+        ops = self._ops
+        if ops is None:
+            ops = self._ops = _bpf.MapOps(self.fd, self.key_size, self._stride * self._ncpus)
+        return ops
+
+    @property
+    def key_codec(self) -> Any:
+        """The BTF codec of keys (None without BTF)."""
+        if self._kc is _MISSING:
+            self._kc = self._codec(self.btf_key_type_id, self.key_size)
+        return self._kc
+
+    @property
+    def value_codec(self) -> Any:
+        """The BTF codec of values (None without BTF)."""
+        if self._vc is _MISSING:
+            self._vc = self._codec(self.btf_value_type_id, self.value_size)
+        return self._vc
+
+    def _codec(self, type_id: int, size: int) -> Any:
+        if not type_id or self.btf is None:
+            return None
+        btf = self.btf.get() if isinstance(self.btf, _LazyKernelBTF) else self.btf
+        try:
+            from ..btf.codec import codec_for
+        except ImportError:  # codec not available: bytes only
+            return None
+        try:
+            c = codec_for(btf, type_id)
+        except PyebpfError:
+            return None
+        return c if c.size == size else None
+
+    # -- encoding ----------------------------------------------------------------------------
+
+    def _int_or_fail(self, v: Any, size: int, what: str) -> bytes:
+        if isinstance(v, int) and size in (1, 2, 4, 8):
+            try:
+                return v.to_bytes(size, _BO, signed=v < 0)
+            except OverflowError:
+                raise OptionError(f"map {self.name!r}: {what} {v} does not fit {size} bytes") from None
+        if isinstance(v, str) and size:
+            raw = v.encode()
+            if len(raw) <= size:
+                return raw.ljust(size, b"\0")
+        raise OptionError(f"map {self.name!r}: cannot encode {what} {v!r} without BTF; "
+                          f"pass {size} bytes")
+
+    def encode_key(self, key: Any) -> bytes:
+        """The key as the kernel's bytes."""
+        if isinstance(key, _RAW):
+            if len(key) != self.key_size:
+                raise OptionError(f"map {self.name!r}: key must be {self.key_size} bytes, "
+                                  f"got {len(key)}")
+            return bytes(key)
+        c = self.key_codec
+        if c is not None:
+            return c.encode(c.coerce(key, "key"))
+        return self._int_or_fail(key, self.key_size, "key")
+
+    def _encode_one(self, value: Any) -> bytes:
+        if isinstance(value, _RAW):
+            if len(value) != self.value_size:
+                raise OptionError(f"map {self.name!r}: value must be {self.value_size} bytes, "
+                                  f"got {len(value)}")
+            return bytes(value)
+        c = self.value_codec
+        if c is not None:
+            return c.encode(c.coerce(value, "value"))
+        return self._int_or_fail(value, self.value_size, "value")
+
+    def encode_value(self, value: Any) -> bytes:
+        """The value as the kernel's bytes (per-CPU maps: one slot per possible CPU;
+        a single value is copied to every CPU)."""
+        if not self.percpu:
+            return self._encode_one(value)
+        stride, n = self._stride, self._ncpus
+        if isinstance(value, (list, tuple)) and not (self.value_codec is not None
+                                                     and len(value) != n):
+            if len(value) != n:
+                raise OptionError(f"map {self.name!r}: per-CPU value needs {n} entries, "
+                                  f"got {len(value)}")
+            parts = [self._encode_one(v) for v in value]
+        elif isinstance(value, _RAW) and len(value) == stride * n and len(value) != self.value_size:
+            return bytes(value)
+        else:
+            parts = [self._encode_one(value)] * n
+        pad = b"\0" * (stride - self.value_size)
+        return b"".join(p + pad for p in parts)
+
+    def decode_key(self, raw: bytes) -> Any:
+        c = self.key_codec
+        return c.decode(raw) if c is not None else raw
+
+    def decode_value(self, raw: bytes | memoryview) -> Any:
+        """Bytes from the kernel -> a Python value (per-CPU maps: a list per CPU)."""
+        c = self.value_codec
+        if self.percpu:
+            s, vs = self._stride, self.value_size
+            if c is not None:
+                return [c.decode(raw, i * s) for i in range(self._ncpus)]
+            return [bytes(raw[i * s:i * s + vs]) for i in range(self._ncpus)]
+        if c is not None:
+            return c.decode(raw)
+        return bytes(raw)
+
+    # -- operations ----------------------------------------------------------------------------
+
+    def lookup_bytes(self, key: bytes) -> bytes | None:
+        """The raw value for raw ``key`` (per-CPU maps: every CPU's slot), or None."""
+        return self.ops.lookup(key)
+
+    def update_bytes(self, key: bytes, value: bytes, flags: int = BPF_ANY) -> None:
+        """Store raw ``value`` at raw ``key``."""
+        self.ops.update(key, value, flags)
+
+    def lookup(self, key: Any, default: Any = None, *, raw: bool = False) -> Any:
+        """The value at ``key`` (decoded unless ``raw``), or ``default`` if absent."""
+        v = self.ops.lookup(self.encode_key(key))
+        if v is None:
+            return default
+        return v if raw else self.decode_value(v)
+
+    def update(self, key: Any, value: Any, flags: int = BPF_ANY) -> None:
+        """Set ``key`` to ``value``; flags BPF_ANY (0), BPF_NOEXIST (1), BPF_EXIST (2), BPF_F_LOCK (4)."""
+        self.ops.update(self.encode_key(key), self.encode_value(value), flags)
+
+    def delete(self, key: Any) -> bool:
+        """Delete ``key``; False if it was absent."""
+        return self.ops.delete(self.encode_key(key))
+
+    def keys_bytes(self) -> Iterator[bytes]:
+        return self.ops.keys()
+
+    def keys(self) -> Iterator[Any]:
+        """Every key (decoded), by a GET_NEXT_KEY walk."""
+        dec = self.decode_key
+        for k in self.ops.keys():
+            yield dec(k)
+
+    def items(self, *, raw: bool = False) -> Iterator[tuple[Any, Any]]:
+        """(key, value) pairs; entries deleted during the walk are skipped."""
+        ops = self.ops
+        for k in ops.keys():
+            v = ops.lookup(k)
+            if v is None:
+                continue
+            yield (k, v) if raw else (self.decode_key(k), self.decode_value(v))
+
+    def values(self, *, raw: bool = False) -> Iterator[Any]:
+        for _k, v in self.items(raw=raw):
+            yield v
+
+    def count(self) -> int:
+        """Number of keys (walks the map)."""
+        return sum(1 for _ in self.ops.keys())
+
+    def clear(self) -> None:
+        """Remove every entry (arrays: zero every slot)."""
+        ops = self.ops
+        keys = list(ops.keys())
+        for k in keys:
+            ops.delete(k)
+
+    def __iter__(self) -> Iterator[Any]:
+        return self.keys()
+
+    def __contains__(self, key: Any) -> bool:
+        return self.ops.lookup(self.encode_key(key)) is not None
+
+    def __getitem__(self, key: Any) -> Any:
+        v = self.ops.lookup(self.encode_key(key))
+        if v is None:
+            raise KeyError(key)
+        return self.decode_value(v)
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        self.update(key, value)
+
+    def __delitem__(self, key: Any) -> None:
+        if not self.delete(key):
+            raise KeyError(key)
+
+    def freeze(self) -> None:
+        """BPF_MAP_FREEZE: user space can no longer write the map."""
+        _bpf.map_freeze(self.fd)
+
+    # -- lifetime ---------------------------------------------------------------------------------
+
+    def pin(self, path: str) -> None:
+        """Pin the map at ``path`` on a bpffs."""
+        _bpf.obj_pin(self.fd, path)
+        self.pin_path = path
+
+    def unpin(self) -> None:
+        """Remove the pin made by :meth:`pin` (or found at load)."""
+        if self.pin_path:
+            try:
+                os.unlink(self.pin_path)
+            except FileNotFoundError:
+                pass
+            self.pin_path = None
+
+    @property
+    def closed(self) -> bool:
+        return self.fd.closed
+
+    def close(self) -> None:
+        """Close the fd (the kernel frees the map once nothing else holds it)."""
+        self._ops = None
+        self.fd.close()
+
+    def __enter__(self) -> Map:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self.fd.closed else f"fd={self.fd.fileno()}"
+        return (f"{type(self).__name__}({self.name!r}, type={_type_name(self.type)}, "
+                f"key_size={self.key_size}, value_size={self.value_size}, "
+                f"max_entries={self.max_entries}, {state})")
+
+
+class HashMap(Map):
+    """Hash-like maps (hash, lru_hash, lpm_trie, ...)."""
+
+
+class Array(Map):
+    """Arrays: every index 0..max_entries-1 exists; ``len()`` is max_entries."""
+
+    def __len__(self) -> int:
+        return self.max_entries
+
+    def keys(self) -> Iterator[Any]:
+        dec = self.decode_key
+        for i in range(self.max_entries):
+            yield dec(i.to_bytes(4, _BO))
+
+    def keys_bytes(self) -> Iterator[bytes]:
+        for i in range(self.max_entries):
+            yield i.to_bytes(4, _BO)
+
+    def items(self, *, raw: bool = False) -> Iterator[tuple[Any, Any]]:
+        ops = self.ops
+        for kb in self.keys_bytes():
+            v = ops.lookup(kb)
+            if v is None:
+                continue
+            yield (kb, v) if raw else (self.decode_key(kb), self.decode_value(v))
+
+    def count(self) -> int:
+        return self.max_entries
+
+    def clear(self) -> None:
+        zero = bytes(self._stride * self._ncpus)
+        ops = self.ops
+        for kb in self.keys_bytes():
+            ops.update(kb, zero, BPF_ANY)
+
+    def encode_key(self, key: Any) -> bytes:
+        if isinstance(key, int) and self.key_size == 4:
+            if not 0 <= key < 1 << 32:
+                raise OptionError(f"map {self.name!r}: index {key} out of range")
+            return key.to_bytes(4, _BO)
+        return super().encode_key(key)
+
+    def decode_key(self, raw: bytes) -> Any:
+        if self.key_codec is None and len(raw) == 4:
+            return int.from_bytes(raw, _BO)
+        return super().decode_key(raw)
+
+
+class PerCpuHash(HashMap):
+    """Per-CPU hash maps: values are lists with one entry per possible CPU."""
+
+
+class PerCpuArray(Array):
+    """Per-CPU arrays: values are lists with one entry per possible CPU."""
+
+
+class _FdArray(Array):
+    """Arrays whose values are fds on update and ids on lookup (no BTF value types)."""
+
+    def encode_value(self, value: Any) -> bytes:
+        if isinstance(value, _RAW):
+            return super().encode_value(value)
+        fd = getattr(value, "fd", value)
+        return int(fd).to_bytes(4, _BO)
+
+    def decode_value(self, raw: bytes | memoryview) -> Any:
+        return int.from_bytes(bytes(raw[:4]), _BO)
+
+
+class ProgArray(_FdArray):
+    """Tail-call table: ``m[i] = program`` (a Program or fd); lookups give program ids."""
+
+    def clear(self) -> None:
+        for kb in self.keys_bytes():
+            self.ops.delete(kb)
+
+    def items(self, *, raw: bool = False) -> Iterator[tuple[Any, Any]]:
+        # empty slots return ENOENT; the base class skips them
+        return super().items(raw=raw)
+
+
+class ArrayOfMaps(_FdArray):
+    """Array of maps: ``m[i] = inner_map`` (a Map or fd); lookups give map ids."""
+
+    def clear(self) -> None:
+        for kb in self.keys_bytes():
+            self.ops.delete(kb)
+
+
+class HashOfMaps(HashMap):
+    """Hash of maps: values are map fds on update and map ids on lookup."""
+
+    def encode_value(self, value: Any) -> bytes:
+        if isinstance(value, _RAW):
+            return super().encode_value(value)
+        return int(getattr(value, "fd", value)).to_bytes(4, _BO)
+
+    def decode_value(self, raw: bytes | memoryview) -> Any:
+        return int.from_bytes(bytes(raw[:4]), _BO)
+
+
+class PerfEventArray(_FdArray):
+    """perf_event_array: one perf event fd per CPU (consumed by a perf buffer)."""
+
+    def clear(self) -> None:
+        for kb in self.keys_bytes():
+            self.ops.delete(kb)
+
+
+class _NoKeys(Map):
+    def keys(self) -> Iterator[Any]:
+        raise OptionError(f"map {self.name!r} ({_type_name(self.type)}) has no keys to iterate")
+
+    keys_bytes = keys  # type: ignore[assignment]
+
+    def items(self, *, raw: bool = False) -> Iterator[tuple[Any, Any]]:
+        raise OptionError(f"map {self.name!r} ({_type_name(self.type)}) has no keys to iterate")
+
+
+class RingBuf(_NoKeys):
+    """A ring buffer map: read it with :class:`pyebpf.maps.ringbuf.RingBuffer`."""
+
+
+class Queue(_NoKeys):
+    """FIFO queue: push/pop/peek values (no keys)."""
+
+    def push(self, value: Any, flags: int = BPF_ANY) -> None:
+        self.ops.push(self.encode_value(value), flags)
+
+    def pop(self, default: Any = None, *, raw: bool = False) -> Any:
+        v = self.ops.lookup_and_delete(None)
+        if v is None:
+            return default
+        return v if raw else self.decode_value(v)
+
+    def peek(self, default: Any = None, *, raw: bool = False) -> Any:
+        v = _bpf.map_lookup_elem(self.fd, None, self.value_size)
+        if v is None:
+            return default
+        return v if raw else self.decode_value(v)
+
+    def __len__(self) -> int:
+        raise TypeError("the kernel does not report a queue's length")
+
+    def clear(self) -> None:
+        while self.ops.lookup_and_delete(None) is not None:
+            pass
+
+
+class Stack(Queue):
+    """LIFO stack: push/pop/peek values (no keys)."""
+
+
+class BloomFilter(_NoKeys):
+    """Bloom filter: ``push(value)`` adds, ``value in m`` tests membership."""
+
+    def push(self, value: Any, flags: int = BPF_ANY) -> None:
+        self.ops.push(self.encode_value(value), flags)
+
+    def __contains__(self, value: Any) -> bool:
+        return self._peek(self.encode_value(value))
+
+    def _peek(self, raw: bytes) -> bool:
+        # BPF_MAP_LOOKUP_ELEM with a NULL key and the value as input: 0 = maybe present
+        import ctypes
+
+        from ..sys import attrs as A
+        from ..sys.syscall import Cmd, bpf_errno
+
+        vb = (ctypes.c_char * max(len(raw), 1)).from_buffer_copy(raw or b"\0")
+        a = A.MapElemAttr(map_fd=int(self.fd), key=0, value=ctypes.addressof(vb))
+        ret, err = bpf_errno(Cmd.MAP_LOOKUP_ELEM, a, A.MapElemAttr.SIZE)
+        if ret >= 0:
+            return True
+        if err == _errno.ENOENT:
+            return False
+        raise SyscallError(err, "BPF_MAP_LOOKUP_ELEM", detail=f"map {self.name!r}")
+
+    def clear(self) -> None:
+        raise OptionError("a bloom filter cannot be cleared")
+
+
+class StructOpsMap(Map):
+    """A struct_ops map: its value (kernel layout, program fds filled in) is ``value_bytes``."""
+
+    value_bytes: bytes = b""
+
+
+_CLASSES: dict[int, type[Map]] = {
+    MapType.HASH: HashMap,
+    MapType.LRU_HASH: HashMap,
+    MapType.LPM_TRIE: HashMap,
+    MapType.ARRAY: Array,
+    MapType.PERCPU_HASH: PerCpuHash,
+    MapType.LRU_PERCPU_HASH: PerCpuHash,
+    MapType.PERCPU_ARRAY: PerCpuArray,
+    MapType.PROG_ARRAY: ProgArray,
+    MapType.ARRAY_OF_MAPS: ArrayOfMaps,
+    MapType.HASH_OF_MAPS: HashOfMaps,
+    MapType.PERF_EVENT_ARRAY: PerfEventArray,
+    MapType.RINGBUF: RingBuf,
+    MapType.USER_RINGBUF: RingBuf,
+    MapType.QUEUE: Queue,
+    MapType.STACK: Stack,
+    MapType.BLOOM_FILTER: BloomFilter,
+    MapType.STRUCT_OPS: StructOpsMap,
+}
+
+
+def map_class(map_type: int) -> type[Map]:
+    """The Map subclass for a BPF_MAP_TYPE_* (plain :class:`Map` for the others)."""
+    return _CLASSES.get(map_type, Map)
+
+
+class _LazyKernelBTF:
+    """The BTF a map was created with, fetched from the kernel on first use."""
+
+    def __init__(self, btf_id: int) -> None:
+        self.btf_id = btf_id
+        self._btf: Any = None
+
+    def get(self) -> Any:
+        if self._btf is None:
+            from ..btf.spec import BTF
+
+            with _bpf.btf_get_fd_by_id(self.btf_id) as fd:
+                self._btf = BTF.from_bytes(_bpf.btf_data(fd))
+        return self._btf

@@ -1,0 +1,162 @@
+"""Program: a BPF program loaded into the kernel (fd, id, tag, test_run, attach)."""
+
+from __future__ import annotations
+
+import os
+import weakref
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from .sys import bpf as _bpf
+from .sys.fd import FD
+from .uapi import AttachType, ProgType
+
+if TYPE_CHECKING:
+    from .obj.program import ProgramSpec
+
+__all__ = ["Program", "TestRunResult"]
+
+
+@dataclass(frozen=True)
+class TestRunResult:
+    """What BPF_PROG_TEST_RUN returned."""
+
+    __test__ = False  # not a pytest test class
+
+    retval: int
+    duration_ns: int
+    data_out: bytes
+    ctx_out: bytes
+
+
+def _enum(cls: Any, v: int | None) -> Any:
+    if v is None:
+        return None
+    try:
+        return cls(v)
+    except ValueError:
+        return v
+
+
+class Program:
+    """A loaded program. Owns its fd: ``close()``, ``with`` or garbage collection closes it."""
+
+    def __init__(self, fd: FD, *, name: str, type: int, expected_attach_type: int | None = None,
+                 spec: ProgramSpec | None = None, attach_btf_id: int | None = None,
+                 obj: Any = None, log: str = "") -> None:
+        self.fd = fd
+        self.name = name
+        self.type: ProgType | int = _enum(ProgType, type)
+        self.expected_attach_type: AttachType | int | None = _enum(AttachType, expected_attach_type)
+        self.spec = spec
+        self.attach_btf_id = attach_btf_id
+        self._obj = weakref.ref(obj) if obj is not None else None
+        self.log = log  # the verifier log when a log level was requested
+        self.pin_path: str | None = None
+        self._info: Any = None
+
+    @classmethod
+    def from_fd(cls, fd: FD | int, *, name: str | None = None) -> Program:
+        """Wrap an open program fd (an int is duplicated, an FD is taken over)."""
+        owned = fd if isinstance(fd, FD) else FD(os.dup(int(fd)), "prog")
+        try:
+            info = _bpf.prog_info(owned)
+        except BaseException:
+            owned.close()
+            raise
+        p = cls(owned, name=name or info.name.decode("latin-1"), type=info.type,
+                attach_btf_id=info.attach_btf_id or None)
+        p._info = info
+        return p
+
+    @classmethod
+    def from_pin(cls, path: str) -> Program:
+        """Open the program pinned at ``path``."""
+        p = cls.from_fd(_bpf.obj_get(path, kind="prog"))
+        p.pin_path = path
+        return p
+
+    @classmethod
+    def from_id(cls, prog_id: int) -> Program:
+        """Open the program with kernel id ``prog_id``."""
+        return cls.from_fd(_bpf.prog_get_fd_by_id(prog_id))
+
+    @property
+    def object(self) -> Any:
+        """The :class:`pyebpf.object.Object` that loaded this program (None if gone)."""
+        return self._obj() if self._obj is not None else None
+
+    def info(self) -> Any:
+        """BPF_OBJ_GET_INFO_BY_FD, fresh (a :class:`pyebpf.sys.attrs.ProgInfo`)."""
+        self._info = _bpf.prog_info(self.fd)
+        return self._info
+
+    def _cached_info(self) -> Any:
+        if self._info is None:
+            self.info()
+        return self._info
+
+    @property
+    def id(self) -> int:
+        """The kernel's program id."""
+        return int(self._cached_info().id)
+
+    @property
+    def tag(self) -> str:
+        """The kernel's program tag (16 hex digits)."""
+        return bytes(self._cached_info().tag).hex()
+
+    def test_run(self, data_in: bytes = b"", ctx_in: bytes | None = None, repeat: int = 1, *,
+                 data_size_out: int | None = None, ctx_size_out: int | None = None,
+                 flags: int = 0, cpu: int = 0, batch_size: int = 0) -> TestRunResult:
+        """BPF_PROG_TEST_RUN. ``data_size_out``/``ctx_size_out`` default to the input sizes
+        (the kernel writes a syscall program's context back into it)."""
+        ctx = ctx_in or b""
+        dout = len(data_in) + 256 if data_size_out is None and data_in else (data_size_out or 0)
+        cout = len(ctx) if ctx_size_out is None else ctx_size_out
+        retval, duration, d, c = _bpf.prog_test_run(
+            self.fd, data_in=data_in, data_size_out=dout, ctx_in=ctx, ctx_size_out=cout,
+            repeat=repeat, flags=flags, cpu=cpu, batch_size=batch_size)
+        return TestRunResult(retval, duration, d, c)
+
+    def attach(self, *args: Any, **kw: Any) -> Any:
+        """Attach (see :func:`pyebpf.links.attach_program`); returns a Link."""
+        from .links import attach_program  # type: ignore[attr-defined]
+
+        return attach_program(self, *args, **kw)
+
+    def pin(self, path: str) -> None:
+        """Pin the program at ``path`` on a bpffs."""
+        _bpf.obj_pin(self.fd, path)
+        self.pin_path = path
+
+    def unpin(self) -> None:
+        if self.pin_path:
+            try:
+                os.unlink(self.pin_path)
+            except FileNotFoundError:
+                pass
+            self.pin_path = None
+
+    @property
+    def closed(self) -> bool:
+        return self.fd.closed
+
+    def close(self) -> None:
+        """Close the fd (the program stays loaded while links or pins hold it)."""
+        self.fd.close()
+
+    def __enter__(self) -> Program:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        t = self.type.name if isinstance(self.type, ProgType) else str(self.type)
+        if self.fd.closed:
+            return f"Program({self.name!r}, {t}, closed)"
+        try:
+            return f"Program({self.name!r}, {t}, id={self.id}, tag={self.tag})"
+        except Exception:  # repr must not raise
+            return f"Program({self.name!r}, {t}, fd={self.fd.fileno()})"
