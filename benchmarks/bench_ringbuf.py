@@ -10,7 +10,9 @@ libbpf ring_buffer) is compiled with gcc and run the same way, in the same run.
 Wake-ups: "epoll" = the producer uses adaptive wake-ups (flags 0) and the
 consumer waits in epoll; "busy" = the producer passes BPF_RB_NO_WAKEUP and the
 consumer re-checks the ring without waiting (``interval=0``; libbpf:
-ring_buffer__consume in a loop).
+ring_buffer__consume in a loop); "drain" = the consumer alone: the ring
+(16 MiB) is filled while nobody consumes, then the time to drain it is
+measured (the most stable number on a shared machine).
 
 Targets (issue 3): per-record callback or iterator >= 2.5 M records/s for
 32-byte records; batch of fixed-size records >= 10 M records/s.
@@ -46,6 +48,7 @@ from ringbuf_producer import (  # noqa: E402
 from pyebpf.maps.ringbuf import RingBuffer  # noqa: E402
 
 RING_BYTES = 4 << 20
+DRAIN_RING_BYTES = 16 << 20
 PER_RUN = 4096
 # Records per poll call: a poll drains until the ring is empty, which with a
 # fast producer may never happen; the cap keeps the measured time honest.
@@ -91,6 +94,55 @@ def _consume(rb: RingBuffer, api: str, busy: bool, seconds: float) -> int:
     return n
 
 
+def _drain(rb: RingBuffer, api: str) -> int:
+    if api == "iterator":
+        n = 0
+        for _rec in rb.poll(0):
+            n += 1
+        return n
+    if api == "callback":
+        return rb.consume()
+    if api == "batch":
+        return len(rb.consume_batch())
+    if api == "batch+unpack":
+        n = 0
+        for (_seq,) in rb.consume_batch().iter_unpack("<Q"):
+            n += 1
+        return n
+    raise ValueError(api)
+
+
+def bench_python_drain(size: int, api: str, seconds: float) -> dict[str, Any]:
+    """The consumer alone: fill the ring (no producer running), time draining it.
+
+    ``cpu_rate`` divides by this thread's CPU time instead of wall time: on a
+    machine shared with other work it is the steadier number.
+    """
+    n = 0
+    spent = cpu = 0.0
+    with Producer(ring_size=DRAIN_RING_BYTES) as prod:
+        count = DRAIN_RING_BYTES // ((size + 15) & ~7)
+        with RingBuffer(prod.maps["rb"], lambda rec: None) as rb:
+            end = time.monotonic() + seconds
+            while time.monotonic() < end:
+                prod.run(count, size, MODE_RESERVE, BPF_RB_NO_WAKEUP)
+                t0 = time.perf_counter()
+                c0 = time.thread_time()
+                n += _drain(rb, api)
+                spent += time.perf_counter() - t0
+                cpu += time.thread_time() - c0
+    return {
+        "impl": "pyebpf",
+        "api": api,
+        "size": size,
+        "wakeup": "drain",
+        "records": n,
+        "seconds": round(spent, 3),
+        "rate": n / spent,
+        "cpu_rate": n / cpu if cpu else 0.0,
+    }
+
+
 def bench_python(size: int, api: str, busy: bool, seconds: float) -> dict[str, Any]:
     with Producer(ring_size=RING_BYTES) as prod:
         rb = RingBuffer(prod.maps["rb"], lambda rec: None)
@@ -126,14 +178,15 @@ def build_floor() -> str | None:
     return str(out)
 
 
-def bench_c(exe: str, size: int, busy: bool, seconds: float) -> dict[str, Any]:
+def bench_c(exe: str, size: int, wake: str, seconds: float) -> dict[str, Any]:
+    busy = wake == "busy"
     args = [
         exe,
         str(FIXTURE),
         str(size),
         str(seconds),
-        "consume" if busy else "poll",
-        str(RING_BYTES),
+        {"busy": "consume", "epoll": "poll", "drain": "drain"}[wake],
+        str(DRAIN_RING_BYTES if wake == "drain" else RING_BYTES),
         str(CONSUMER_CPU),
         str(PRODUCER_CPU),
         str(BPF_RB_NO_WAKEUP if busy else 0),
@@ -143,7 +196,7 @@ def bench_c(exe: str, size: int, busy: bool, seconds: float) -> dict[str, Any]:
         "impl": "libbpf C",
         "api": "callback",
         "size": size,
-        "wakeup": "busy" if busy else "epoll",
+        "wakeup": wake,
         "records": res["consumed"],
         "seconds": res["seconds"],
         "rate": res["rate"],
@@ -155,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seconds", type=float, default=2.0)
     ap.add_argument("--sizes", default="32,256")
     ap.add_argument("--apis", default="iterator,callback,batch,batch+unpack")
-    ap.add_argument("--wakeups", default="epoll,busy")
+    ap.add_argument("--wakeups", default="epoll,busy,drain")
     ap.add_argument("--no-c", action="store_true", help="skip the libbpf C floor")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args(argv)
@@ -168,9 +221,12 @@ def main(argv: list[str] | None = None) -> int:
             for wake in a.wakeups.split(","):
                 busy = wake == "busy"
                 if exe:
-                    rows.append(bench_c(exe, size, busy, a.seconds))
+                    rows.append(bench_c(exe, size, wake, a.seconds))
                 for api in a.apis.split(","):
-                    rows.append(bench_python(size, api, busy, a.seconds))
+                    if wake == "drain":
+                        rows.append(bench_python_drain(size, api, a.seconds))
+                    else:
+                        rows.append(bench_python(size, api, busy, a.seconds))
                     if not a.json:
                         r = rows[-1]
                         print(
@@ -189,6 +245,7 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"{r['impl']:9} {r['api']:13} {r['size']:4} B {r['wakeup']:5} "
                 f"{r['rate'] / 1e6:6.2f} M/s ({r['records']} in {r['seconds']} s)"
+                + (f", per CPU second {r['cpu_rate'] / 1e6:.2f} M/s" if "cpu_rate" in r else "")
             )
     return 0
 

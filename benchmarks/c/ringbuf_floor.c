@@ -5,8 +5,10 @@
  * (produce_rb, via BPF_PROG_TEST_RUN) in a loop from a thread pinned to the
  * producer CPU, and consumes on the consumer CPU with ring_buffer__consume
  * (busy) or ring_buffer__poll (epoll wake-ups) for a fixed time.
+ * MODE "drain" measures the consumer alone: fill the ring with one test run,
+ * time one ring_buffer__consume over it, repeat for SECONDS.
  *
- * usage: ringbuf_floor OBJ SIZE SECONDS MODE(consume|poll) [RING_BYTES]
+ * usage: ringbuf_floor OBJ SIZE SECONDS MODE(consume|poll|drain) [RING_BYTES]
  *                      [CONSUMER_CPU PRODUCER_CPU [FLAGS]]
  * FLAGS goes to bpf_ringbuf_submit (1 = BPF_RB_NO_WAKEUP: the producer never
  * wakes the consumer, for the busy consumer).
@@ -92,7 +94,7 @@ int main(int argc, char **argv)
 	double secs, t0, t1;
 
 	if (argc < 5) {
-		fprintf(stderr, "usage: %s OBJ SIZE SECONDS consume|poll [RING_BYTES] [CCPU PCPU [FLAGS]]\n",
+		fprintf(stderr, "usage: %s OBJ SIZE SECONDS consume|poll|drain [RING_BYTES] [CCPU PCPU [FLAGS]]\n",
 			argv[0]);
 		return 2;
 	}
@@ -127,6 +129,34 @@ int main(int argc, char **argv)
 		return 1;
 	}
 	pin(ccpu);
+	if (strcmp(argv[4], "drain") == 0) {
+		/* Consumer cost alone: fill the ring, then time one
+		 * ring_buffer__consume over it; repeat for SECONDS of wall time. */
+		struct rb_args args = { .size = rec_size, .mode = 1, .flags = 1 };
+		LIBBPF_OPTS(bpf_test_run_opts, opts, .ctx_in = &args,
+			    .ctx_size_in = sizeof(args));
+		double spent = 0, start = now();
+
+		args.count = ring_bytes / ((rec_size + 15) & ~7);
+		while (now() - start < secs) {
+			if (bpf_prog_test_run_opts(prog_fd, &opts)) {
+				perror("test_run");
+				return 1;
+			}
+			produced += args.produced;
+			dropped += args.dropped;
+			t0 = now();
+			ring_buffer__consume(rb);
+			spent += now() - t0;
+		}
+		printf("{\"size\": %u, \"mode\": \"drain\", \"consumed\": %llu, "
+		       "\"seconds\": %.4f, \"rate\": %.0f, \"produced\": %llu, "
+		       "\"dropped\": %llu, \"checksum\": %llu}\n",
+		       rec_size, consumed, spent, consumed / spent, produced, dropped, checksum);
+		ring_buffer__free(rb);
+		bpf_object__close(obj);
+		return 0;
+	}
 	pthread_create(&thr, NULL, producer, &pcpu);
 	t0 = now();
 	t1 = t0;

@@ -41,6 +41,7 @@ header, are relied upon, as other pure-Python consumers do.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import mmap
 import select
 import struct
@@ -311,12 +312,20 @@ class _Ring:
         in the middle of the iteration ends the iteration (it never moves
         the position backwards or hands a record out twice).
         """
+        if limit > 0:
+            # islice stops asking after ``limit`` records; the last one is
+            # published by the next operation (or when the generator dies).
+            return itertools.islice(self._records(), limit)
+        return self._records()
+
+    def _records(self) -> Iterator[memoryview]:
         hdr = self._hdr
         data = self._data
         prod_q = self._prod_q
         cons_q = self._cons_q
         mask = self._mask
         chunk = self._chunk
+        discard_bit = BPF_RINGBUF_DISCARD_BIT
         cons = self.pos
         cons_q[0] = cons
         try:
@@ -331,17 +340,13 @@ class _Ring:
                 while cons < prod:
                     off = cons & mask
                     ln = hdr[off >> 2]
-                    if ln < BPF_RINGBUF_DISCARD_BIT:
+                    if ln < discard_bit:  # neither BUSY nor DISCARD
                         start = off + 8
                         cons += (ln + 15) & -8
                         self.pos = cons
                         yield data[start : start + ln]
                         if self.pos != cons:
                             return
-                        if limit > 0:
-                            limit -= 1
-                            if limit == 0:
-                                return
                     elif ln & BPF_RINGBUF_BUSY_BIT:
                         return
                     else:
@@ -368,6 +373,7 @@ class _Ring:
         cons_q = self._cons_q
         mask = self._mask
         chunk = self._chunk
+        discard_bit = BPF_RINGBUF_DISCARD_BIT
         cons = self.pos
         cons_q[0] = cons
         count = 0
@@ -381,7 +387,7 @@ class _Ring:
                 while cons < prod:
                     off = cons & mask
                     ln = hdr[off >> 2]
-                    if ln < BPF_RINGBUF_DISCARD_BIT:
+                    if ln < discard_bit:
                         start = off + 8
                         cons += (ln + 15) & -8
                         self.pos = cons
