@@ -93,7 +93,7 @@ def attach_perf_event(prog: Any, perf_fd: FD | int, *, cookie: int = 0, force_io
                                            perf_event_cookie=cookie if cookie else None)
             except SyscallError as e:
                 if e.errno != _errno.EINVAL or cookie:
-                    raise AttachError(f"cannot link to perf event{_tgt(target)}: {e}",
+                    raise AttachError(f"cannot link to perf event{_tgt(target)}: {e}{_why(e)}",
                                       program=label, cause=e) from e
                 # libbpf decides by feature probe only; an EINVAL here still deserves the old way
                 _log.debug("LINK_CREATE(BPF_PERF_EVENT) gave EINVAL; using PERF_EVENT_IOC_SET_BPF")
@@ -105,7 +105,7 @@ def attach_perf_event(prog: Any, perf_fd: FD | int, *, cookie: int = 0, force_io
             try:
                 _perf.perf_event_set_bpf(pe, pfd)
             except SyscallError as e:
-                raise AttachError(f"PERF_EVENT_IOC_SET_BPF{_tgt(target)} failed: {e}",
+                raise AttachError(f"PERF_EVENT_IOC_SET_BPF{_tgt(target)} failed: {e}{_why(e)}",
                                   program=label, cause=e) from e
         try:
             _perf.perf_event_enable(pe)
@@ -122,6 +122,14 @@ def attach_perf_event(prog: Any, perf_fd: FD | int, *, cookie: int = 0, force_io
 
 def _tgt(target: str) -> str:
     return f" {target}" if target else ""
+
+
+def _why(e: SyscallError) -> str:
+    if e.errno == _errno.EEXIST:
+        # perf_event_attach_bpf_prog refuses a second copy of a program on one tracepoint/probe
+        return " (this program is already attached to this event: a tracepoint or probe runs " \
+               "each program once)"
+    return ""
 
 
 def online_cpus() -> list[int]:
