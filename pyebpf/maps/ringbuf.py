@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import mmap
 import select
 import struct
@@ -65,6 +66,9 @@ BPF_RINGBUF_DISCARD_BIT = 1 << 30
 BPF_RINGBUF_HDR_SZ = 8
 _LEN_MASK = ~(BPF_RINGBUF_BUSY_BIT | BPF_RINGBUF_DISCARD_BIT) & 0xFFFFFFFF
 _PAGE = mmap.PAGESIZE
+# The mmaps and epoll registrations are logged with the syscall layer's
+# messages, so the "pyebpf.sys" log shows everything done to the kernel.
+_log = logging.getLogger("pyebpf.sys")
 _MAP_TYPE_RINGBUF = 27
 
 Callback = Callable[[memoryview], Any]
@@ -252,7 +256,9 @@ class _Ring:
             )
         except OSError as e:
             self._unmap()
+            _log.debug("mmap ringbuf fd=%d size=%d failed: %s", fd, size, e)
             raise PyebpfError(f"RingBuffer: cannot mmap ring buffer fd {fd}: {e}") from e
+        _log.debug("mmap ringbuf fd=%d: consumer page rw, producer page + 2x%d data ro", fd, size)
         self._cons_q = memoryview(self._cons_mm)[:8].cast("Q")
         prod = memoryview(self._prod_mm)
         self._prod_q = prod[:8].cast("Q")
@@ -503,6 +509,7 @@ class _Waiter:
     def register(self, fd: int) -> None:
         assert self.ep is not None
         self.ep.register(fd, select.EPOLLIN)
+        _log.debug("epoll_ctl(ADD) epfd=%d fd=%d EPOLLIN", self.ep.fileno(), fd)
 
     def unregister(self, fd: int) -> None:
         if self.ep is not None:
