@@ -598,6 +598,25 @@ TRACEFS_SCRIPT = textwrap.dedent(
         if how == "link":
             link.close()
         pe.close(); p.close(); m.close()
+    # legacy uprobe event: add, look up its id, remove
+    group, ev = P.add_uprobe_event("/bin/true", 0x40)
+    try:
+        assert P.tracepoint_id(group, ev) > 0
+    finally:
+        P.remove_probe_event("uprobe", group, ev)
+    try:
+        P.tracepoint_id(group, ev)
+    except P.TracefsError:
+        pass
+    else:
+        raise AssertionError("uprobe event not removed")
+    if not os.path.exists(os.path.join(P.tracefs_path(), "kprobe_events")):
+        try:
+            P.add_kprobe_event("do_nanosleep")
+        except P.TracefsError as e:
+            assert "CONFIG_KPROBE_EVENTS" in str(e), e
+        else:
+            raise AssertionError("kprobe event added without kprobe_events")
     print("OK", tid)
     """
 )
@@ -779,3 +798,28 @@ def test_loader_hooks_for_source_line_and_explain():
 def test_explain_log_map_poison():
     log = "5: (85) call unknown#2001000002\ninvalid func unknown#2001000002\n"
     assert "map #2" in B.explain_log(log)[0]
+
+
+def test_map_create_precondition_hints():
+    with pytest.raises(SyscallError) as ei:
+        B.map_create(MapType.TASK_STORAGE, 4, 8, 0, BPF_F_NO_PREALLOC)
+    assert ei.value.errno == errno.EINVAL and "need BTF" in ei.value.hint
+    with pytest.raises(SyscallError) as ei:
+        B.map_create(MapType.LPM_TRIE, 8, 8, 1)
+    assert "BPF_F_NO_PREALLOC" in ei.value.hint
+    assert "struct_ops" in B.map_create_hint(errno.EINVAL, MapType.STRUCT_OPS, 0, 0)
+
+
+def test_netfilter_hint():
+    with pytest.raises(SyscallError) as ei:
+        B.prog_load(ProgType.NETFILTER, RET0)
+    assert "BPF_NETFILTER" in ei.value.hint
+
+
+def test_mapops_for_fd_sizes_percpu_values():
+    with B.map_create(MapType.PERCPU_ARRAY, 4, 4, 2) as m:
+        ops = B.MapOps.for_fd(m)
+        assert ops.value_size == 8 * B.possible_cpus()
+        v = b"".join(struct.pack("<Q", i) for i in range(B.possible_cpus()))
+        ops.update(b"\1\0\0\0", v)
+        assert ops.lookup(b"\1\0\0\0") == v

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import OptionError, SyscallError, VerifierError
-from ..uapi import AttachType, ProgType
+from ..uapi import BPF_F_NO_PREALLOC, AttachType, MapType, ProgType
 from . import attrs as A
 from .fd import FD
 from .syscall import NR_BPF, Cmd, bpf, bpf_errno, cmd_name, errno_hint, get_errno, log, raw_syscall
@@ -135,7 +135,28 @@ def map_create(
         map_token_fd=_fdnum(token_fd),
     )
     detail = f"map {a.map_name.decode('latin-1')!r}" if a.map_name else ""
-    return FD(bpf(Cmd.MAP_CREATE, a, A.MapCreateAttr.SIZE, detail=detail), "map")
+    ret, err = bpf_errno(Cmd.MAP_CREATE, a, A.MapCreateAttr.SIZE)
+    if ret < 0:
+        raise SyscallError(err, "BPF_MAP_CREATE", map_create_hint(err, map_type, flags, a.btf_fd),
+                           detail=detail)
+    return FD(ret, "map")
+
+
+_LOCAL_STORAGE = {MapType.SK_STORAGE, MapType.INODE_STORAGE, MapType.TASK_STORAGE, MapType.CGRP_STORAGE}
+
+
+def map_create_hint(err: int, map_type: int, flags: int, btf_fd: int) -> str:
+    """errno hint for BPF_MAP_CREATE, with the kernel's per-type preconditions."""
+    if err == _errno.EINVAL:
+        if map_type in _LOCAL_STORAGE and not btf_fd:
+            return "local-storage maps need BTF: pass btf_fd with btf_key_type_id/btf_value_type_id"
+        if map_type == MapType.STRUCT_OPS and not btf_fd:
+            return "struct_ops maps need a valid btf_fd (any loaded BTF) besides btf_vmlinux_value_type_id"
+        if map_type == MapType.LPM_TRIE and not flags & BPF_F_NO_PREALLOC:
+            return "LPM trie maps need BPF_F_NO_PREALLOC"
+        if map_type in (MapType.ARRAY_OF_MAPS, MapType.HASH_OF_MAPS):
+            return "map-in-map needs inner_map_fd of a compatible map"
+    return errno_hint(err, Cmd.MAP_CREATE)
 
 
 def _elem(cmd: int, fd: int | FD, key: bytes | None, value: Any, flags: int, *, enoent_ok: bool) -> int:
@@ -212,12 +233,17 @@ def possible_cpus() -> int:
     return _possible_cpus
 
 
+PERCPU_MAP_TYPES = frozenset({MapType.PERCPU_HASH, MapType.PERCPU_ARRAY, MapType.LRU_PERCPU_HASH,
+                              MapType.PERCPU_CGROUP_STORAGE})
+
+
 class MapOps:
     """Preallocated attrs and buffers for one map fd: each op is one syscall plus little Python.
 
     ``value_size`` is the size of the value buffer the kernel fills: for per-CPU
-    maps pass ``round_up(value_size, 8) * possible_cpus()``. Keys and values go in
-    and out as bytes. The object does not own ``fd``; keep the map open while using it.
+    maps pass ``round_up(value_size, 8) * possible_cpus()`` (or use :meth:`for_fd`).
+    Keys and values go in and out as bytes. The object does not own ``fd``; keep the
+    map open while using it. The buffers are shared: use one MapOps per thread.
     """
 
     __slots__ = (
@@ -258,6 +284,15 @@ class MapOps:
         self._nx_p = vp(_addressof(self._nx))
         self._nx0_p = vp(_addressof(self._nx0))
         self._ld_p = vp(_addressof(self._ld))
+
+    @classmethod
+    def for_fd(cls, fd: int | FD) -> MapOps:
+        """A MapOps sized from the map's info (per-CPU value buffers included)."""
+        info = map_info(fd)
+        vs = info.value_size
+        if info.type in PERCPU_MAP_TYPES:
+            vs = (vs + 7) // 8 * 8 * possible_cpus()
+        return cls(fd, info.key_size, vs)
 
     def _fail(self, cmd: int, attr: Any) -> None:
         err = get_errno()
@@ -488,6 +523,8 @@ def prog_load_hint(err: int, prog_type: int, expected_attach_type: int) -> str:
     """errno hint for BPF_PROG_LOAD, aware of trampoline program types."""
     if err == _errno.EPERM and is_trampoline(prog_type, expected_attach_type):
         return TRAMPOLINE_HINT + "; otherwise " + errno_hint(err, Cmd.PROG_LOAD)
+    if err == _errno.EINVAL and prog_type == ProgType.NETFILTER and expected_attach_type != AttachType.NETFILTER:
+        return "netfilter programs need expected_attach_type=BPF_NETFILTER"
     return errno_hint(err, Cmd.PROG_LOAD)
 
 
@@ -987,7 +1024,17 @@ def link_create(
         tail = relative_fd.to_bytes(4, "little") + b"\0" * 4 + expected_revision.to_bytes(8, "little")
     ctypes.memmove(a.extra, tail, len(tail))
     size = A.LinkCreateAttr.SIZE + len(tail)
-    return FD(bpf(Cmd.LINK_CREATE, a, size), "link")
+    ret, err = bpf_errno(Cmd.LINK_CREATE, a, size)
+    if ret < 0:
+        hint = errno_hint(err, Cmd.LINK_CREATE)
+        if err == _errno.EINVAL and attach_type == AttachType.TRACE_RAW_TP:
+            hint += " (for raw_tp programs use BPF_RAW_TRACEPOINT_OPEN)"
+        elif err == _errno.EOPNOTSUPP and attach_type == AttachType.TRACE_KPROBE_MULTI:
+            hint = "this kernel cannot attach kprobe_multi links (no fprobe support)"
+        elif err == _errno.EBADF:
+            hint = "the target fd (perf event, cgroup, map, ...) or program fd is not open"
+        raise SyscallError(err, "BPF_LINK_CREATE", hint, detail=f"attach type {attach_type}")
+    return FD(ret, "link")
 
 
 def link_update(link_fd: int | FD, new_prog_fd: int | FD, *, old_prog_fd: int | FD | None = None,
