@@ -20,6 +20,7 @@ from types import SimpleNamespace
 import linkload
 import pytest
 
+import pyebpf
 from pyebpf import ObjectSpec, links
 from pyebpf.errors import OptionError, SyscallError
 from pyebpf.links import kprobe as K
@@ -63,11 +64,16 @@ def tracefs() -> str:
         return P.tracefs_path()
 
 
+COUNTERS = os.path.join(linkload.UNIT, "attach_counters.bpf.o")
+
+
 @pytest.fixture(scope="module")
 def obj(tracefs):
-    o = linkload.load(linkload.unit("attach_counters"))
-    B.map_update_elem(o.maps["cfg"], b"\0\0\0\0", struct.pack("<I", os.getpid()))
-    yield o
+    """attach_counters loaded by pyebpf.load; ``maps`` are the raw map fds, ``object`` the Object."""
+    o = pyebpf.load(COUNTERS)
+    B.map_update_elem(o.maps["cfg"].fd, b"\0\0\0\0", struct.pack("<I", os.getpid()))
+    yield SimpleNamespace(programs=o.programs, maps={n: m.fd for n, m in o.maps.items()},
+                          map_objects=o.maps, object=o)
     o.close()
 
 
@@ -213,6 +219,10 @@ def test_trampoline_programs_refused_with_clear_error(tracefs) -> None:
             linkload.load(path, [name])
         assert e.value.errno == errno.EPERM and e.value.command == "BPF_PROG_LOAD"
         assert "this kernel refuses BPF trampoline programs" in str(e.value)
+    with pytest.raises(SyscallError) as e:
+        pyebpf.load(path)
+    assert e.value.errno == errno.EPERM and "refuses BPF trampoline programs" in e.value.hint
+    gc.collect()
     assert open_fd_count() == before
 
 
@@ -255,7 +265,7 @@ def test_iter_map_elem_needs_and_takes_a_map(obj, clean) -> None:
     with pytest.raises(AttachError, match=r"needs a map: attach_iter\(prog, map=...\)"):
         links.attach_iter(prog)
     B.map_update_elem(obj.maps["counts"], struct.pack("<I", 6), struct.pack("<Q", 4242))
-    with links.attach_iter(prog, map=obj.maps["counts"]) as link:
+    with links.attach_iter(prog, map=obj.map_objects["counts"]) as link:
         clean.append(link.id)
         assert link.info().map_id == B.map_info(obj.maps["counts"]).id
         text = link.read_text()
@@ -384,8 +394,19 @@ def test_gc_detaches(obj, clean) -> None:
 
 
 @needs_root
+def test_object_attach_uses_auto_attach(clean) -> None:
+    with pyebpf.load(COUNTERS) as o:
+        made = o.attach()
+        clean.extend(link.id for link in made.values())
+        assert set(made) == {"count_openat", "count_raw_sys_enter", "count_btf_sys_enter",
+                             "count_test_finish", "dump_task", "dump_task_b", "dump_map"}
+        assert set(o.attach_skipped) == {"count_perf", "xdp_pass", "dump_counts"}
+        assert "needs a map" in o.attach_skipped["dump_counts"]
+
+
+@needs_root
 def test_many_cycles_leave_nothing(obj, clean) -> None:
-    for _ in range(50):
+    for _ in range(20):
         for link in (links.auto_attach(obj.programs["count_openat"]),
                      links.auto_attach(obj.programs["count_raw_sys_enter"]),
                      links.auto_attach(obj.programs["count_btf_sys_enter"]),
@@ -406,10 +427,9 @@ no_kprobes = pytest.mark.skipif(
 
 @pytest.fixture(scope="module")
 def kprobe_obj(tracefs):
-    path = os.path.join(linkload.ROOT, "fixtures", "sections.bpf.o")
-    o = linkload.load(path, ["s_kprobe", "s_kretprobe", "s_ksyscall"])
-    yield o
-    o.close()
+    """sections.bpf.o: kprobe programs load here (uprobes need the type) but cannot attach."""
+    with pyebpf.load(os.path.join(linkload.ROOT, "fixtures", "sections.bpf.o")) as o:
+        yield o
 
 
 @needs_root
@@ -429,6 +449,11 @@ def test_kprobe_unavailable_is_clear(kprobe_obj) -> None:
         msg = str(e.value)
         assert "kprobes are unavailable" in msg and "CONFIG_KPROBES" in msg
         assert "kprobe_events" in msg and "/sys/bus/event_source/devices/kprobe" in msg
+    # Object.attach fails as libbpf's skeleton attach does, and closes what it had attached
+    with pytest.raises(links.KprobeUnavailable):
+        kprobe_obj.attach()
+    assert kprobe_obj.links == {}
+    gc.collect()
     assert (open_fd_count(), _proc_fds()) == before
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import errno as _errno
 import logging
-import threading
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -18,7 +17,7 @@ from ..sys.perf import (
     PERF_TYPE_SOFTWARE,
     PerfEventAttr,
 )
-from ..uapi import AttachType, ProgType
+from ..uapi import AttachType
 from .base import AttachError, Link, prog_fd, prog_label
 
 __all__ = [
@@ -32,34 +31,11 @@ __all__ = [
 
 _log = logging.getLogger("pyebpf.links")
 
-_perf_link: bool | None = None
-_probe_lock = threading.Lock()
-
-
 def has_perf_link() -> bool:
-    """Whether BPF_LINK_CREATE(BPF_PERF_EVENT) exists (libbpf's FEAT_PERF_LINK probe; cached).
+    """Whether BPF_LINK_CREATE(BPF_PERF_EVENT) exists (libbpf's FEAT_PERF_LINK; cached per process)."""
+    from .. import features
 
-    A trivial tracepoint program is linked to perf fd -1: EBADF means the command
-    got as far as looking the fd up, so perf links are supported.
-    """
-    global _perf_link
-    if _perf_link is not None:
-        return _perf_link
-    with _probe_lock:
-        if _perf_link is None:
-            insns = bytes.fromhex("b700000000000000" "9500000000000000")  # r0 = 0; exit
-            try:
-                with _bpf.prog_load(ProgType.TRACEPOINT, insns, "GPL") as pfd:
-                    try:
-                        _bpf.link_create(pfd, -1 & 0xFFFFFFFF, AttachType.PERF_EVENT).close()
-                        ok = True
-                    except SyscallError as e:
-                        ok = e.errno == _errno.EBADF
-            except SyscallError as e:
-                _log.debug("perf link probe could not load its program: %s", e)
-                ok = False
-            _perf_link = ok
-    return _perf_link
+    return features.perf_link()
 
 
 class PerfEventLink(Link):
@@ -70,6 +46,17 @@ class PerfEventLink(Link):
     """
 
     kind = "perf_event"
+
+    def close(self) -> None:
+        """Disable the event, then close the perf event fd and the link fd (libbpf's order)."""
+        pe = self.perf_fd
+        if pe is not None and not pe.closed:
+            try:
+                _perf.perf_event_disable(pe)
+            except SyscallError as e:  # the event may already be gone; closing still detaches
+                _log.debug("PERF_EVENT_IOC_DISABLE on close failed: %s", e)
+            pe.close()
+        super().close()
 
 
 def attach_perf_event(prog: Any, perf_fd: FD | int, *, cookie: int = 0, force_ioctl: bool = False,
