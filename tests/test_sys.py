@@ -823,3 +823,46 @@ def test_mapops_for_fd_sizes_percpu_values():
         v = b"".join(struct.pack("<Q", i) for i in range(B.possible_cpus()))
         ops.update(b"\1\0\0\0", v)
         assert ops.lookup(b"\1\0\0\0") == v
+
+
+def test_hash_matches_a_dict_model():
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    op = st.tuples(st.sampled_from(["update", "delete", "lookup", "noexist", "exist"]),
+                   st.integers(0, 15), st.binary(min_size=8, max_size=8))
+
+    with B.map_create(MapType.HASH, 4, 8, 16, name="t_model") as m:
+        ops = B.MapOps(m, 4, 8)
+
+        @settings(max_examples=60, deadline=None)
+        @given(st.lists(op, max_size=40))
+        def run(seq):
+            for k in list(ops.keys()):
+                ops.delete(k)
+            model: dict[bytes, bytes] = {}
+            for name, ki, v in seq:
+                k = struct.pack("<I", ki)
+                if name == "update":
+                    ops.update(k, v)
+                    model[k] = v
+                elif name == "delete":
+                    assert ops.delete(k) == (model.pop(k, None) is not None)
+                elif name == "lookup":
+                    assert ops.lookup(k) == model.get(k)
+                else:
+                    flag = BPF_NOEXIST if name == "noexist" else BPF_EXIST
+                    should = (k not in model) if name == "noexist" else (k in model)
+                    try:
+                        ops.update(k, v, flag)
+                        assert should
+                        model[k] = v
+                    except SyscallError as e:
+                        assert not should and e.errno in (errno.EEXIST, errno.ENOENT)
+            assert sorted(ops.keys()) == sorted(model)
+            got = {}
+            for ks, vs, n in ops.iter_batches(4):
+                got.update({ks[i * 4 : i * 4 + 4]: vs[i * 8 : i * 8 + 8] for i in range(n)})
+            assert got == model
+
+        run()
