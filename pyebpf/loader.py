@@ -154,6 +154,7 @@ class _Loader:
         self.new_pins: list[str] = []
         self.btf_fd: FD | None = None
         self.str_off: dict[str, int] = {}
+        self.func_info_ok = True
         self.maps: dict[str, Map] = {}
         self.programs: dict[str, Program] = {}
         self.struct_ops_plans: dict[str, Any] = {}
@@ -280,6 +281,8 @@ class _Loader:
 
             fixup_extern_btf(btf, spec.externs)
         feats = self.btf_features if self.btf_features is not None else _features()
+        # libbpf passes func_info/line_info only when the kernel knows BTF FUNC
+        self.func_info_ok = feats.has_func
         extra = sorted(ext_strings(spec.btf_ext)) if spec.btf_ext is not None else []
         data, self.str_off = marshal_with_offsets(btf, sanitize=feats, extra_strings=extra)
         try:
@@ -526,7 +529,7 @@ class _Loader:
         if p.type == ProgType.XDP and p.xdp_frags:
             flags |= BPF_F_XDP_HAS_FRAGS
         func_info = line_info = b""
-        if self.btf_fd is not None:
+        if self.btf_fd is not None and self.func_info_ok:
             if p.func_info:
                 func_info = pack_func_info(p.func_info)
             if p.line_info:

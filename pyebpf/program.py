@@ -106,17 +106,16 @@ class Program:
         """The kernel's program tag (16 hex digits)."""
         return bytes(self._cached_info().tag).hex()
 
-    def test_run(self, data_in: bytes = b"", ctx_in: bytes | None = None, repeat: int = 1, *,
-                 data_size_out: int | None = None, ctx_size_out: int | None = None,
+    def test_run(self, data_in: bytes = b"", ctx_in: bytes | None = None, repeat: int = 0, *,
+                 data_size_out: int | None = None, ctx_size_out: int = 0,
                  flags: int = 0, cpu: int = 0, batch_size: int = 0) -> TestRunResult:
-        """BPF_PROG_TEST_RUN. ``data_size_out``/``ctx_size_out`` default to the input sizes
-        (the kernel writes a syscall program's context back into it)."""
-        ctx = ctx_in or b""
-        dout = len(data_in) + 256 if data_size_out is None and data_in else (data_size_out or 0)
-        cout = len(ctx) if ctx_size_out is None else ctx_size_out
+        """BPF_PROG_TEST_RUN. ``data_size_out`` defaults to room for the input plus 256
+        bytes (none without input); ``ctx_size_out`` to 0. ``repeat`` 0 runs once (raw_tp
+        and syscall programs refuse any other value)."""
+        dout = data_size_out if data_size_out is not None else (len(data_in) + 256 if data_in else 0)
         retval, duration, d, c = _bpf.prog_test_run(
-            self.fd, data_in=data_in, data_size_out=dout, ctx_in=ctx, ctx_size_out=cout,
-            repeat=repeat, flags=flags, cpu=cpu, batch_size=batch_size)
+            self.fd, data_in=data_in, data_size_out=dout, ctx_in=ctx_in or b"",
+            ctx_size_out=ctx_size_out, repeat=repeat, flags=flags, cpu=cpu, batch_size=batch_size)
         return TestRunResult(retval, duration, d, c)
 
     def attach(self, *args: Any, **kw: Any) -> Any:

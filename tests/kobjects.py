@@ -1,0 +1,91 @@
+"""Kernel object accounting for leak tests: ids of programs, maps and links.
+
+The machine is shared with other sessions, so tests never compare global counts:
+they look at ids that appeared since a snapshot and keep those whose names belong to
+the object under test (programs and maps) or whose program is one of ours (links).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterable
+
+from pyebpf.errors import SyscallError
+from pyebpf.sys import bpf as B
+from pyebpf.sys.fd import open_fd_count
+from pyebpf.sys.syscall import Cmd
+
+_NEXT = {"prog": Cmd.PROG_GET_NEXT_ID, "map": Cmd.MAP_GET_NEXT_ID, "link": Cmd.LINK_GET_NEXT_ID}
+
+
+def ids(kind: str) -> set[int]:
+    """Every id of ``kind`` ("prog", "map", "link") the kernel has now."""
+    out: set[int] = set()
+    cur = 0
+    while True:
+        nxt = B.get_next_id(_NEXT[kind], cur)
+        if nxt is None:
+            return out
+        out.add(nxt)
+        cur = nxt
+
+
+def snapshot() -> dict[str, set[int]]:
+    return {k: ids(k) for k in _NEXT}
+
+
+def _name(kind: str, obj_id: int) -> str | None:
+    try:
+        if kind == "prog":
+            with B.prog_get_fd_by_id(obj_id) as fd:
+                return B.prog_info(fd).name.decode("latin-1")
+        with B.map_get_fd_by_id(obj_id) as fd:
+            return B.map_info(fd).name.decode("latin-1")
+    except SyscallError:  # freed meanwhile
+        return None
+
+
+def new_named(before: dict[str, set[int]], names: Iterable[str]) -> dict[str, list[tuple[int, str]]]:
+    """Programs/maps created since ``before`` whose kernel name is one of ``names``
+    (compared on the 15 characters the kernel keeps)."""
+    wanted = {n[:15] for n in names}
+    out: dict[str, list[tuple[int, str]]] = {"prog": [], "map": []}
+    for kind in out:
+        for i in sorted(ids(kind) - before[kind]):
+            n = _name(kind, i)
+            if n is not None and n in wanted:
+                out[kind].append((i, n))
+    return out
+
+
+def wait_no_new_named(before: dict[str, set[int]], names: Iterable[str],
+                      timeout: float = 10.0) -> dict[str, list[tuple[int, str]]]:
+    """Like :func:`new_named`, polling until nothing is left (the kernel frees
+    programs and maps asynchronously after the last fd closes)."""
+    names = list(names)
+    deadline = time.monotonic() + timeout
+    while True:
+        left = new_named(before, names)
+        if not any(left.values()) or time.monotonic() > deadline:
+            return left
+        time.sleep(0.05)
+
+
+def process_fds() -> int:
+    """Open file descriptors of this process (from /proc/self/fd)."""
+    return len(os.listdir("/proc/self/fd")) - 1  # the listing's own fd
+
+
+def fd_state() -> tuple[int, int]:
+    return open_fd_count(), process_fds()
+
+
+def object_names(spec) -> list[str]:
+    """Kernel names of the programs and maps an ObjectSpec would create."""
+    out = [p.name for p in spec.programs.values()]
+    for m in spec.maps.values():
+        out.append(str(m.extra.get("kernel_name") or m.name))
+        if m.inner is not None:
+            out.append(str(m.inner.extra.get("kernel_name") or m.inner.name))
+    return out
