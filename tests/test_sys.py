@@ -695,7 +695,7 @@ def test_debug_log_lines(caplog):
             ops.lookup(b"\1\0\0\0")
             ops.lookup(b"\2\0\0\0")
     msgs = [r.getMessage() for r in caplog.records if r.name == "pyebpf.sys"]
-    assert any(s.startswith("bpf(BPF_MAP_CREATE, {map_type=1 key_size=4 value_size=4 max_entries=4 map_name='t_log'}") for s in msgs)
+    assert any(s.startswith("bpf(BPF_MAP_CREATE, {map_type=HASH key_size=4 value_size=4 max_entries=4 map_name='t_log'}") for s in msgs)
     assert any("BPF_MAP_UPDATE_ELEM" in s and "key=01000000" in s for s in msgs)
     assert any("BPF_MAP_LOOKUP_ELEM" in s and "key=02000000" in s and s.endswith("-1") for s in msgs)
 
@@ -866,3 +866,11 @@ def test_hash_matches_a_dict_model():
             assert got == model
 
         run()
+
+
+def test_prog_stream_read_empty():
+    with B.prog_load(ProgType.SOCKET_FILTER, RET0) as p:
+        try:
+            assert B.prog_stream_read(p, 2) == b""
+        except SyscallError as e:
+            assert e.command == "BPF_PROG_STREAM_READ_BY_FD"

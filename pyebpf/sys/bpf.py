@@ -60,6 +60,7 @@ __all__ = [
     "prog_load_with_log",
     "prog_map_ids",
     "prog_query",
+    "prog_stream_read",
     "prog_test_run",
     "raw_tracepoint_open",
     "task_fd_query",
@@ -1073,6 +1074,15 @@ def token_create(bpffs_fd: int | FD, flags: int = 0) -> FD:
     """BPF_TOKEN_CREATE from an fd of a delegating bpffs mount."""
     return FD(bpf(Cmd.TOKEN_CREATE, A.TokenCreateAttr(flags=flags, bpffs_fd=int(bpffs_fd)),
                   A.TokenCreateAttr.SIZE), "token")
+
+
+def prog_stream_read(prog_fd: int | FD, stream_id: int = 2, size: int = 4096) -> bytes:
+    """BPF_PROG_STREAM_READ_BY_FD: up to ``size`` bytes of a program's stream (1 stdout, 2 stderr)."""
+    buf = (ctypes.c_char * size)()
+    a = A.ProgStreamReadAttr(stream_buf=_addressof(buf), stream_buf_len=size, stream_id=stream_id,
+                             prog_fd=int(prog_fd))
+    n = bpf(Cmd.PROG_STREAM_READ_BY_FD, a, A.ProgStreamReadAttr.SIZE)
+    return buf.raw[:n]
 
 
 def task_fd_query(pid: int, fd: int, flags: int = 0, buf_len: int = 256) -> dict[str, Any]:

@@ -161,8 +161,6 @@ def errno_hint(err: int, cmd: int | str) -> str:
         return "the kernel does not support this operation for this object type (ENOTSUPP)"
     if err == _errno.EOPNOTSUPP:
         return "operation not supported by this kernel or configuration"
-    if err == _errno.E2BIG:
-        return "too big"
     if err == _errno.EFAULT:
         return "the kernel could not access a user buffer (bad pointer or size)"
     if err == _errno.ENOMEM:
@@ -172,14 +170,33 @@ def errno_hint(err: int, cmd: int | str) -> str:
     return ""
 
 
+_ENUM_FIELDS: dict[str, Any] = {}
+
+
+def _enum_fields() -> dict[str, Any]:
+    if not _ENUM_FIELDS:
+        from ..uapi import AttachType, MapType, ProgType
+
+        _ENUM_FIELDS.update(map_type=MapType, prog_type=ProgType, attach_type=AttachType,
+                            expected_attach_type=AttachType)
+    return _ENUM_FIELDS
+
+
 def _fmt_attr(attr: Any) -> str:
     """Non-zero fields of a ctypes attr, for the DEBUG trace."""
     parts = []
+    enums = _enum_fields()
     for f in attr._fields_:
         name = f[0]
         if name.startswith("_"):
             continue
         v = getattr(attr, name)
+        if name in enums and isinstance(v, int):
+            try:
+                parts.append(f"{name}={enums[name](v).name}")
+            except ValueError:
+                parts.append(f"{name}={v}")
+            continue
         if isinstance(v, bytes):
             v = v.rstrip(b"\0")
             if v:
