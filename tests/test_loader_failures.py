@@ -1,0 +1,179 @@
+"""Loads that fail: the error is the clear one, and nothing is left behind.
+
+After every failure: no new FD objects, no new process fds, and no new kernel
+programs or maps carrying the object's names (other sessions share the machine,
+so only ids that appeared during the test and bear our names count).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import kobjects as K
+import pytest
+
+import pyebpf
+from pyebpf.errors import ObjectError, OptionError, SectionError, SyscallError, VerifierError
+from pyebpf.sys import bpf as B
+from pyebpf.uapi import MapType
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = ROOT / "fixtures"
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (bpf syscalls)")
+
+
+@pytest.fixture
+def pin_root() -> Iterator[str]:
+    d = Path("/sys/fs/bpf") / f"pyebpf_fail_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+    d.mkdir()
+    yield str(d)
+    shutil.rmtree(d, ignore_errors=True)
+
+
+class NoLeaks:
+    """Snapshot before a failing load; ``check()`` asserts nothing of ours survived it."""
+
+    def __init__(self, path: Path | str) -> None:
+        # process-wide caches (the mmap'd kernel BTF, feature probes) are not leaks
+        pyebpf.kernel_btf()
+        from pyebpf.features import btf_features
+
+        btf_features()
+        self.names = K.object_names(pyebpf.ObjectSpec.from_file(path))
+        self.fds = K.fd_state()
+        self.before = K.snapshot()
+
+    def check(self) -> None:
+        assert K.fd_state() == self.fds
+        left = K.wait_no_new_named(self.before, self.names)
+        assert left == {"prog": [], "map": []}
+
+
+def test_verifier_rejection_poisoned_core_explained() -> None:
+    path = FIXTURES / "core_fail.bpf.o"
+    guard = NoLeaks(path)
+    with pytest.raises(VerifierError) as exc:
+        pyebpf.load(path)
+    e = exc.value
+    assert e.errno == errno.EINVAL and e.command == "BPF_PROG_LOAD"
+    assert e.program == "core_unresolvable"
+    # the complete log: it starts at the program's first instruction and ends with the summary
+    assert e.log.rstrip().splitlines()[-1].startswith("processed ")
+    assert "0: (85) call bpf_get_current_task" in e.log
+    assert "invalid func unknown#195896080" in e.log
+    assert e.log_true_size is None or e.log_true_size >= len(e.log)
+    assert e.insn_index == 1
+    assert e.source_line and "core_fail.bpf.c:20" in e.source_line
+    note = "\n".join(e.notes)
+    assert "CO-RE relocation #0" in note
+    assert "task_struct___gone" in note and "state" in note
+    assert "not found" in note
+    text = str(e)
+    assert "core_unresolvable" in text and "CO-RE" in text
+    guard.check()
+
+
+def test_unresolvable_core_is_explained_in_spec() -> None:
+    # the same relocation, seen before load: CoreResult says why nothing matched
+    spec = pyebpf.ObjectSpec.from_file(FIXTURES / "core_fail.bpf.o")
+    spec.relocate()
+    res = [c.result for c in spec.programs["core_unresolvable"].core_results]
+    assert len(res) == 1 and res[0].poison
+    assert any("field 'state' not found" in line for line in res[0].explain)
+
+
+def test_trampoline_program_refused_clearly() -> None:
+    path = FIXTURES / "sections_trampoline.bpf.o"
+    guard = NoLeaks(path)
+    with pytest.raises(SyscallError) as exc:
+        pyebpf.load(path)
+    e = exc.value
+    assert e.errno == errno.EPERM
+    assert "trampoline" in str(e)
+    guard.check()
+
+
+def test_unresolved_typed_ksym_rejected_and_rolled_back() -> None:
+    path = FIXTURES / "externs_typed_ksym.bpf.o"
+    guard = NoLeaks(path)
+    with pytest.raises(VerifierError) as exc:
+        pyebpf.load(path)
+    assert exc.value.errno == errno.ENOENT
+    assert "runqueues" in exc.value.log
+    guard.check()
+
+
+def test_unknown_section() -> None:
+    from unitobj import unit_object
+
+    path = unit_object("object_unknown_section")
+    guard = NoLeaks(path)
+    with pytest.raises(SectionError):
+        pyebpf.load(path)
+    guard.check()
+
+
+def test_bad_pin_root_names_the_fix(tmp_path: Path) -> None:
+    path = FIXTURES / "maps_btf.bpf.o"
+    guard = NoLeaks(path)
+    with pytest.raises(OptionError) as exc:
+        pyebpf.load(path, pin_root=str(tmp_path))
+    assert "mount -t bpf bpf /sys/fs/bpf" in str(exc.value)
+    with pytest.raises(OptionError, match="does not exist"):
+        pyebpf.load(path, pin_root=str(tmp_path / "missing"))
+    guard.check()
+
+
+def test_pinned_map_reused_then_incompatible_refused(pin_root: str) -> None:
+    path = FIXTURES / "maps_btf.bpf.o"
+    pin = os.path.join(pin_root, "pyebpf_fixture_pinned")
+    with pyebpf.load(path, pin_root=pin_root) as first:
+        first_id = first.maps["pyebpf_fixture_pinned"].id
+        first.maps["pyebpf_fixture_pinned"][0] = 1234
+    assert os.path.exists(pin)  # pins outlive the object, as in libbpf
+    with pyebpf.load(path, pin_root=pin_root) as second:
+        m = second.maps["pyebpf_fixture_pinned"]
+        assert m.id == first_id and m[0] == 1234
+        assert m.id in B.prog_map_ids(second.programs["use_maps"].fd)
+    os.unlink(pin)
+    # a stale pin with another value size: refused with the mismatch spelled out
+    with B.map_create(MapType.ARRAY, 4, 16, 1, name="pyebpf_stale") as fd:
+        B.obj_pin(fd, pin)
+    guard = NoLeaks(path)
+    with pytest.raises(ObjectError) as exc:
+        pyebpf.load(path, pin_root=pin_root)
+    msg = str(exc.value)
+    assert "parameter mismatch" in msg and "value_size 16 (pinned) != 8 (object)" in msg
+    assert f"rm {pin}" in msg
+    guard.check()
+    assert os.path.exists(pin)  # not ours to remove
+
+
+def test_failure_after_pinning_removes_new_pins(pin_root: str) -> None:
+    # a load that pins a map and then fails must not leave the new pin behind
+    spec = pyebpf.ObjectSpec.from_file(FIXTURES / "maps_btf.bpf.o")
+    spec.programs["use_maps"].insns[0:8] = bytes([0x85, 0, 0, 0, 0xFF, 0xFF, 0, 0])  # bad call
+    spec.programs["use_maps"].orig_insns = bytes(spec.programs["use_maps"].insns)
+    guard = NoLeaks(FIXTURES / "maps_btf.bpf.o")
+    with pytest.raises(VerifierError):
+        pyebpf.load(spec, pin_root=pin_root)
+    assert os.listdir(pin_root) == []
+    guard.check()
+
+
+def test_map_create_failure_rolls_back() -> None:
+    path = FIXTURES / "opensnoop.bpf.o"
+    spec = pyebpf.ObjectSpec.from_file(path)
+    spec.maps["events"].max_entries = 3  # ringbuf: not a power-of-2 page multiple -> rounded
+    spec.maps["start"].key_size = 0  # a hash map with a 0-byte key: EINVAL
+    guard = NoLeaks(path)
+    with pytest.raises(SyscallError) as exc:
+        pyebpf.load(spec)
+    assert exc.value.command == "BPF_MAP_CREATE"
+    guard.check()
