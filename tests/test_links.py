@@ -195,9 +195,10 @@ def test_raw_tp_writable_fires(obj, clean) -> None:
 
 
 @needs_root
-def test_tp_btf_fires(obj, clean) -> None:
+@pytest.mark.parametrize("raw_open", [False, True], ids=["link_create", "raw_tracepoint_open"])
+def test_tp_btf_fires(obj, clean, raw_open: bool) -> None:
     prog = obj.programs["count_btf_sys_enter"]
-    with links.attach_program(prog) as link:
+    with links.attach_program(prog, raw_tracepoint_open=raw_open) as link:
         assert isinstance(link, links.TracingLink)
         clean.append(link.id)
         info = link.info()
@@ -359,8 +360,10 @@ def test_link_pin_unpin(obj, clean) -> None:
         assert os.path.exists(path) and f"pinned={path}" in repr(link)
         link.close()
         assert _link_alive(link_id)  # the pin keeps it attached
-        with B.obj_get(path) as again:
-            assert B.link_info(again).id == link_id
+        with links.Link.from_pin(path) as again:
+            assert again.id == link_id and again.info().tp_name == "sys_enter"
+        with links.Link.from_id(link_id) as again:
+            assert again.info().prog_id == B.prog_info(obj.programs["count_raw_sys_enter"].fd).id
         n = slot(obj, SLOT_RAW_TP)
         os.getppid()
         assert slot(obj, SLOT_RAW_TP) > n
@@ -381,6 +384,20 @@ def test_bad_pin_path(obj, clean) -> None:
             link.pin(f"/tmp/pyebpf_not_bpffs_{uuid.uuid4().hex[:8]}")
         with pytest.raises(OptionError):
             link.pin("")
+
+
+@needs_root
+def test_detach_and_ioctl_mode_limits(obj, clean) -> None:
+    with links.attach_raw_tracepoint(obj.programs["count_raw_sys_enter"], "sys_enter") as link:
+        clean.append(link.id)
+        with pytest.raises(AttachError, match="cannot force-detach a raw_tracepoint link"):
+            link.detach()
+    with links.attach_tracepoint(obj.programs["count_openat"], "syscalls", "sys_enter_openat",
+                                 force_ioctl=True) as link:
+        with pytest.raises(AttachError, match="has no bpf link"):
+            link.pin("/sys/fs/bpf/pyebpf_never")
+        with pytest.raises(AttachError, match="has no bpf link"):
+            link.update(obj.programs["count_openat"])
 
 
 @needs_root

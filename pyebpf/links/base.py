@@ -246,9 +246,34 @@ class Link:
         self.program = new_prog
 
     def detach(self) -> None:
-        """Detach now (BPF_LINK_DETACH) while keeping the fd; closing does this too."""
+        """Detach now (BPF_LINK_DETACH) while keeping the fd, e.g. a pinned link another process holds.
+
+        Tracepoint, raw_tp, tracing and iterator links have no forced detach in the kernel
+        (AttachError); closing every fd and removing the pin detaches those.
+        """
         fd = self._need_link_fd("detach")
-        _bpf.link_detach(fd)
+        try:
+            _bpf.link_detach(fd)
+        except SyscallError as e:
+            if e.errno == _errno.EOPNOTSUPP:
+                raise AttachError(
+                    f"the kernel cannot force-detach a {self.kind} link (BPF_LINK_DETACH: "
+                    "EOPNOTSUPP); close it and remove its pin instead",
+                    program=prog_label(self.program), cause=e,
+                ) from e
+            raise
+
+    @classmethod
+    def from_pin(cls, path: str) -> Link:
+        """Open the link pinned at ``path`` (BPF_OBJ_GET); closing it leaves the pin in place."""
+        link = cls(_bpf.obj_get(path, kind="link"))
+        link.target = path
+        return link
+
+    @classmethod
+    def from_id(cls, link_id: int) -> Link:
+        """Open the link with kernel id ``link_id`` (BPF_LINK_GET_FD_BY_ID)."""
+        return cls(_bpf.link_get_fd_by_id(link_id))
 
     def close(self) -> None:
         """Close every fd this link owns (detaching it unless pinned); idempotent."""

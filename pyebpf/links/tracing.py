@@ -132,9 +132,16 @@ _RAW_TP_FALLBACK = {AttachType.TRACE_RAW_TP, AttachType.LSM_MAC, AttachType.TRAC
 
 
 def _btf_link(prog: Any, attach_type: int, cookie: int, target_fd: int | None = None,
-              target_btf_id: int = 0) -> TracingLink:
+              target_btf_id: int = 0, raw_tracepoint_open: bool = False) -> TracingLink:
     pfd = prog_fd(prog)
     target = getattr(getattr(prog, "spec", None), "attach_target", None) or ""
+    if raw_tracepoint_open:
+        if target_fd or target_btf_id:
+            raise OptionError("BPF_RAW_TRACEPOINT_OPEN cannot re-target a program")
+        try:
+            return TracingLink(_bpf.raw_tracepoint_open(None, pfd, cookie), prog, target=target)
+        except SyscallError as e:
+            raise AttachError(f"cannot attach: {e}", program=prog_label(prog), cause=e) from e
     try:
         fd = _bpf.link_create(pfd, target_fd, attach_type, target_btf_id=target_btf_id,
                               tracing_cookie=cookie if cookie else None)
@@ -158,20 +165,20 @@ def _expected(prog: Any) -> int:
 
 
 def attach_trace(prog: Any, *, cookie: int = 0, target_prog: Any = None,
-                 target_btf_id: int = 0) -> TracingLink:
+                 target_btf_id: int = 0, raw_tracepoint_open: bool = False) -> TracingLink:
     """Attach a tp_btf/fentry/fexit/fmod_ret (or freplace) program to the target it was loaded for.
 
     BPF_LINK_CREATE with the program's expected attach type, falling back to
-    BPF_RAW_TRACEPOINT_OPEN(name=NULL) on EINVAL as libbpf does. For freplace,
-    ``target_prog``/``target_btf_id`` re-target the extension.
+    BPF_RAW_TRACEPOINT_OPEN(name=NULL) on EINVAL as libbpf does (``raw_tracepoint_open``
+    forces the latter). For freplace, ``target_prog``/``target_btf_id`` re-target the extension.
     """
     ptype = getattr(prog, "type", None)
     if ptype == ProgType.EXT:
         tfd = prog_fd(target_prog) if target_prog is not None else None
-        return _btf_link(prog, 0, cookie, tfd, target_btf_id)
+        return _btf_link(prog, 0, cookie, tfd, target_btf_id, raw_tracepoint_open)
     if ptype not in (ProgType.TRACING, ProgType.LSM, None):
         raise OptionError(f"attach_trace needs a tracing program, not {ptype!r}")
-    return _btf_link(prog, _expected(prog), cookie)
+    return _btf_link(prog, _expected(prog), cookie, raw_tracepoint_open=raw_tracepoint_open)
 
 
 def attach_lsm(prog: Any, *, cookie: int = 0) -> TracingLink:
