@@ -874,3 +874,11 @@ def test_prog_stream_read_empty():
             assert B.prog_stream_read(p, 2) == b""
         except SyscallError as e:
             assert e.command == "BPF_PROG_STREAM_READ_BY_FD"
+
+
+def test_perf_attr_union_aliases():
+    a = P.PerfEventAttr(type=P.PERF_TYPE_SOFTWARE, sample_freq=99, freq=1, probe_offset=5, uprobe_path=7)
+    assert (a.sample_period, a.config2, a.config1, a.size, a.freq) == (99, 5, 7, 136, 1)
+    raw = bytes(a)
+    assert struct.unpack_from("<IIQQ", raw) == (1, 136, 0, 99)
+    assert struct.unpack_from("<Q", raw, 40)[0] == 1 << 10  # the freq bit

@@ -146,13 +146,23 @@ class PerfEventAttr(ctypes.Structure):
         if not self.size:
             self.size = ctypes.sizeof(self)
 
-    @property
-    def sample_freq(self) -> int:
-        return self.sample_period
 
-    @sample_freq.setter
-    def sample_freq(self, v: int) -> None:
-        self.sample_period = v
+
+def _alias(field: str) -> property:
+    def get(self: ctypes.Structure) -> int:
+        return getattr(self, field)
+
+    def put(self: ctypes.Structure, v: int) -> None:
+        setattr(self, field, v)
+
+    return property(get, put, doc=f"alias of {field} (a union member in C)")
+
+
+# the C unions' other member names
+for _name, _field in (("sample_freq", "sample_period"), ("wakeup_watermark", "wakeup_events"),
+                      ("bp_addr", "config1"), ("kprobe_func", "config1"), ("uprobe_path", "config1"),
+                      ("bp_len", "config2"), ("kprobe_addr", "config2"), ("probe_offset", "config2")):
+    setattr(PerfEventAttr, _name, _alias(_field))
 
 
 assert ctypes.sizeof(PerfEventAttr) == 136
