@@ -519,6 +519,12 @@ def test_kernel_manager_two_rings():
             with pytest.raises(PyebpfError):
                 mgr.add(p.maps["rb"], lambda r: None)
 
+            # Periodic polling sees records produced without wake-ups.
+            p.run(2, 32, MODE_OUTPUT, BPF_RB_NO_WAKEUP, ring="rb", seq=350)
+            assert mgr.poll(1.0, interval=0.01) == 2
+            assert a[-2:] == [350, 351]
+            assert mgr.poll(0.03, interval=0.01) == 0
+
             async def main():
                 loop = asyncio.get_running_loop()
                 loop.call_later(0.02, partial(p.run, 3, 32, MODE_OUTPUT, ring="rb", seq=400))

@@ -74,9 +74,18 @@ _MAP_TYPE_RINGBUF = 27
 Callback = Callable[[memoryview], Any]
 
 
-class _MapLike(Protocol):
-    fd: Any
-    max_entries: int
+class MapLike(Protocol):
+    """What RingBuffer needs of a map object (pyebpf's Map has both)."""
+
+    @property
+    def fd(self) -> Any: ...  # an int or an object with fileno()
+
+    @property
+    def max_entries(self) -> int: ...
+
+
+# A Map, or a ring buffer map's fd (int, or an object with fileno() such as pyebpf.sys.FD).
+MapOrFd = MapLike | int | Any
 
 
 def _fileno(fd: Any) -> int:
@@ -87,7 +96,7 @@ def _fileno(fd: Any) -> int:
     return int(fd)
 
 
-def _resolve(map_or_fd: Any, size: int | None) -> tuple[int, int, Any]:
+def _resolve(map_or_fd: MapOrFd, size: int | None) -> tuple[int, int, Any]:
     """(raw fd, data size, object to keep alive) from a Map, an FD or an int."""
     keep = map_or_fd
     if hasattr(map_or_fd, "max_entries") and hasattr(map_or_fd, "fd"):
@@ -499,6 +508,37 @@ def _wait_deadline(timeout: float | None) -> float | None:
     return None if timeout is None or timeout < 0 else time.monotonic() + timeout
 
 
+def _wait_for(
+    waiter: _Waiter, has_data: Callable[[], bool], timeout: float | None, interval: float | None
+) -> bool:
+    """Wait for ``has_data()``: through epoll, or every ``interval`` s when given.
+
+    The periodic mode does not depend on the kernel's wake-ups (a producer
+    may pass BPF_RB_NO_WAKEUP, or wake-ups may be too costly at high rates);
+    ``interval=0`` spins.
+    """
+    if has_data():
+        return True
+    if timeout == 0:
+        return False
+    if interval is None:
+        return waiter.wait_until(has_data, timeout)
+    deadline = _wait_deadline(timeout)
+    while True:
+        if interval:
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return has_data()
+                time.sleep(min(interval, left))
+            else:
+                time.sleep(interval)
+        elif deadline is not None and time.monotonic() >= deadline:
+            return has_data()
+        if has_data():
+            return True
+
+
 class _Waiter:
     """An epoll fd over ring buffer map fds (the wake-ups come from the kernel's
     BPF_RB_* notification logic), or a periodic sleep when ``interval`` is set."""
@@ -598,7 +638,7 @@ class RingBuffer:
     """
 
     def __init__(
-        self, map: Any, callback: Callback | None = None, *, size: int | None = None
+        self, map: MapOrFd, callback: Callback | None = None, *, size: int | None = None
     ) -> None:
         fd, size, keep = _resolve(map, size)
         self._ring: _Ring | None = _Ring(fd, size, callback, keep)
@@ -633,28 +673,7 @@ class RingBuffer:
 
     def _wait(self, ring: _Ring, timeout: float | None, interval: float | None) -> bool:
         """Wait until the ring has data or ``timeout`` passes; True if data."""
-        if ring.avail() > 0:
-            return True
-        if timeout == 0:
-            return False
-        if interval is None:
-            return self._waiter.wait_until(ring.has_data, timeout)
-        # Periodic consume: independent of the kernel's wake-ups (e.g. a
-        # producer that passes BPF_RB_NO_WAKEUP).  interval=0 spins.
-        deadline = _wait_deadline(timeout)
-        while True:
-            if interval:
-                if deadline is not None:
-                    left = deadline - time.monotonic()
-                    if left <= 0:
-                        return ring.avail() > 0
-                    time.sleep(min(interval, left))
-                else:
-                    time.sleep(interval)
-            elif deadline is not None and time.monotonic() >= deadline:
-                return ring.avail() > 0
-            if ring.avail() > 0:
-                return True
+        return _wait_for(self._waiter, ring.has_data, timeout, interval)
 
     # -- iterator API ------------------------------------------------------
 
@@ -827,7 +846,7 @@ class RingBufferManager:
         self._rings: list[_Ring] = []
         self._by_fd: dict[int, _Ring] = {}
 
-    def add(self, map: Any, callback: Callback, *, size: int | None = None) -> int:
+    def add(self, map: MapOrFd, callback: Callback, *, size: int | None = None) -> int:
         """Add a ring buffer; returns its index (also passed by ``async for``)."""
         fd, size, keep = _resolve(map, size)
         if fd in self._by_fd:
@@ -859,17 +878,16 @@ class RingBufferManager:
             total += n
         return total
 
-    def poll(self, timeout: float | None = None) -> int:
+    def poll(self, timeout: float | None = None, *, interval: float | None = None) -> int:
         """Wait up to ``timeout`` s for any ring, then run callbacks on the ready ones.
 
-        Returns the records handled, or a callback's negative value (stops).
+        ``interval``: re-check every ``interval`` s instead of waiting in epoll
+        (0 spins).  Returns the records handled, or a callback's negative value
+        (which stops the poll).
         """
-        ready = [r for r in self._rings if r.has_data()]
-        if not ready and timeout != 0:
-            if not self._waiter.wait_until(self._has_data, timeout):
-                return 0
-            ready = [r for r in self._rings if r.has_data()]
-        return self._consume_rings(ready)
+        if not _wait_for(self._waiter, self._has_data, timeout, interval):
+            return 0
+        return self._consume_rings([r for r in self._rings if r.has_data()])
 
     def consume(self) -> int:
         """Non-blocking: run callbacks for every available record of every ring."""
