@@ -511,14 +511,15 @@ def test_kprobe_pmu_discovery(tmp_path) -> None:
 
 def test_legacy_kprobe_commands() -> None:
     name = K.legacy_kprobe_event_name("do_sys.open", 0x1f, pid=123, index=4)
-    assert name == "pyebpf_123_do_sys_open_0x1f_4"
+    assert name == "pyebpf_123_4_do_sys_open_0x1f"
     assert K.legacy_kprobe_add_command(name, "do_sys.open", 0x1f) == \
-        "p:kprobes/pyebpf_123_do_sys_open_0x1f_4 do_sys.open+0x1f"
+        "p:kprobes/pyebpf_123_4_do_sys_open_0x1f do_sys.open+0x1f"
+    assert len(K.legacy_kprobe_event_name("x" * 200, pid=1, index=1)) == 63
     assert K.legacy_kprobe_add_command("ev", "vfs_read", retprobe=True) == "r:kretprobes/ev vfs_read+0x0"
     assert K.legacy_kprobe_remove_command("ev") == "-:kprobes/ev"
     assert K.legacy_kprobe_remove_command("ev", retprobe=True) == "-:kretprobes/ev"
     a, b = K.legacy_kprobe_event_name("f"), K.legacy_kprobe_event_name("f")
-    assert a != b and a.startswith(f"pyebpf_{os.getpid()}_f_0x0_")
+    assert a != b and a.startswith(f"pyebpf_{os.getpid()}_") and a.endswith("_f_0x0")
 
 
 def test_legacy_kprobe_flow_writes_and_removes(tmp_path) -> None:
@@ -553,6 +554,7 @@ def test_kprobe_target_parsing_and_syscall_names() -> None:
     assert K.syscall_function("openat", wrapper=True, machine="x86_64") == "__x64_sys_openat"
     assert K.syscall_function("openat", wrapper=True, machine="aarch64") == "__arm64_sys_openat"
     assert K.syscall_function("openat", wrapper=False, machine="x86_64") == "__se_sys_openat"
+    assert K.syscall_function("openat", wrapper=True, machine="ppc64le") == "sys_openat"
     with pytest.raises(OptionError):
         links.attach_kprobe(SimpleNamespace(name="p", fd=1), "f", 4, retprobe=True)
 

@@ -42,6 +42,7 @@ __all__ = [
 _log = logging.getLogger("pyebpf.links")
 
 PMU_DIR = "/sys/bus/event_source/devices"
+MAX_EVENT_NAME_LEN = 64  # the kernel's limit on trace event names
 
 # libbpf's arch_specific_syscall_pfx(): syscall wrappers are named __<pfx>_sys_<name>
 _SYSCALL_PFX = {
@@ -112,12 +113,16 @@ _index_lock = threading.Lock()
 
 def legacy_kprobe_event_name(func: str, offset: int = 0, *, pid: int | None = None,
                              index: int | None = None) -> str:
-    """A tracefs-safe, unique legacy event name (libbpf: libbpf_<pid>_<func>_0x<off>_<n>)."""
+    """A tracefs-safe, unique legacy event name: pyebpf_<pid>_<n>_<func>_0x<off>.
+
+    libbpf's gen_probe_legacy_event_name() layout (counter before the function, so names
+    stay unique when cut to the kernel's 64-character event name limit).
+    """
     if index is None:
         with _index_lock:
             index = next(_legacy_index)
-    raw = f"pyebpf_{os.getpid() if pid is None else pid}_{func}_0x{offset:x}_{index}"
-    return "".join(c if c.isalnum() or c == "_" else "_" for c in raw)
+    raw = f"pyebpf_{os.getpid() if pid is None else pid}_{index}_{func}_0x{offset:x}"
+    return "".join(c if c.isalnum() else "_" for c in raw)[:MAX_EVENT_NAME_LEN - 1]
 
 
 def _group(retprobe: bool) -> str:
@@ -143,7 +148,8 @@ def syscall_function(name: str, *, wrapper: bool, machine: str | None = None) ->
     """The kernel function libbpf's attach_ksyscall probes: ``__x64_sys_<name>``, else ``__se_sys_<name>``."""
     pfx = syscall_prefix(machine)
     if wrapper and pfx:
-        return f"__{pfx}_sys_{name}"
+        # powerpc wrappers keep the plain name (libbpf special-cases it too)
+        return f"sys_{name}" if pfx.startswith("powerpc") else f"__{pfx}_sys_{name}"
     return f"__se_sys_{name}"
 
 
@@ -214,7 +220,7 @@ def has_syscall_wrapper(*, pmu_dir: str = PMU_DIR, tracefs: str | None = None) -
     pfx = syscall_prefix()
     if not pfx:
         return False
-    sym = f"__{pfx}_sys_bpf"
+    sym = syscall_function("bpf", wrapper=True)
     ptype = kprobe_pmu_type(pmu_dir)
     if ptype is not None:
         pa = kprobe_perf_attr(sym, 0, pmu_type=ptype, retprobe_bit=None)
