@@ -29,7 +29,9 @@ from pyebpf.maps.ringbuf import (
 
 try:
     from ringbuf_producer import (
+        ARGS,
         BPF_RB_NO_WAKEUP,
+        FIXTURE,
         MODE_MIXED,
         MODE_OUTPUT,
         MODE_RESERVE,
@@ -40,7 +42,9 @@ try:
     )
 except ImportError:  # run from the repository root without tests/ on sys.path
     from tests.ringbuf_producer import (  # type: ignore[no-redef]
+        ARGS,
         BPF_RB_NO_WAKEUP,
+        FIXTURE,
         MODE_MIXED,
         MODE_OUTPUT,
         MODE_RESERVE,
@@ -673,3 +677,23 @@ def test_kernel_concurrent_producer_small_ring(api):
         assert got == sorted(set(got))  # increasing: in order, no duplicates
         # seq i is discarded when i % 3 == 2 within each run of 64
         assert all((s % 64) % 3 != 2 for s in got)
+
+
+@needs_root
+def test_kernel_with_pyebpf_load():
+    """The real path: a Map from pyebpf.load, the producer run through Program.test_run."""
+    pyebpf = pytest.importorskip("pyebpf")
+    load = getattr(pyebpf, "load", None)
+    if load is None:
+        pytest.skip("pyebpf.load is not available")
+
+    with load(str(FIXTURE), max_entries={"rb": 8192}) as obj:
+        m = obj.maps["rb"]
+        with RingBuffer(m) as rb:
+            assert rb.size == 8192
+            prog = obj.programs["produce_rb"]
+            for start in range(0, 600, 60):
+                ctx = ARGS.pack(start, 60, 100, MODE_MIXED, 0, 0, 0)
+                assert prog.test_run(ctx_in=ctx).retval == 40
+                got = [check_record(r, 100) for r in rb.poll(1.0)]
+                assert got == expected_seqs(start, 60, MODE_MIXED)
