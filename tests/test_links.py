@@ -35,7 +35,7 @@ from pyebpf.uapi import AttachType, LinkType, ProgType
 ROOT = os.geteuid() == 0
 needs_root = pytest.mark.skipif(not ROOT, reason="needs root")
 
-SLOT_TP, SLOT_RAW_TP, SLOT_TP_BTF, SLOT_PERF, SLOT_RAW_TP_W, SLOT_XDP = range(6)
+SLOT_TP, SLOT_RAW_TP, SLOT_TP_BTF, SLOT_PERF, SLOT_RAW_TP_W, SLOT_XDP, SLOT_COOKIE = range(7)
 
 
 def _proc_fds() -> int:
@@ -112,6 +112,7 @@ def test_tracepoint_fires(obj, clean, force_ioctl: bool) -> None:
             info = link.info()
             assert info.type == LinkType.PERF_EVENT and info.id == link.id
             assert info.prog_id == B.prog_info(prog.fd).id
+            assert info.perf_event_type == "tracepoint" and info.tp_name == "sys_enter_openat"
             clean.append(link.id)
         assert "sys_enter_openat" in repr(link)
         for _ in range(7):
@@ -225,6 +226,31 @@ def test_trampoline_programs_refused_with_clear_error(tracefs) -> None:
     assert e.value.errno == errno.EPERM and "refuses BPF trampoline programs" in e.value.hint
     gc.collect()
     assert open_fd_count() == before
+
+
+@needs_root
+@pytest.mark.parametrize("kind", ["tracepoint", "raw_tp", "tp_btf", "tp_btf_raw_open"])
+def test_bpf_cookie(obj, clean, kind: str) -> None:
+    cookie = 0x1234_5678_9ABC_DEF0 + len(kind)
+    if kind == "tracepoint":
+        link = links.attach_program(obj.programs["cookie_tp"], "syscalls/sys_enter_getppid", cookie=cookie)
+        assert link.info().cookie == cookie
+    elif kind == "raw_tp":
+        link = links.attach_raw_tracepoint(obj.programs["cookie_raw_tp"], "sys_enter", cookie=cookie)
+    else:
+        link = links.attach_trace(obj.programs["cookie_tp_btf"], cookie=cookie,
+                                  raw_tracepoint_open=kind == "tp_btf_raw_open")
+    with link:
+        clean.append(link.id)
+        os.getppid()
+        assert slot(obj, SLOT_COOKIE) == cookie
+
+
+@needs_root
+def test_cookie_needs_perf_link(obj, clean) -> None:
+    with pytest.raises(AttachError, match="cookie needs perf links"):
+        links.attach_tracepoint(obj.programs["cookie_tp"], "syscalls", "sys_enter_getppid",
+                                cookie=1, force_ioctl=True)
 
 
 # --- iterators ---------------------------------------------------------------------------------
@@ -416,7 +442,8 @@ def test_object_attach_uses_auto_attach(clean) -> None:
         made = o.attach()
         clean.extend(link.id for link in made.values())
         assert set(made) == {"count_openat", "count_raw_sys_enter", "count_btf_sys_enter",
-                             "count_test_finish", "dump_task", "dump_task_b", "dump_map"}
+                             "count_test_finish", "dump_task", "dump_task_b", "dump_map",
+                             "cookie_tp", "cookie_raw_tp", "cookie_tp_btf"}
         assert set(o.attach_skipped) == {"count_perf", "xdp_pass", "dump_counts"}
         assert "needs a map" in o.attach_skipped["dump_counts"]
 

@@ -102,6 +102,11 @@ class LinkInfo:
         return f"LinkInfo(type={t}, id={self.id}, prog_id={self.prog_id}{extra})"
 
 
+# enum bpf_perf_event_type
+PERF_EVENT_TYPES = {1: "uprobe", 2: "uretprobe", 3: "kprobe", 4: "kretprobe", 5: "tracepoint",
+                    6: "event"}
+
+
 def _u32(b: bytes, off: int) -> int:
     return int.from_bytes(b[off : off + 4], "little")
 
@@ -148,7 +153,13 @@ def link_info(fd: int | FD) -> LinkInfo:
             if _u32(ex, 12):  # map_id of bpf_map_elem/sockmap/sk_storage iterators
                 d["map_id"] = _u32(ex, 12)
         elif ltype == LinkType.PERF_EVENT:
-            d["perf_event_type"] = _u32(ex, 0)
+            pet = _u32(ex, 0)
+            d["perf_event_type"] = PERF_EVENT_TYPES.get(pet, pet)
+            if pet == 5:  # tracepoint: name buffer at +8, length at +16, cookie at +24
+                ex, d["tp_name"] = _info_with_string(n, 8, 16)
+                d["cookie"] = _u64(ex, 24)
+            elif pet == 6:  # plain perf event: config, type, cookie
+                d["config"], d["event_type"], d["cookie"] = _u64(ex, 8), _u32(ex, 16), _u64(ex, 24)
     except SyscallError as e:  # older kernels reject some name queries; the common part is enough
         _log.debug("link info details unavailable: %s", e)
     return LinkInfo(ltype, raw.id, raw.prog_id, d)
