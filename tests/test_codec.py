@@ -554,6 +554,25 @@ def test_kernel_types_zero(kbtf: Any, name: str) -> None:
         assert v.len == 0 and v.next == 0 and v.dev == 0  # fields of anonymous unions
 
 
+def test_kernel_sample_random_bytes(kbtf: Any) -> None:
+    """Every 20th type id that is a struct/union/datasec of vmlinux: sizes match, zero bytes round trip
+    exactly, and the value of random bytes survives encode + decode."""
+    import random
+
+    rnd = random.Random(1)
+    n = 0
+    for tid in range(1, len(kbtf), 20):
+        if kbtf.kind_of(tid) not in (Kind.STRUCT, Kind.UNION, Kind.DATASEC):
+            continue
+        c = codec_for(kbtf, tid)
+        assert c.size == sizeof(kbtf, tid)
+        assert c.encode(c.decode(bytes(c.size))) == bytes(c.size)
+        v = c.decode(rnd.randbytes(c.size))
+        assert c.decode(c.encode(v)) == v, (tid, c.type_name)
+        n += 1
+    assert n > 250
+
+
 def test_kernel_enum(kbtf: Any) -> None:
     c = codec_for(kbtf, kbtf.find("bpf_map_type", Kind.ENUM)[0])
     v = c.decode((2).to_bytes(4, "little"))

@@ -146,7 +146,7 @@ class Codec:
 
     size: int
     type_name: str
-    exact = True  # decode then encode reproduces the bytes exactly
+    exact = True  # decode then encode reproduces the significant bits (mask) exactly
     decode: Callable[..., Any]  # (buf, offset=0) -> value
     encode: Callable[[Any], bytes]
     encode_into: Callable[[Any, int, Any], None]  # (buf, offset, value)
@@ -172,6 +172,16 @@ class Codec:
         """Normalize a user value (dict -> struct value, str -> bytes, ...)."""
         return value
 
+    def mask(self) -> int:
+        """The bits that carry the value (little-endian int over ``size`` bytes): padding
+        and unnamed bitfields are not part of it. Unions merge their members by it."""
+        return (1 << (8 * self.size)) - 1
+
+    def exact_mask(self) -> int:
+        """The bits that decode-then-encode reproduces (not those behind a bool or a
+        NUL-trimmed char array)."""
+        return self.mask() if self.exact else 0
+
     def check(self, value: Any, path: str) -> None:
         """Raise OptionError (naming ``path``) if ``value`` cannot be encoded."""
 
@@ -180,6 +190,12 @@ class Codec:
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.type_name} size={self.size}>"
+
+
+def nested_decoder(codec: Codec) -> Callable[..., Any]:
+    """How a parent decodes ``codec``: structs ending in a flexible array member
+    take only their own size then, not the rest of the buffer."""
+    return codec.__dict__.get("decode_nested") or codec.decode
 
 
 def _scalar_decoder(codec: Codec, fmt: str, post: Callable[[Any], Any] | None = None
@@ -231,7 +247,7 @@ class IntCodec(Codec):
         self.type_name, self.size, self.signed, self.is_bool = name, size, signed, is_bool
         self.bits = bits or size * 8
         self.bit_offset = bit_offset
-        self.exact = not is_bool and self.bits == size * 8
+        self.exact = not is_bool
         self.lo = -(1 << (self.bits - 1)) if signed else 0
         self.hi = (1 << (self.bits - 1)) - 1 if signed else (1 << self.bits) - 1
         fmt = _INT_FMT.get((size, signed))
@@ -243,6 +259,9 @@ class IntCodec(Codec):
             self.decode = self._decode_generic
             self.encode_into = self._encode_into_generic
             self._default_encode()
+
+    def mask(self) -> int:
+        return ((1 << self.bits) - 1) << self.bit_offset
 
     def to_python(self, raw: int) -> Any:
         """The value of the unsigned integer ``raw`` holding this type's bits."""
@@ -486,10 +505,22 @@ class ArrayCodec(Codec):
             self.encode_into = self._encode_into_loop
             self._default_encode()
 
+    def mask(self) -> int:
+        m, es, out = self.elem.mask(), self.elem.size * 8, 0
+        for i in range(self.n):
+            out |= m << (i * es)
+        return out
+
+    def exact_mask(self) -> int:
+        m, es, out = self.elem.exact_mask(), self.elem.size * 8, 0
+        for i in range(self.n):
+            out |= m << (i * es)
+        return out
+
     def _decode_loop(self, buf: Any, offset: int = 0) -> tuple[Any, ...]:
         if offset < 0 or len(buf) - offset < self.size:
             raise _short(self, buf, offset)
-        d, es = self.elem.decode, self.elem.size
+        d, es = nested_decoder(self.elem), self.elem.size
         return tuple(d(buf, offset + i * es) for i in range(self.n))
 
     def _encode_into_loop(self, buf: Any, offset: int, value: Any) -> None:

@@ -29,6 +29,7 @@ from .codec import (
     _fmt_of,
     _Gen,
     _short,
+    nested_decoder,
 )
 from .codec_values import StructValue, make_value_class, values_equal
 from .types import COMPOSITE_KINDS, Kind, skip_modifiers
@@ -64,16 +65,17 @@ def _bf_parts(f: _Field) -> tuple[bool, dict[str, Any] | None]:
 def _tail_decoder(codec: Codec) -> Any:
     """A flexible array member decodes to whatever follows in the buffer."""
     if isinstance(codec, CharArrayCodec):
-        def tail_bytes(buf: Any, start: int) -> bytes:
-            return bytes(buf[start:])
+        def tail_bytes(buf: Any, start: int, end: int | None) -> bytes:
+            return bytes(buf[start:end])
         return tail_bytes
     elem: Codec = codec.elem  # type: ignore[attr-defined]
 
-    def tail(buf: Any, start: int) -> tuple[Any, ...]:
+    def tail(buf: Any, start: int, end: int | None) -> tuple[Any, ...]:
         if elem.size == 0:
             return ()
-        n = max(len(buf) - start, 0) // elem.size
-        return tuple(elem.decode(buf, start + i * elem.size) for i in range(n))
+        n = max((len(buf) if end is None else end) - start, 0) // elem.size
+        d = nested_decoder(elem)
+        return tuple(d(buf, start + i * elem.size) for i in range(n))
 
     return tail
 
@@ -146,11 +148,38 @@ class StructCodec(Codec):
                 for n, p in f.codec.paths.items():
                     self.paths.setdefault(n, (i, *p))
         self.has_tail = bool(self.fields) and self.fields[-1].tail
-        self.exact = not self.union and all(f.codec.exact and not f.bits for f in self.fields)
+        self.exact = self.exact_mask() == self.mask()
         anon_paths = {n: p for n, p in self.paths.items() if len(p) > 1}
         self.cls = make_value_class(name or "anon", [f.name for f in self.fields], anon_paths,
                                     self, self.union)
         self._compile()
+
+    def _field_mask(self, f: _Field, exact: bool = False) -> int:
+        if f.tail:  # up to the end of the struct (it may start in the tail padding)
+            return 0 if exact else ((1 << (8 * (self.size - f.off))) - 1) << (8 * f.off)
+        if f.bits:
+            if exact and not f.codec.exact:
+                return 0
+            return ((1 << f.bits) - 1) << f.bit
+        return (f.codec.exact_mask() if exact else f.codec.mask()) << (8 * f.off)
+
+    def exact_mask(self) -> int:
+        m = self.__dict__.get("_emask")
+        if m is None:
+            m = 0
+            for f in self.fields:
+                m |= self._field_mask(f, exact=True)
+            self._emask = m
+        return m
+
+    def mask(self) -> int:
+        m = self.__dict__.get("_mask")
+        if m is None:
+            m = 0
+            for f in self.fields:
+                m |= self._field_mask(f)
+            self._mask = m
+        return m
 
     # -- layout and code generation ---------------------------------------------------
 
@@ -272,8 +301,16 @@ class StructCodec(Codec):
                 "    except Exception as e:\n"
                 "        raise _diag(_codec, v, e) from None\n"
             )
+        if self.has_tail:  # the rest of the buffer at top level, its own bytes when nested
+            src = src.replace("def decode(buf, offset=0):\n",
+                              "def decode(buf, offset=0):\n    _end = None\n", 1)
+            src += src[:src.index("def encode_into")].replace(
+                "def decode(buf, offset=0):\n    _end = None\n",
+                "def decode_nested(buf, offset=0):\n    _end = offset + _size\n", 1)
         ns = _exec(src, g.ns, self.type_name)
         self.decode, self.encode, self.encode_into = ns["decode"], ns["encode"], ns["encode_into"]
+        if self.has_tail:
+            self.decode_nested = ns["decode_nested"]
         self._source = src
 
     def _dec_exprs(self, g: _Gen, base: int) -> list[str]:
@@ -285,9 +322,10 @@ class StructCodec(Codec):
                 fl, first = data
                 exprs.append(fl.dec(g, base + first))
             elif how == "sub":
-                exprs.append(f"{g.name(f.codec.decode, 'd')}(buf, offset + {f.off})")
+                exprs.append(f"{g.name(nested_decoder(f.codec), 'd')}(buf, offset + {f.off})")
             elif how == "tail":
-                exprs.append(f"{g.name(_tail_decoder(f.codec), 'tail')}(buf, offset + {f.off})")
+                exprs.append(f"{g.name(_tail_decoder(f.codec), 'tail')}(buf, offset + {f.off}, "
+                             "_end)")
             else:
                 grp = data
                 gv = gvars.get(id(grp))
@@ -342,7 +380,15 @@ class StructCodec(Codec):
         if not self.has_tail:
             return 0
         f = self.fields[-1]
-        return len(_tail_encoded(f.codec, v[-1], f"{self.type_name}.{f.name}"))
+        # the flexible member may start inside the struct's tail padding
+        n = len(_tail_encoded(f.codec, v[-1], f"{self.type_name}.{f.name}"))
+        return max(0, f.off + n - self.size)
+
+    def _put_tail_at(self, f: _Field) -> Any:
+        def put(tmp: bytearray, x: Any) -> None:
+            b = _tail_encoded(f.codec, x, f"{self.type_name}.{f.name}")[:self.size - f.off]
+            tmp[f.off:f.off + len(b)] = b
+        return put
 
     def _put_tail(self, buf: Any, start: int, value: Any) -> None:
         f = self.fields[-1]
@@ -428,6 +474,56 @@ class UnionCodec(StructCodec):
     """BTF UNION: every member decoded over the same bytes (as C reads them)."""
 
     union = True
+
+    def _compile(self) -> None:
+        super()._compile()  # decode; encoding merges the members' bits instead
+        full = (1 << (8 * self.size)) - 1
+        writers = []
+        for i, f in enumerate(self.fields):
+            if f.bits:
+                signed, names = _bf_parts(f)
+
+                def put(tmp: bytearray, x: Any, f: _Field = f, signed: bool = signed,
+                        names: Any = names) -> None:
+                    v = _bf_arg(x, f.bits, signed, names) << (f.bit - 8 * f.off)
+                    n = (f.bit % 8 + f.bits + 7) // 8
+                    _bf_put(tmp, f.off, n, (((1 << f.bits) - 1) << (f.bit % 8)), v)
+            elif f.tail:
+                put = self._put_tail_at(f)
+            else:
+                def put(tmp: bytearray, x: Any, f: _Field = f) -> None:
+                    f.codec.encode_into(tmp, f.off, x)
+            writers.append((i, put, self._field_mask(f), self._field_mask(f, exact=True)))
+        size, cls, coerce, path, codec = self.size, self.cls, self.coerce, self.type_name, self
+
+        def encode_into(buf: Any, offset: int, v: Any) -> None:
+            """Every member's bits are laid down, then the bits each member reproduces
+            exactly are laid down again, so lossy views (bools, char arrays) never win
+            over exact ones."""
+            if v.__class__ is not cls:
+                v = coerce(v, path)
+            acc = 0
+            try:
+                done = []
+                for i, put, m, em in writers:
+                    x = v[i]
+                    if x is _MISSING:
+                        continue
+                    tmp = bytearray(size)
+                    put(tmp, x)
+                    t = int.from_bytes(tmp, _BO)
+                    acc = acc & (full ^ m) | t & m
+                    done.append((t, em))
+                for t, em in done:
+                    acc = acc & (full ^ em) | t & em
+                if offset < 0 or len(buf) - offset < size:
+                    raise _short(codec, buf, offset)
+                buf[offset:offset + size] = acc.to_bytes(size, _BO)
+            except Exception as e:
+                raise _diagnose(codec, v, e) from None
+
+        self.encode_into = encode_into
+        self._default_encode()
 
     def _finish(self, out: list[Any], path: str) -> StructValue:
         given = [i for i, v in enumerate(out) if v is not _MISSING]
