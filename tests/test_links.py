@@ -233,10 +233,10 @@ def test_trampoline_programs_refused_with_clear_error(tracefs) -> None:
 def test_bpf_cookie(obj, clean, kind: str) -> None:
     cookie = 0x1234_5678_9ABC_DEF0 + len(kind)
     if kind == "tracepoint":
-        link = links.attach_program(obj.programs["cookie_tp"], "syscalls/sys_enter_getppid", cookie=cookie)
+        link = links.attach_program(obj.programs["cookie_tp"], cookie=cookie)
         assert link.info().cookie == cookie
     elif kind == "raw_tp":
-        link = links.attach_raw_tracepoint(obj.programs["cookie_raw_tp"], "sys_enter", cookie=cookie)
+        link = links.attach_program(obj.programs["cookie_raw_tp"], "sys_enter", cookie=cookie)
     else:
         link = links.attach_trace(obj.programs["cookie_tp_btf"], cookie=cookie,
                                   raw_tracepoint_open=kind == "tp_btf_raw_open")
@@ -393,8 +393,10 @@ def test_link_pin_unpin(obj, clean) -> None:
         n = slot(obj, SLOT_RAW_TP)
         os.getppid()
         assert slot(obj, SLOT_RAW_TP) > n
-        link.unpin()
+        with links.Link.from_pin(path) as again:
+            again.unpin()
         assert not os.path.exists(path)
+        link.unpin()  # nothing left to remove
     finally:
         if os.path.exists(path):
             os.unlink(path)
@@ -649,6 +651,8 @@ def test_autoattach_off_and_malformed_targets() -> None:
         links.auto_attach(_fake("kretprobe/f+4"))
     with pytest.raises(AttachError, match="pass the attach target explicitly"):
         links.attach_program(_fake("tp"))
+    with pytest.raises(AttachError, match="pass the attach target explicitly"):
+        links.attach_program(_fake("kprobe"), cookie=3)
 
 
 def test_section_table_attach_names_are_handled() -> None:

@@ -32,15 +32,17 @@ def _section(prog: Any) -> tuple[str, Any, str | None]:
     return spec.section, spec.sec_def, spec.attach_target
 
 
-def _plan(prog: Any) -> tuple[str | None, tuple[Any, ...], dict[str, Any], str | None]:
+def _plan(prog: Any, explicit: bool = False
+          ) -> tuple[str | None, tuple[Any, ...], dict[str, Any], str | None]:
     """(handler, args, kwargs, skip reason) for auto-attaching ``prog`` from its section.
 
     Raises AttachError for a section whose target is malformed (libbpf fails those too).
+    ``explicit``: the user asked for this attach, so the autoattach flag does not matter.
     """
     section, sd, target = _section(prog)
     spec = getattr(prog, "spec", None)
     name = prog_label(prog)
-    if spec is not None and not getattr(spec, "autoattach", True):
+    if not explicit and spec is not None and not getattr(spec, "autoattach", True):
         return None, (), {}, "auto-attach is disabled for this program"
     if spec is not None and not getattr(spec, "autoload", True):
         return None, (), {}, "the program is not loaded (autoload is off)"
@@ -146,17 +148,20 @@ def attach_program(prog: Any, *args: Any, **kw: Any) -> Link | PerfEventLinks:
     if handler is None or handler not in _HANDLERS:
         raise AttachError(f"pyebpf.links cannot attach SEC({section!r}) programs "
                           f"(type {getattr(ptype, 'name', ptype)}) yet", program=prog_label(prog))
-    if args or kw or handler in ("trace", "lsm", "iter"):
-        # an explicit target keeps the section's entry/return flavour unless told otherwise
-        if handler == "kprobe" and "retprobe" not in kw and len(args) < 3:
-            kw["retprobe"] = section.startswith("kretprobe")
-        elif handler == "ksyscall" and "retprobe" not in kw and len(args) < 2:
-            kw["retprobe"] = section.startswith("kretsyscall")
-        return _HANDLERS[handler](prog, *args, **kw)
-    h, pargs, pkw, reason = _plan(prog)
-    if h is None:
-        raise AttachError(f"{reason}; pass the attach target explicitly", program=prog_label(prog))
-    return _HANDLERS[h](prog, *pargs, **pkw)
+    if not args and handler in ("tracepoint", "raw_tp", "kprobe", "ksyscall"):
+        # the target comes from the section name; keyword options (cookie, ...) still apply
+        h, pargs, pkw, reason = _plan(prog, explicit=True)
+        if h is None:
+            raise AttachError(f"{reason}; pass the attach target explicitly", program=prog_label(prog))
+        if "retprobe" in kw and h in ("kprobe", "ksyscall"):
+            pargs = pargs[:-1]
+        return _HANDLERS[h](prog, *pargs, **{**pkw, **kw})
+    # an explicit target keeps the section's entry/return flavour unless told otherwise
+    if handler == "kprobe" and "retprobe" not in kw and len(args) < 3:
+        kw["retprobe"] = section.startswith("kretprobe")
+    elif handler == "ksyscall" and "retprobe" not in kw and len(args) < 2:
+        kw["retprobe"] = section.startswith("kretsyscall")
+    return _HANDLERS[handler](prog, *args, **kw)
 
 
 def _attach_perf_program(prog: Any, event: Any = None, *, pid: int = -1, cpu: int = 0,

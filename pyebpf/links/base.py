@@ -276,9 +276,10 @@ class Link:
 
     @classmethod
     def from_pin(cls, path: str) -> Link:
-        """Open the link pinned at ``path`` (BPF_OBJ_GET); closing it leaves the pin in place."""
+        """Open the link pinned at ``path`` (BPF_OBJ_GET); closing it leaves the pin, ``unpin()`` removes it."""
         link = cls(_bpf.obj_get(path, kind="link"))
         link.target = path
+        link.pinned_path = path
         return link
 
     @classmethod
