@@ -150,8 +150,10 @@ def bench_python(size: int, api: str, busy: bool, seconds: float) -> dict[str, A
             pid = _producer_child(prod, size, BPF_RB_NO_WAKEUP if busy else 0)
             try:
                 t0 = time.monotonic()
+                c0 = time.thread_time()
                 n = _consume(rb, api, busy, seconds)
                 dt = time.monotonic() - t0
+                cpu = time.thread_time() - c0
             finally:
                 os.kill(pid, signal.SIGTERM)
                 os.waitpid(pid, 0)
@@ -165,6 +167,7 @@ def bench_python(size: int, api: str, busy: bool, seconds: float) -> dict[str, A
         "records": n,
         "seconds": round(dt, 3),
         "rate": n / dt,
+        "cpu_rate": n / cpu if cpu else 0.0,
     }
 
 
