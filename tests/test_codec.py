@@ -377,6 +377,8 @@ def test_anonymous_members() -> None:
     assert c.decode(c.encode(v)) == v
     assert v == {"a": 3, "c": 4, "whole": 1 << 32}
     assert v._fields == ("_anon0", "c", "_anon1")
+    w = v._replace(b=9, lo=2)
+    assert (w.a, w.c, w.lo, w.hi) == (9, 4, 2, 1) and (v.a, v.lo) == (3, 0)
     with pytest.raises(OptionError, match="no member"):
         c.cls(zz=1)
 
@@ -555,8 +557,8 @@ def test_kernel_types_zero(kbtf: Any, name: str) -> None:
 
 
 def test_kernel_sample_random_bytes(kbtf: Any) -> None:
-    """Every 20th type id that is a struct/union/datasec of vmlinux: sizes match, zero bytes round trip
-    exactly, and the value of random bytes survives encode + decode."""
+    """A sample of vmlinux structs, unions and sections: sizes match, zero bytes round
+    trip exactly, and the value of random bytes survives encode + decode."""
     import random
 
     rnd = random.Random(1)
@@ -666,7 +668,8 @@ def layouts(draw: Any, b: B, depth: int = 0) -> tuple[int, st.SearchStrategy[Any
     n = draw(st.integers(1, 6))
     members, strategies, off, align = [], {}, 0, 1
     for i in range(n):
-        what = draw(st.sampled_from(["scalar", "scalar", "chars", "array", "nested", "bits"]
+        what = draw(st.sampled_from(["scalar", "scalar", "chars", "array", "nested", "bits",
+                                     "union", "enum"]
                                     if depth < 2 else ["scalar", "chars", "array", "bits"]))
         name = f"m{i}"
         if what == "scalar":
@@ -683,6 +686,18 @@ def layouts(draw: Any, b: B, depth: int = 0) -> tuple[int, st.SearchStrategy[Any
             strat = st.lists(_value_strategy(b, k), min_size=ln, max_size=ln).map(tuple)
         elif what == "nested":
             tid, strat = draw(layouts(b, depth + 1))
+        elif what == "union":
+            kinds = draw(st.lists(st.sampled_from(["u8", "s16", "u32", "u64", "f64"]),
+                                  min_size=1, max_size=3))
+            usize = max(codec_for(b.btf, getattr(b, k)).size for k in kinds)
+            tid = b.add(Union_(f"u{len(b.btf)}", usize,
+                               [Member(f"v{j}", getattr(b, k), 0) for j, k in enumerate(kinds)]))
+            strat = st.integers(0, len(kinds) - 1).flatmap(
+                lambda j, kinds=kinds: st.fixed_dictionaries(
+                    {f"v{j}": _value_strategy(b, kinds[j])}))
+        elif what == "enum":
+            tid = b.add(Enum(f"e{len(b.btf)}", 4, [EnumValue("A", 0), EnumValue("B", 5)]))
+            strat = st.sampled_from(["A", "B", 0, 5, 77])
         else:
             bits = draw(st.integers(1, 31))
             signed = draw(st.booleans())
@@ -712,7 +727,7 @@ def _alignment(b: B, tid: int) -> int:
     t: Any = b.btf.type(tid)
     if t.kind == Kind.ARRAY:
         return _alignment(b, t.type)
-    if t.kind == Kind.STRUCT:
+    if t.kind in (Kind.STRUCT, Kind.UNION):
         return max([_alignment(b, m.type) for m in t.members] or [1])
     return min(8, codec_for(b.btf, tid).size) or 1
 

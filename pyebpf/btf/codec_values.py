@@ -85,7 +85,14 @@ class StructValue(tuple):  # type: ignore[type-arg]
     def _replace(self, **changes: Any) -> StructValue:
         """A copy with some members changed (names of anonymous members' fields work too)."""
         kw = self._asdict()
-        kw.update(changes)
+        paths = self._codec.paths  # type: ignore[attr-defined]
+        for k, v in changes.items():
+            p = paths.get(k)
+            if p is not None and len(p) > 1:  # a field of an anonymous member
+                anon = self._fields[p[0]]
+                kw[anon] = kw[anon]._replace(**{k: v})
+            else:
+                kw[k] = v
         return type(self)(**kw)
 
     def __getnewargs_ex__(self) -> tuple[tuple[Any, ...], dict[str, Any]]:
@@ -108,8 +115,20 @@ class UnionValue(StructValue):
     __slots__ = ()
 
     def _replace(self, **changes: Any) -> StructValue:
-        """A new union from only the given members (the others follow from the bytes)."""
-        return type(self)(**changes)
+        """A new union from only the given members (the others follow from the bytes).
+
+        A field of an anonymous struct member changes that struct, keeping its other fields.
+        """
+        paths = self._codec.paths  # type: ignore[attr-defined]
+        kw: dict[str, Any] = {}
+        for k, v in changes.items():
+            p = paths.get(k)
+            if p is not None and len(p) > 1:
+                anon = self._fields[p[0]]
+                kw[anon] = kw.get(anon, self[p[0]])._replace(**{k: v})
+            else:
+                kw[k] = v
+        return type(self)(**kw)
 
 
 def _deep(v: Any) -> Any:
