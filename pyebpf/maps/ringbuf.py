@@ -40,6 +40,7 @@ header, are relied upon, as other pure-Python consumers do.
 
 from __future__ import annotations
 
+import array
 import asyncio
 import itertools
 import logging
@@ -446,8 +447,9 @@ class _Ring:
                 n = limit
             if n:
                 i0 = off0 >> 2
-                heads = hdr[i0 : i0 + n * (stride >> 2) : stride >> 2].tolist()
-                if heads.count(first) == n:
+                heads = hdr[i0 : i0 + n * (stride >> 2) : stride >> 2]
+                # memoryview == compares native items in C, no int objects.
+                if heads == memoryview(array.array("I", (first,)) * n):
                     end = off0 + n * stride
                     blob = self._data[off0:end].tobytes()
                     self.pos = cons_q[0] = cons + n * stride
