@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import BTFError, OptionError
-from .codec import (
+from .codec_base import (
     _BO,
     _MISSING,
     ArrayCodec,
