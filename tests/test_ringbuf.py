@@ -612,6 +612,12 @@ def test_kernel_closed_ring_raises(producer):
         list(rb.poll(0))
     with pytest.raises(ValueError):
         rb.consume_batch()
+    mgr = RingBufferManager()
+    mgr.close()
+    with pytest.raises(ValueError):
+        mgr.add(producer.maps["rb"], lambda r: None)
+    with pytest.raises(ValueError):
+        mgr.poll(0.01)
 
 
 @needs_root

@@ -549,7 +549,8 @@ class _Waiter:
         self.ep: select.epoll | None = select.epoll()
 
     def register(self, fd: int) -> None:
-        assert self.ep is not None
+        if self.ep is None:
+            raise ValueError("ring buffer is closed")
         self.ep.register(fd, select.EPOLLIN)
         _log.debug("epoll_ctl(ADD) epfd=%d fd=%d EPOLLIN", self.ep.fileno(), fd)
 
