@@ -13,6 +13,17 @@ and one generated function (``exec``) that turns its ``unpack_from`` tuple into 
 value with as few calls as possible. Members that cannot be flattened (unions,
 oddly placed bitfields, huge arrays of structs) are decoded by their own codec.
 Byte order is the host's; bitfield numbering assumes a little-endian host.
+
+Example::
+
+    c = codec_for(spec.btf, spec.maps["start"].btf_value_type_id)
+    v = c.decode(raw)                  # args_t(fname=..., flags=0, mode=0)
+    raw = c.encode({"flags": 1})       # missing members are zero
+    raw = c.encode(v._replace(mode=0o644))
+    c.cls(flags=1) == {"flags": 1}     # True; values are hashable and immutable
+
+Errors in values raise :class:`~pyebpf.errors.OptionError` naming the member path,
+e.g. ``struct event.comm: 17 bytes do not fit in char[16]``.
 """
 
 from __future__ import annotations

@@ -201,10 +201,6 @@ def _scalar_encoders(codec: Codec, fmt: str, pre: Callable[[Any], Any] | None = 
     codec.encode, codec.encode_into = encode, encode_into
 
 
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int)
-
-
 class IntCodec(Codec):
     """BTF INT (and pointers): signed or unsigned, ``_Bool`` as bool."""
 
