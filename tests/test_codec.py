@@ -52,6 +52,7 @@ from pyebpf.btf.types import (
     VarSecinfo,
     Volatile,
     sizeof,
+    skip_modifiers,
 )
 from pyebpf.errors import BTFError, OptionError
 
@@ -531,6 +532,30 @@ def test_opensnoop_fixture_types() -> None:
     if ev:  # present once the shipped object keeps it in BTF
         c = codec_for(btf, ev[0])
         assert c.decode(bytes(c.size)).comm == b""
+
+
+@pytest.mark.parametrize("path", sorted(
+    f for f in os.listdir(FIXTURES) if f.endswith(".bpf.o")))
+def test_fixture_types(path: str) -> None:
+    """Every struct, union, section, variable and array of every fixture's BTF; the
+    global-data maps decode their initial contents and survive a round trip."""
+    spec = pyebpf.ObjectSpec.from_file(os.path.join(FIXTURES, path))
+    btf = spec.btf
+    if btf is None:
+        pytest.skip("no BTF")
+    kinds = (Kind.STRUCT, Kind.UNION, Kind.DATASEC, Kind.VAR, Kind.ENUM, Kind.ARRAY)
+    for tid in range(1, len(btf)):
+        t: Any = btf.type(tid)
+        if t.kind not in kinds or t.kind == Kind.VAR and skip_modifiers(btf, t.type) == 0:
+            continue
+        c = codec_for(btf, tid)
+        assert c.encode(c.decode(bytes(c.size))) == bytes(c.size), (tid, c.type_name)
+    for m in spec.maps.values():
+        if m.btf_value_type_id and m.data is not None and not m.name.endswith("kconfig"):
+            c = codec_for(btf, m.btf_value_type_id)
+            assert c.size == m.value_size == len(m.data)
+            v = c.decode(bytes(m.data))
+            assert c.encode(v) == bytes(m.data)
 
 
 @pytest.fixture(scope="module")

@@ -46,7 +46,16 @@ from .codec_base import (
 )
 from .codec_struct import StructCodec, UnionCodec
 from .codec_values import StructValue, UnionValue
-from .types import INT_BOOL, INT_CHAR, INT_SIGNED, MODIFIER_KINDS, BTFView, Kind
+from .types import (
+    INT_BOOL,
+    INT_CHAR,
+    INT_SIGNED,
+    MODIFIER_KINDS,
+    BTFView,
+    Kind,
+    sizeof,
+    skip_modifiers,
+)
 
 __all__ = [
     "Codec",
@@ -132,11 +141,15 @@ class _Builder:
             cls = StructCodec if k == Kind.STRUCT else UnionCodec
             return cls(self, t.name, label, t.size, members)
         if k == Kind.DATASEC:
-            members = []
+            members, size = [], t.size
             for vs in t.vars:
                 v: Any = btf.type(vs.type)
+                if v.kind != Kind.VAR or skip_modifiers(btf, v.type) == 0:
+                    continue  # functions (.ksyms) and typeless externs hold no value
                 members.append((v.name, vs.type, vs.offset * 8, 0))
-            return StructCodec(self, t.name.lstrip("."), f"section {t.name}", t.size, members)
+                # extern sections (.kconfig) are sized by the loader, not in the object
+                size = max(size, vs.offset + sizeof(btf, vs.type))
+            return StructCodec(self, t.name.lstrip("."), f"section {t.name}", size, members)
         what = {Kind.UNKN: "void", Kind.FWD: "a forward declaration (incomplete type)",
                 Kind.FUNC: "a function", Kind.FUNC_PROTO: "a function prototype",
                 Kind.DECL_TAG: "a declaration tag"}.get(k, k.name)
