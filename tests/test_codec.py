@@ -20,6 +20,7 @@ from pyebpf.btf.codec import (
     RawCodec,
     StructValue,
     UnionValue,
+    clear_cache,
     codec_for,
     codec_from_ctypes,
     codec_from_format,
@@ -471,7 +472,11 @@ def test_types_without_values() -> None:
 def test_cache_per_btf() -> None:
     b = B()
     s = b.struct("p", 4, [("x", b.u32, 0)])
-    assert codec_for(b.btf, s) is codec_for(b.btf, s)
+    first = codec_for(b.btf, s)
+    assert codec_for(b.btf, s) is first
+    b.btf.replace(s, Struct("p", 8, [Member("x", b.u64, 0)]))
+    clear_cache(b.btf)
+    assert codec_for(b.btf, s).size == 8
     other = B()
     s2 = other.struct("p", 4, [("x", other.u32, 0)])
     assert codec_for(other.btf, s2) is not codec_for(b.btf, s)

@@ -62,6 +62,7 @@ __all__ = [
     "RawCodec",
     "StructValue",
     "UnionValue",
+    "clear_cache",
     "codec_for",
     "codec_from_ctypes",
     "codec_from_format",
@@ -73,8 +74,16 @@ __all__ = [
 _cache: weakref.WeakKeyDictionary[Any, dict[int, Codec]] = weakref.WeakKeyDictionary()
 
 
+def clear_cache(btf: BTFView | None = None) -> None:
+    """Forget cached codecs (of one BTF, or all): needed after editing a BTF in place."""
+    if btf is None:
+        _cache.clear()
+    else:
+        _cache.pop(btf, None)
+
+
 def codec_for(btf: BTFView, type_id: int) -> Codec:
-    """The codec of BTF type ``type_id``, cached per BTF object.
+    """The codec of BTF type ``type_id``, cached per BTF object (see :func:`clear_cache`).
 
     Raises OptionError for types that hold no value (void, functions, forward
     declarations) and BTFError for malformed BTF.
