@@ -22,8 +22,10 @@ from .errors import (
 if TYPE_CHECKING:
     from .btf.kernel import KernelBTF, kernel_btf
     from .btf.spec import BTF
+    from .links import Link
     from .loader import load
     from .maps.map import Map
+    from .maps.ringbuf import RingBuffer, RingBufferManager
     from .obj.object import ObjectSpec
     from .obj.program import ProgramSpec
     from .obj.spec import ExternSpec, MapSpec, VariableSpec
@@ -46,6 +48,9 @@ _LAZY = {
     "Object": ".object",
     "Program": ".program",
     "Map": ".maps.map",
+    "RingBuffer": ".maps.ringbuf",
+    "RingBufferManager": ".maps.ringbuf",
+    "Link": ".links",
 }
 
 __all__ = [
@@ -55,6 +60,7 @@ __all__ = [
     "ExternError",
     "ExternSpec",
     "KernelBTF",
+    "Link",
     "Map",
     "MapSpec",
     "Object",
@@ -64,6 +70,8 @@ __all__ = [
     "Program",
     "ProgramSpec",
     "PyebpfError",
+    "RingBuffer",
+    "RingBufferManager",
     "SectionError",
     "VariableSpec",
     "kernel_btf",
