@@ -130,6 +130,19 @@ def adjust_ringbuf_size(size: int) -> int:
     return size
 
 
+def _copy_for_extern_fixup(btf: Any) -> Any:
+    """A copy of ``btf`` that fixup_extern_btf may edit: it changes only DATASEC, VAR,
+    FUNC and FUNC_PROTO records, so the others are shared (a full deepcopy costs ~80 ms
+    on a CO-RE object)."""
+    import copy
+
+    from .btf.spec import BTF
+    from .btf.types import Kind
+
+    mutable = (Kind.DATASEC, Kind.VAR, Kind.FUNC, Kind.FUNC_PROTO)
+    return BTF([copy.deepcopy(t) if t.kind in mutable else t for t in btf], btf.base)
+
+
 def _kernel_name(m: MapSpec) -> str:
     return str(m.extra.get("kernel_name") or m.name)[: BPF_OBJ_NAME_LEN - 1]
 
@@ -248,13 +261,13 @@ class _Loader:
     # -- struct_ops -------------------------------------------------------------------------------
 
     def _prepare_struct_ops(self) -> None:
-        from .obj.struct_ops import adjust_struct_ops_autoload, resolve_struct_ops
-
         spec = self.spec
         st_maps = [m for m in spec.maps.values()
                    if m.type == MapType.STRUCT_OPS and "struct_ops" in m.extra]
         if not st_maps:
             return
+        from .obj.struct_ops import adjust_struct_ops_autoload, resolve_struct_ops
+
         adjust_struct_ops_autoload(spec.maps, spec.programs)
         for m in st_maps:
             if not m.autocreate:
@@ -275,10 +288,11 @@ class _Loader:
         from .btf.ext import ext_strings
         from .btf.write import marshal_with_offsets
 
-        btf = spec.btf.copy()
+        btf = spec.btf
         if spec.externs:
             from .obj.externs import fixup_extern_btf
 
+            btf = _copy_for_extern_fixup(btf)
             fixup_extern_btf(btf, spec.externs)
         feats = self.btf_features if self.btf_features is not None else _features()
         # libbpf passes func_info/line_info only when the kernel knows BTF FUNC

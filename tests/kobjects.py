@@ -59,6 +59,22 @@ def new_named(before: dict[str, set[int]], names: Iterable[str]) -> dict[str, li
     return out
 
 
+def new_links(before: dict[str, set[int]], names: Iterable[str]) -> list[tuple[int, str]]:
+    """Links created since ``before`` whose program's kernel name is one of ``names``."""
+    wanted = {n[:15] for n in names}
+    out = []
+    for i in sorted(ids("link") - before["link"]):
+        try:
+            with B.link_get_fd_by_id(i) as fd:
+                prog_id = B.link_info(fd).prog_id
+        except SyscallError:
+            continue
+        n = _name("prog", prog_id) if prog_id else None
+        if n is not None and n in wanted:
+            out.append((i, n))
+    return out
+
+
 def wait_no_new_named(before: dict[str, set[int]], names: Iterable[str],
                       timeout: float = 10.0) -> dict[str, list[tuple[int, str]]]:
     """Like :func:`new_named`, polling until nothing is left (the kernel frees
@@ -67,6 +83,7 @@ def wait_no_new_named(before: dict[str, set[int]], names: Iterable[str],
     deadline = time.monotonic() + timeout
     while True:
         left = new_named(before, names)
+        left["link"] = new_links(before, names)
         if not any(left.values()) or time.monotonic() > deadline:
             return left
         time.sleep(0.05)

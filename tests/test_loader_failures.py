@@ -52,7 +52,7 @@ class NoLeaks:
     def check(self) -> None:
         assert K.fd_state() == self.fds
         left = K.wait_no_new_named(self.before, self.names)
-        assert left == {"prog": [], "map": []}
+        assert left == {"prog": [], "map": [], "link": []}
 
 
 def test_verifier_rejection_poisoned_core_explained() -> None:
