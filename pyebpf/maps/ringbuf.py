@@ -41,7 +41,6 @@ header, are relied upon, as other pure-Python consumers do.
 from __future__ import annotations
 
 import array
-import asyncio
 import itertools
 import logging
 import mmap
@@ -594,6 +593,7 @@ class _Waiter:
 
     async def wait_until_async(self, has_data: Callable[[], bool], timeout: float | None) -> bool:
         """:meth:`wait_until` on the running event loop (a reader on the epoll fd)."""
+        import asyncio  # imported lazily: ~15 ms that sync users don't need
         deadline = _wait_deadline(timeout)
         while True:
             if has_data():
@@ -614,6 +614,7 @@ class _Waiter:
 
 
 async def _readable(fd: int) -> None:
+    import asyncio  # imported lazily: ~15 ms that sync users don't need
     loop = asyncio.get_running_loop()
     fut: asyncio.Future[None] = loop.create_future()
 
@@ -774,6 +775,7 @@ class RingBuffer:
         return self._aiter()
 
     async def _aiter(self) -> AsyncIterator[memoryview]:
+        import asyncio  # imported lazily: ~15 ms that sync users don't need
         while True:
             ring = self._r()
             got = False
@@ -916,6 +918,7 @@ class RingBufferManager:
         return self._aiter()
 
     async def _aiter(self) -> AsyncIterator[tuple[int, memoryview]]:
+        import asyncio  # imported lazily: ~15 ms that sync users don't need
         while True:
             got = False
             for i, ring in enumerate(self._rings):

@@ -57,30 +57,28 @@ def run(argv: list[str] | None = None, out: TextIO = sys.stdout) -> int:
     deadline = time.monotonic() + args.duration if args.duration > 0 else None
     printed = 0
     start_ns = 0
-    with pyebpf.load(object_path(), globals=rodata) as obj:
+    with pyebpf.load(object_path(), globals=rodata) as obj, \
+            pyebpf.RingBuffer(obj.maps["events"]) as rb:
         obj.attach()
         header = f"{'PID':<7} {'COMM':<16} {'FD':>4} {'ERR':>3} PATH\n"
         out.write(("TIME(s)  " if args.timestamp else "") + header)
         out.flush()
-        with pyebpf.RingBuffer(obj.maps["events"]) as rb:
-            while deadline is None or time.monotonic() < deadline:
-                timeout = 0.25 if deadline is None else max(0.0, min(0.25, deadline - time.monotonic()))
-                for rec in rb.poll(timeout=timeout):
-                    ts, pid, _tid, _ppid, _uid, ret, _flags, _mode, comm, fname = \
-                        EVENT.unpack_from(rec)
-                    comm = comm.split(b"\0", 1)[0]
-                    if name and name not in comm:
-                        continue
-                    fd, err = (ret, 0) if ret >= 0 else (-1, -ret)
-                    path = fname.split(b"\0", 1)[0].decode(errors="replace")
-                    line = (f"{pid:<7} {comm.decode(errors='replace'):<16} {fd:>4} {err:>3} "
-                            f"{path}\n")
-                    if args.timestamp:
-                        start_ns = start_ns or ts
-                        line = f"{(ts - start_ns) / 1e9:<8.3f} " + line
-                    out.write(line)
-                    printed += 1
-                out.flush()
+        while deadline is None or time.monotonic() < deadline:
+            timeout = 0.25 if deadline is None else max(0.0, min(0.25, deadline - time.monotonic()))
+            for rec in rb.poll(timeout=timeout):
+                ts, pid, _tid, _ppid, _uid, ret, _flags, _mode, comm, fname = EVENT.unpack_from(rec)
+                comm = comm.split(b"\0", 1)[0]
+                if name and name not in comm:
+                    continue
+                fd, err = (ret, 0) if ret >= 0 else (-1, -ret)
+                path = fname.split(b"\0", 1)[0].decode(errors="replace")
+                line = f"{pid:<7} {comm.decode(errors='replace'):<16} {fd:>4} {err:>3} {path}\n"
+                if args.timestamp:
+                    start_ns = start_ns or ts
+                    line = f"{(ts - start_ns) / 1e9:<8.3f} " + line
+                out.write(line)
+                printed += 1
+            out.flush()
     return printed
 
 
