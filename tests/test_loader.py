@@ -275,3 +275,26 @@ def test_struct_ops_map_value() -> None:
             assert int.from_bytes(st.value_bytes[off:off + 8], "little") in fds, member
         for p in obj.programs.values():
             assert p.type == ProgType.STRUCT_OPS and p.attach_btf_id == plan.kernel_type_id
+
+
+def _available_cc() -> list[str]:
+    with open("/proc/sys/net/ipv4/tcp_available_congestion_control") as f:
+        return f.read().split()
+
+
+def test_struct_ops_registered_by_attach() -> None:
+    # libbpf's bpf_map__attach_struct_ops: the map update registers "pyebpf_cc";
+    # closing the registration (or the object) unregisters it
+    with pyebpf.load(FIXTURES / "sections_struct_ops.bpf.o") as obj:
+        if "pyebpf_cc" in _available_cc():
+            pytest.skip("another process has pyebpf_cc registered")
+        try:
+            links = obj.attach()
+        except SyscallError as e:
+            if e.errno == errno.EEXIST:
+                pytest.skip("another process registered pyebpf_cc meanwhile")
+            raise
+        assert "pyebpf_cc" in links and "pyebpf_cc" in _available_cc()
+        assert set(obj.attach_skipped) == set(obj.programs)  # programs attach through the map
+    assert "pyebpf_cc" not in _available_cc()
+    assert open_fd_count() == 0
