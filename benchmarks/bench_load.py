@@ -33,8 +33,9 @@ BPFTOOL = shutil.which("bpftool")
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (bpf syscalls)")
 
 # The child prints the wall-clock time at which it is loaded (or attached), and its peak RSS.
-_MARK = ("; import resource, time; "
-         "print(time.time(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, flush=True)")
+# (VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the forking parent across exec.)
+_MARK = ("; import time; print(time.time(), [l.split()[1] for l in open('/proc/self/status') "
+         "if l.startswith('VmHWM')][0], flush=True)")
 _LOAD = "import pyebpf; o = pyebpf.load({path!r})" + _MARK
 _ATTACH = "import pyebpf; o = pyebpf.load({path!r}); o.attach()" + _MARK
 _PYC = os.path.join("/tmp", f"pyebpf_bench_pyc_{os.getuid()}")
