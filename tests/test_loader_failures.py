@@ -177,3 +177,24 @@ def test_map_create_failure_rolls_back() -> None:
         pyebpf.load(spec)
     assert exc.value.command == "BPF_MAP_CREATE"
     guard.check()
+
+
+def test_missing_kfunc_and_map_poison_explained() -> None:
+    # the words libbpf's fixup_verifier_log gives, from a log with poisoned calls
+    from pyebpf.loader import explain_verifier_error
+
+    spec = pyebpf.ObjectSpec.from_file(FIXTURES / "externs.bpf.o")
+    spec.relocate()  # line_info records of the final program
+    prog = spec.programs["kfunc_acquire_release"]
+    log = ("0: R1=ctx() R10=fp0\n"
+           "7: (85) call unknown#2002000007\n"
+           "invalid func unknown#2002000007\n"
+           "8: (85) call unknown#2001000000\n"
+           "processed 3 insns (limit 1000000)\n")
+    e = VerifierError(errno.EINVAL, "BPF_PROG_LOAD", log=log, insn_index=7)
+    explain_verifier_error(e, prog, spec)
+    text = "\n".join(e.notes)
+    assert "kfunc 'bpf_pyebpf_no_such_kfunc' is referenced but wasn't resolved" in text
+    assert f"map {next(iter(spec.maps))!r} is referenced but wasn't created" in text
+    assert e.program == "kfunc_acquire_release"
+    assert e.source_line is not None  # nearest line_info record at or before insn 7
