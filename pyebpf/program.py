@@ -111,12 +111,27 @@ class Program:
                  flags: int = 0, cpu: int = 0, batch_size: int = 0) -> TestRunResult:
         """BPF_PROG_TEST_RUN. ``data_size_out`` defaults to room for the input plus 256
         bytes (none without input); ``ctx_size_out`` to 0. ``repeat`` 0 runs once (raw_tp
-        and syscall programs refuse any other value)."""
+        and syscall programs refuse any other value). For a syscall program, ``ctx_out``
+        is the context as the program left it."""
+        if self.type == ProgType.SYSCALL and ctx_in and not data_in:
+            return self._run_syscall(bytes(ctx_in))
         dout = data_size_out if data_size_out is not None else (len(data_in) + 256 if data_in else 0)
         retval, duration, d, c = _bpf.prog_test_run(
             self.fd, data_in=data_in, data_size_out=dout, ctx_in=ctx_in or b"",
             ctx_size_out=ctx_size_out, repeat=repeat, flags=flags, cpu=cpu, batch_size=batch_size)
         return TestRunResult(retval, duration, d, c)
+
+    def _run_syscall(self, ctx: bytes) -> TestRunResult:
+        # the kernel writes a syscall program's context back into ctx_in: return it as ctx_out
+        import ctypes
+
+        from .sys import attrs as A
+        from .sys.syscall import Cmd, bpf
+
+        buf = (ctypes.c_char * len(ctx)).from_buffer_copy(ctx)
+        a = A.TestRunAttr(prog_fd=int(self.fd), ctx_size_in=len(ctx), ctx_in=ctypes.addressof(buf))
+        bpf(Cmd.PROG_TEST_RUN, a, A.TestRunAttr.SIZE, detail=f"program {self.name!r}")
+        return TestRunResult(a.retval, a.duration, b"", buf.raw)
 
     def attach(self, *args: Any, **kw: Any) -> Any:
         """Attach (see :func:`pyebpf.links.attach_program`); returns a Link."""

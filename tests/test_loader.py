@@ -298,3 +298,20 @@ def test_struct_ops_registered_by_attach() -> None:
         assert set(obj.attach_skipped) == set(obj.programs)  # programs attach through the map
     assert "pyebpf_cc" not in _available_cc()
     assert open_fd_count() == 0
+
+
+def test_syscall_program_ctx_and_ring_buffer() -> None:
+    # the loaded producer writes into the loaded ring buffer; the ctx comes back updated
+    import struct
+
+    from pyebpf.maps.ringbuf import RingBuffer
+
+    with pyebpf.load(FIXTURES / "ringbuf_producer.bpf.o") as obj:
+        prog = obj.programs["produce_rb"]
+        args = struct.pack("<QIIIIII", 1000, 5, 32, 0, 0, 0, 0)
+        res = prog.test_run(ctx_in=args)
+        seq, count, size, mode, flags, produced, dropped = struct.unpack("<QIIIIII", res.ctx_out)
+        assert res.retval == produced == 5 and dropped == 0 and seq == 1005
+        with RingBuffer(obj.maps["rb"]) as rb:
+            recs = [bytes(r) for r in rb.poll(timeout=1.0)]
+        assert [struct.unpack_from("<Q", r)[0] for r in recs] == [1000, 1001, 1002, 1003, 1004]
