@@ -23,6 +23,8 @@ class Object:
     ``programs`` and ``maps`` are read-only mappings by name, ``globals`` reads and
     writes global variables by name, ``attach()`` auto-attaches programs by their
     SEC() names (libbpf's rules); the links it makes are closed with the object.
+    Without ``close()``, each fd closes when its own Python object is collected, so a
+    program taken out of a dropped Object stays usable.
     """
 
     def __init__(self, spec: Any, *, programs: Mapping[str, Program], maps: Mapping[str, Map],
@@ -138,12 +140,6 @@ class Object:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-    def __del__(self) -> None:
-        try:
-            self.close()
-        except Exception:
-            pass
 
     def __repr__(self) -> str:
         state = " closed" if self._closed else ""
