@@ -6,7 +6,6 @@ helpers decode, encode and patch single instructions in place.
 
 from __future__ import annotations
 
-import hashlib
 import struct
 from typing import NamedTuple
 
@@ -137,6 +136,8 @@ def tag(buf: bytes | bytearray | memoryview) -> str:
     that references a map (by fd or by value) are zeroed, then the first 8 bytes
     of the SHA-256 of the instruction bytes are taken.
     """
+    import hashlib  # ~2.5 ms to import; only tag computation needs it
+
     data = bytearray(buf)
     n = len(data) // INSN_SIZE
     i = 0

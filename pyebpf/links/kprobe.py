@@ -13,7 +13,6 @@ import errno as _errno
 import itertools
 import logging
 import os
-import platform
 import re
 import threading
 from dataclasses import dataclass
@@ -141,7 +140,7 @@ def legacy_kprobe_remove_command(event: str, *, retprobe: bool = False) -> str:
 
 def syscall_prefix(machine: str | None = None) -> str | None:
     """The arch part of syscall wrapper names (``"x64"`` on x86_64), None if unknown."""
-    return _SYSCALL_PFX.get((machine or platform.machine()).lower())
+    return _SYSCALL_PFX.get((machine or os.uname().machine).lower())
 
 
 def syscall_function(name: str, *, wrapper: bool, machine: str | None = None) -> str:

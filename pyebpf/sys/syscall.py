@@ -12,7 +12,7 @@ import ctypes
 import errno as _errno
 import fcntl
 import logging
-import platform
+import os
 from enum import IntEnum
 from typing import Any
 
@@ -41,7 +41,7 @@ _NR = {
     "arm64": (280, 241),
 }
 try:
-    NR_BPF, NR_PERF_EVENT_OPEN = _NR[platform.machine().lower()]
+    NR_BPF, NR_PERF_EVENT_OPEN = _NR[os.uname().machine.lower()]
 except KeyError:  # pragma: no cover - only x86_64/aarch64 are supported
     NR_BPF, NR_PERF_EVENT_OPEN = -1, -1
 
