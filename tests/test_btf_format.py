@@ -114,6 +114,15 @@ def test_ptr_array_modifiers() -> None:
     assert btf.type(8) == TypeTag("user", 2)
 
 
+def test_hand_written_header_matches_construct() -> None:
+    from pyebpf.btf.write import header
+
+    raw = header(1234, 56)
+    assert raw == formats.btf_header.build(dict(
+        magic=0xEB9F, version=1, flags=0, hdr_len=24, type_off=0, type_len=1234, str_off=1234,
+        str_len=56))
+
+
 def test_attribute_tags_keep_kind_flag() -> None:
     # vmlinux carries TYPE_TAG "address_space(1)" with kind_flag set (an __attribute__ tag)
     s = Strings()
