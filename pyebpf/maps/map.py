@@ -13,8 +13,8 @@ from __future__ import annotations
 import errno as _errno
 import os
 import sys
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
 from ..errors import OptionError, PyebpfError, SyscallError
 from ..sys import bpf as _bpf
@@ -40,6 +40,7 @@ __all__ = [
     "Stack",
     "StructOpsMap",
     "map_class",
+    "register_map_class",
 ]
 
 BPF_ANY = 0
@@ -562,6 +563,8 @@ class StructOpsMap(Map):
     value_bytes: bytes = b""
 
 
+# Built-in defaults; kind modules (hash.py, array.py, fdmaps.py, ...) override them by
+# registering their own classes with @register_map_class.
 _CLASSES: dict[int, type[Map]] = {
     MapType.HASH: HashMap,
     MapType.LRU_HASH: HashMap,
@@ -582,9 +585,46 @@ _CLASSES: dict[int, type[Map]] = {
     MapType.STRUCT_OPS: StructOpsMap,
 }
 
+# Modules of pyebpf.maps that define map kinds; imported on the first map_class() call
+# so that `import pyebpf.maps.map` stays cheap. Missing ones are skipped.
+_KIND_MODULES = ("hash", "array", "lpm", "queue", "arena", "fdmaps", "storage", "netmaps",
+                 "stacktrace")
+_kinds_loaded = False
+
+_M = TypeVar("_M", bound=type[Map])
+
+
+def register_map_class(*map_types: int) -> Callable[[_M], _M]:
+    """Class decorator: make the class the one :func:`map_class` returns for ``map_types``."""
+    def deco(cls: _M) -> _M:
+        for t in map_types:
+            _CLASSES[int(t)] = cls
+        return cls
+    return deco
+
+
+def _load_kind_modules() -> None:
+    global _kinds_loaded
+    if _kinds_loaded:
+        return
+    # set first: a kind module importing map.py and calling map_class must not recurse
+    _kinds_loaded = True
+    import importlib
+
+    pkg = __name__.rpartition(".")[0]
+    for name in _KIND_MODULES:
+        full = f"{pkg}.{name}"
+        try:
+            importlib.import_module(full)
+        except ModuleNotFoundError as e:
+            if e.name != full:  # the module exists but one of its imports is missing
+                raise
+
 
 def map_class(map_type: int) -> type[Map]:
     """The Map subclass for a BPF_MAP_TYPE_* (plain :class:`Map` for the others)."""
+    if not _kinds_loaded:
+        _load_kind_modules()
     return _CLASSES.get(map_type, Map)
 
 
