@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import errno as _errno
 import logging
-import os
 from typing import Any
 
 from ..errors import OptionError, SyscallError
 from ..sys import bpf as _bpf
 from ..sys import perf as _perf
-from ..sys.perf import PERF_FLAG_FD_CLOEXEC, PERF_TYPE_TRACEPOINT, PerfEventAttr, TracefsError
+from ..sys.perf import PERF_FLAG_FD_CLOEXEC, PERF_TYPE_TRACEPOINT, PerfEventAttr
 from ..uapi import AttachType, ProgType
 from .base import AttachError, Link, prog_fd, prog_label
 from .perf_event import PerfEventLink, attach_perf_event
@@ -29,38 +28,9 @@ __all__ = [
 
 _log = logging.getLogger("pyebpf.links")
 
-MOUNT_HINT = "mount it with: mount -t tracefs tracefs /sys/kernel/tracing"
-
-
-def tracefs_root(root: str | None = None) -> str:
-    """The tracefs directory to use: ``root`` if given (checked), else the mounted tracefs."""
-    if root is None:
-        return _perf.tracefs_path()
-    if _perf.fs_magic(root) == _perf.TRACEFS_MAGIC or os.path.isdir(os.path.join(root, "events")):
-        return root
-    raise TracefsError(f"tracefs is not mounted at {root} (no {root}/events); {MOUNT_HINT}")
-
-
-def tracepoint_id(category: str, name: str, *, tracefs: str | None = None) -> int:
-    """The perf event id of tracepoint ``category:name`` (tracefs events/<category>/<name>/id)."""
-    if not category or not name or "/" in category or "/" in name or ".." in (category, name):
-        raise OptionError(f"bad tracepoint name {category!r}:{name!r} (want category and name)")
-    base = tracefs_root(tracefs)
-    path = os.path.join(base, "events", category, name, "id")
-    try:
-        with open(path) as f:
-            return int(f.read().strip())
-    except FileNotFoundError:
-        if not os.path.isdir(os.path.join(base, "events", category)):
-            why = f"there is no tracepoint category {category!r}"
-        else:
-            why = f"category {category!r} has no tracepoint {name!r}"
-        raise TracefsError(
-            f"tracepoint {category}:{name} does not exist: {path} is missing ({why}; "
-            f"see {base}/available_events)"
-        ) from None
-    except (OSError, ValueError) as e:
-        raise TracefsError(f"cannot read tracepoint id from {path}: {e}") from None
+MOUNT_HINT = _perf.MOUNT_HINT
+tracefs_root = _perf.tracefs_path
+tracepoint_id = _perf.tracepoint_id
 
 
 class TracepointLink(PerfEventLink):

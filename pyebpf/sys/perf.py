@@ -245,9 +245,17 @@ _TRACEFS_CANDIDATES = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
 _tracefs: str | None = None
 
 
-def tracefs_path() -> str:
-    """The tracefs mount point (/sys/kernel/tracing, or debugfs' tracing dir as a fallback)."""
+MOUNT_HINT = "mount it with: mount -t tracefs tracefs /sys/kernel/tracing"
+
+
+def tracefs_path(root: str | None = None) -> str:
+    """The tracefs directory: ``root`` if given (checked), else the mounted tracefs
+    (/sys/kernel/tracing, or debugfs' tracing dir as a fallback)."""
     global _tracefs
+    if root is not None:
+        if fs_magic(root) == TRACEFS_MAGIC or os.path.isdir(os.path.join(root, "events")):
+            return root
+        raise TracefsError(f"tracefs is not mounted at {root} (no {root}/events); {MOUNT_HINT}")
     if _tracefs is not None:
         return _tracefs
     for p in _TRACEFS_CANDIDATES:
@@ -255,16 +263,16 @@ def tracefs_path() -> str:
             _tracefs = p
             return p
     raise TracefsError(
-        "tracefs is not mounted (looked at /sys/kernel/tracing and /sys/kernel/debug/tracing); "
-        "mount it with: mount -t tracefs tracefs /sys/kernel/tracing"
+        f"tracefs is not mounted (looked at /sys/kernel/tracing and /sys/kernel/debug/tracing); "
+        f"{MOUNT_HINT}"
     )
 
 
-def tracepoint_id(category: str, name: str) -> int:
-    """The perf event id of tracepoint ``category:name`` (events/<category>/<name>/id)."""
-    if "/" in category or "/" in name or not category or not name:
-        raise OptionError(f"bad tracepoint name {category!r}:{name!r}")
-    base = tracefs_path()
+def tracepoint_id(category: str, name: str, *, tracefs: str | None = None) -> int:
+    """The perf event id of tracepoint ``category:name`` (tracefs events/<category>/<name>/id)."""
+    if not category or not name or "/" in category or "/" in name or ".." in (category, name):
+        raise OptionError(f"bad tracepoint name {category!r}:{name!r} (want category and name)")
+    base = tracefs_path(tracefs)
     path = os.path.join(base, "events", category, name, "id")
     try:
         with open(path) as f:
@@ -275,10 +283,11 @@ def tracepoint_id(category: str, name: str) -> int:
         else:
             why = f"category {category!r} has no tracepoint {name!r}"
         raise TracefsError(
-            f"tracepoint {category}:{name} does not exist ({why}; see {base}/available_events)"
+            f"tracepoint {category}:{name} does not exist: {path} is missing ({why}; "
+            f"see {base}/available_events)"
         ) from None
     except (OSError, ValueError) as e:
-        raise TracefsError(f"cannot read tracepoint id {path}: {e}") from None
+        raise TracefsError(f"cannot read tracepoint id from {path}: {e}") from None
 
 
 def pmu_type(pmu: str) -> int | None:
