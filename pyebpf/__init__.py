@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from .loader import load
     from .maps.map import Map
     from .maps.ringbuf import RingBuffer, RingBufferManager
+    from .maps.user_ringbuf import UserRingBuffer
     from .obj.object import ObjectSpec
     from .obj.program import ProgramSpec
     from .obj.spec import ExternSpec, MapSpec, VariableSpec
@@ -50,6 +51,7 @@ _LAZY = {
     "Map": ".maps.map",
     "RingBuffer": ".maps.ringbuf",
     "RingBufferManager": ".maps.ringbuf",
+    "UserRingBuffer": ".maps.user_ringbuf",
     "Link": ".links",
 }
 
@@ -73,6 +75,7 @@ __all__ = [
     "RingBuffer",
     "RingBufferManager",
     "SectionError",
+    "UserRingBuffer",
     "VariableSpec",
     "kernel_btf",
     "load",

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
         map_class,
     )
     from .ringbuf import RingBuffer, RingBufferManager
+    from .user_ringbuf import UserRingBuffer
 
 _LAZY = {
     "BPF_ANY": ".map",
@@ -51,6 +52,7 @@ _LAZY = {
     "map_class": ".map",
     "RingBuffer": ".ringbuf",
     "RingBufferManager": ".ringbuf",
+    "UserRingBuffer": ".user_ringbuf",
 }
 
 __all__ = [
@@ -73,6 +75,7 @@ __all__ = [
     "RingBufferManager",
     "Stack",
     "StructOpsMap",
+    "UserRingBuffer",
     "map_class",
 ]
 

@@ -1,0 +1,326 @@
+"""Producer of ``BPF_MAP_TYPE_USER_RINGBUF``: user space writes, a BPF program drains.
+
+The inverse of :mod:`pyebpf.maps.ringbuf` (libbpf's ``user_ring_buffer__*``).
+The layout is the same as a ring buffer's (kernel/bpf/ringbuf.c), but the
+rights are swapped: page 0 (``consumer_pos``) is mapped read-only, because
+the kernel owns it, and page 1 (``producer_pos``) plus the data area, which is
+mapped twice in a row so a sample that wraps past the end is one contiguous
+slice, are mapped read-write.
+
+Protocol: a sample is an 8-byte header ``u32 len; u32 pad`` and the payload,
+rounded up to 8 bytes.  :meth:`UserRingBuffer.reserve` writes the header with
+the ``BUSY`` bit and only then stores the new ``producer_pos``;
+:meth:`~UserRingBuffer.submit` clears ``BUSY`` (and :meth:`~UserRingBuffer.discard`
+sets ``DISCARD``) after the payload is written.  ``bpf_user_ringbuf_drain``
+in a program stops at the first ``BUSY`` sample, skips ``DISCARD`` ones, and
+moves ``consumer_pos`` past what it took, which frees the space.
+
+Memory ordering: every position and header is stored with one aligned 8/4
+byte store through a memoryview; on x86_64 (TSO) the stores are seen in
+program order, which is what the kernel's acquire loads need.
+
+Waiting: the kernel wakes the map's poll queue (``EPOLLOUT``) after a drain
+that took at least one sample (unless the program passed
+``BPF_RB_NO_WAKEUP``).  :meth:`UserRingBuffer.reserve_blocking` waits on an
+edge-triggered epoll for those wake-ups.
+
+One object may be shared by threads: reserving and committing take a lock,
+so samples from several threads never overlap.  Several *processes*
+producing into one map need their own coordination, as in libbpf.
+"""
+
+from __future__ import annotations
+
+import mmap
+import select
+import threading
+import time
+from typing import Any
+
+from ..errors import OptionError, PyebpfError
+from .ringbuf import (
+    BPF_RINGBUF_BUSY_BIT,
+    BPF_RINGBUF_DISCARD_BIT,
+    BPF_RINGBUF_HDR_SZ,
+    MapOrFd,
+    _fileno,
+    _log,
+)
+
+__all__ = ["UserRingBuffer"]
+
+_PAGE = mmap.PAGESIZE
+_MAP_TYPE_USER_RINGBUF = 31
+_FLAG_BITS = BPF_RINGBUF_BUSY_BIT | BPF_RINGBUF_DISCARD_BIT
+
+
+def _resolve(map_or_fd: MapOrFd, size: int | None) -> tuple[int, int, Any]:
+    keep = map_or_fd
+    if hasattr(map_or_fd, "max_entries") and hasattr(map_or_fd, "fd"):
+        fd = _fileno(map_or_fd.fd)
+        if size is None:
+            size = int(map_or_fd.max_entries)
+        mtype = int(getattr(map_or_fd, "type", _MAP_TYPE_USER_RINGBUF))
+    else:
+        fd = _fileno(map_or_fd)
+        from ..sys.bpf import map_info
+
+        info = map_info(fd)
+        mtype = int(info.type)
+        if size is None:
+            size = int(info.max_entries)
+    if mtype != _MAP_TYPE_USER_RINGBUF:
+        raise PyebpfError(f"UserRingBuffer: fd {fd} is a map of type {mtype}, not a user_ringbuf")
+    if size <= 0 or size & (size - 1) or size % _PAGE:
+        raise PyebpfError(
+            f"UserRingBuffer: size {size} is not a power-of-2 multiple of the page size ({_PAGE})"
+        )
+    return fd, size, keep
+
+
+class UserRingBuffer:
+    """User-space producer for one ``BPF_MAP_TYPE_USER_RINGBUF`` map.
+
+    ``UserRingBuffer(obj.maps["urb"])`` takes a Map, or a raw fd / FD (not
+    owned).  Reserve a sample, fill the returned writable ``memoryview``, then
+    :meth:`submit` or :meth:`discard` it::
+
+        with UserRingBuffer(obj.maps["urb"]) as urb:
+            s = urb.reserve(8)
+            if s is not None:
+                s[:] = (42).to_bytes(8, "little")
+                urb.submit(s)
+
+    Samples are committed to the kernel individually; the program sees them
+    in reservation order and stops at the first one that is still reserved.
+    """
+
+    def __init__(self, map: MapOrFd, *, size: int | None = None) -> None:
+        fd, size, keep = _resolve(map, size)
+        self._fd = fd
+        self._size = size
+        self._mask = size - 1
+        self._keep = keep
+        self._lock = threading.Lock()
+        self._pending: dict[int, tuple[memoryview, int]] = {}
+        self._cons_mm: mmap.mmap | None = None
+        self._prod_mm: mmap.mmap | None = None
+        self._ep: select.epoll | None = None
+        try:
+            # The kernel refuses a writable mapping of the consumer page.
+            self._cons_mm = mmap.mmap(fd, _PAGE, mmap.MAP_SHARED, mmap.PROT_READ, offset=0)
+            self._prod_mm = mmap.mmap(
+                fd, _PAGE + 2 * size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE,
+                offset=_PAGE,
+            )
+        except OSError as e:
+            self._unmap()
+            raise PyebpfError(f"UserRingBuffer: cannot mmap user ring buffer fd {fd}: {e}") from e
+        _log.debug("mmap user_ringbuf fd=%d: consumer page ro, producer page + 2x%d data rw",
+                   fd, size)
+        self._cons_q = memoryview(self._cons_mm)[:8].cast("Q")
+        prod = memoryview(self._prod_mm)
+        self._prod_q = prod[:8].cast("Q")
+        self._data = prod[_PAGE:]
+        self._hdr = self._data.cast("I")
+        prod.release()
+
+    # -- properties ----------------------------------------------------------
+
+    @property
+    def size(self) -> int:
+        """Size of the data area in bytes (the map's max_entries)."""
+        return self._size
+
+    @property
+    def fd(self) -> int:
+        """The user ring buffer map's fd."""
+        return self._fd
+
+    @property
+    def consumer_pos(self) -> int:
+        return self._q()[0][0]
+
+    @property
+    def producer_pos(self) -> int:
+        return self._q()[1][0]
+
+    def free(self) -> int:
+        """Bytes the producer may still reserve (headers and padding included)."""
+        cons_q, prod_q = self._q()
+        return self._size - (prod_q[0] - cons_q[0])
+
+    def pending(self) -> int:
+        """Samples reserved and not yet submitted or discarded."""
+        return len(self._pending)
+
+    def _q(self) -> tuple[memoryview, memoryview]:
+        if self._prod_mm is None:
+            raise ValueError("user ring buffer is closed")
+        return self._cons_q, self._prod_q
+
+    # -- producing -----------------------------------------------------------
+
+    def reserve(self, size: int) -> memoryview | None:
+        """A writable ``size``-byte sample, or None if the ring has no room now.
+
+        Raises :class:`~pyebpf.errors.OptionError` for a size that can never
+        fit (negative, flag bits set, or larger than the ring).
+        """
+        if size < 0 or size & _FLAG_BITS:
+            raise OptionError(f"UserRingBuffer: invalid sample size {size}")
+        total = (size + BPF_RINGBUF_HDR_SZ + 7) & -8
+        if total > self._size:
+            raise OptionError(
+                f"UserRingBuffer: a {size}-byte sample needs {total} bytes, "
+                f"the ring holds {self._size}"
+            )
+        with self._lock:
+            cons_q, prod_q = self._q()
+            cons = cons_q[0]
+            prod = prod_q[0]
+            if self._size - (prod - cons) < total:
+                return None
+            off = prod & self._mask
+            # Header first (BUSY), then publish the position: the kernel
+            # never sees a position covering an unwritten header.
+            self._hdr[off >> 2] = size | BPF_RINGBUF_BUSY_BIT
+            prod_q[0] = prod + total
+            start = off + BPF_RINGBUF_HDR_SZ
+            sample = self._data[start : start + size]
+            self._pending[id(sample)] = (sample, off >> 2)
+            return sample
+
+    def reserve_blocking(self, size: int, timeout: float | None = None) -> memoryview | None:
+        """:meth:`reserve`, waiting up to ``timeout`` s (None: forever) for room.
+
+        Room appears when a program drains samples; the wait uses the kernel's
+        ``EPOLLOUT`` wake-ups.  Returns None on timeout.
+        """
+        sample = self.reserve(size)
+        if sample is not None or timeout == 0:
+            return sample
+        deadline = None if timeout is None or timeout < 0 else time.monotonic() + timeout
+        ep = self._epoll()
+        while True:
+            if deadline is None:
+                left = -1.0
+            else:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return self.reserve(size)
+            try:
+                ep.poll(left, 1)
+            except InterruptedError:  # pragma: no cover - PEP 475 retries already
+                pass
+            sample = self.reserve(size)
+            if sample is not None:
+                return sample
+
+    def _epoll(self) -> select.epoll:
+        if self._ep is None:
+            self._q()  # raises when closed
+            ep = select.epoll()
+            try:
+                # Edge-triggered: level-triggered EPOLLOUT stays set while any
+                # byte is free and would spin when a sample needs more.  A
+                # drain's wake-up after our failed reserve is queued even if
+                # we are not yet waiting, so no wake-up is missed.
+                ep.register(self._fd, select.EPOLLOUT | select.EPOLLET)
+            except BaseException:
+                ep.close()
+                raise
+            _log.debug("epoll_ctl(ADD) epfd=%d fd=%d EPOLLOUT|EPOLLET", ep.fileno(), self._fd)
+            self._ep = ep
+        return self._ep
+
+    def _commit(self, sample: memoryview, discard: bool) -> None:
+        with self._lock:
+            entry = self._pending.pop(id(sample), None)
+            if entry is None or entry[0] is not sample:
+                if entry is not None:
+                    self._pending[id(sample)] = entry
+                raise OptionError("UserRingBuffer: not a pending sample of this ring "
+                                  "(already submitted or discarded?)")
+            self._q()
+            idx = entry[1]
+            ln = self._hdr[idx] & ~BPF_RINGBUF_BUSY_BIT
+            if discard:
+                ln |= BPF_RINGBUF_DISCARD_BIT
+            self._hdr[idx] = ln
+        try:
+            sample.release()  # writing a committed sample is a bug: make it fail
+        except BufferError:
+            pass
+
+    def submit(self, sample: memoryview) -> None:
+        """Hand a reserved sample to the kernel."""
+        self._commit(sample, False)
+
+    def discard(self, sample: memoryview) -> None:
+        """Give a reserved sample back: the draining program skips it."""
+        self._commit(sample, True)
+
+    def write(self, data: bytes | bytearray | memoryview, timeout: float | None = 0) -> bool:
+        """Reserve, copy ``data`` in and submit; False if no room came within ``timeout``
+        (0: don't wait, None: wait forever)."""
+        n = len(data)
+        sample = self.reserve(n) if timeout == 0 else self.reserve_blocking(n, timeout)
+        if sample is None:
+            return False
+        sample[:] = data
+        self.submit(sample)
+        return True
+
+    # -- teardown ------------------------------------------------------------
+
+    def _unmap(self) -> None:
+        for mm in (self._cons_mm, self._prod_mm):
+            if mm is not None:
+                try:
+                    mm.close()
+                except BufferError:
+                    # Samples are still referenced; the mapping goes with them.
+                    pass
+        self._cons_mm = self._prod_mm = None
+
+    def close(self) -> None:
+        """Unmap the ring and close the epoll fd (idempotent); the map fd stays open.
+
+        Samples still reserved stay BUSY, which stops the program's drain there."""
+        if getattr(self, "_prod_mm", None) is None and getattr(self, "_ep", None) is None:
+            return
+        with self._lock:
+            if self._ep is not None:
+                self._ep.close()
+                self._ep = None
+            for sample, _ in self._pending.values():
+                try:
+                    sample.release()
+                except BufferError:
+                    pass
+            self._pending.clear()
+            for name in ("_cons_q", "_prod_q", "_hdr", "_data"):
+                mv = getattr(self, name, None)
+                if mv is not None:
+                    mv.release()
+            self._unmap()
+            self._keep = None
+
+    def __enter__(self) -> UserRingBuffer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # pragma: no cover - interpreter shutdown
+            pass
+
+    def __repr__(self) -> str:
+        if self._prod_mm is None:
+            return "<UserRingBuffer closed>"
+        return (f"<UserRingBuffer fd={self._fd} size={self._size} "
+                f"consumer_pos={self.consumer_pos} producer_pos={self.producer_pos}>")
