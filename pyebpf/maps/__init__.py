@@ -28,6 +28,7 @@ if TYPE_CHECKING:
         StructOpsMap,
         map_class,
     )
+    from .perfbuf import PerfBatch, PerfBuffer
     from .ringbuf import RingBuffer, RingBufferManager
     from .user_ringbuf import UserRingBuffer
 
@@ -50,6 +51,8 @@ _LAZY = {
     "Stack": ".map",
     "StructOpsMap": ".map",
     "map_class": ".map",
+    "PerfBatch": ".perfbuf",
+    "PerfBuffer": ".perfbuf",
     "RingBuffer": ".ringbuf",
     "RingBufferManager": ".ringbuf",
     "UserRingBuffer": ".user_ringbuf",
@@ -67,6 +70,8 @@ __all__ = [
     "Map",
     "PerCpuArray",
     "PerCpuHash",
+    "PerfBatch",
+    "PerfBuffer",
     "PerfEventArray",
     "ProgArray",
     "Queue",
