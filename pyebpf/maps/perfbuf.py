@@ -16,8 +16,9 @@ ring but a body can: such a record is reassembled from its two parts.
 
 ``PERF_RECORD_SAMPLE`` with only ``PERF_SAMPLE_RAW`` is ``header, u32 size,
 u8 data[size]``.  The kernel pads ``4 + len`` up to 8 bytes and reports the
-padded length, so a 64-byte ``bpf_perf_event_output`` arrives as 68 bytes
-(the last 4 zero), exactly as libbpf and cilium/ebpf hand it out.
+padded length, so a 64-byte ``bpf_perf_event_output`` arrives as 68 bytes,
+exactly as libbpf and cilium/ebpf hand it out.  The padding is skipped, not
+written: its bytes are whatever the ring held before.
 
 Losses: when a ring is full, ``bpf_perf_event_output`` fails in the program
 and the kernel counts the sample; the count is written as one
