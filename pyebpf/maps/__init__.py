@@ -8,6 +8,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from .arena import Arena
+    from .hash import LruHashMap, LruPerCpuHash
+    from .lpm import LpmKey, LpmTrie
     from .map import (
         BPF_ANY,
         BPF_EXIST,
@@ -17,6 +20,7 @@ if TYPE_CHECKING:
         BloomFilter,
         HashMap,
         HashOfMaps,
+        IndexedMap,
         Map,
         PerCpuArray,
         PerCpuHash,
@@ -27,6 +31,7 @@ if TYPE_CHECKING:
         Stack,
         StructOpsMap,
         map_class,
+        register_map_class,
     )
     from .perfbuf import PerfBatch, PerfBuffer
     from .ringbuf import RingBuffer, RingBufferManager
@@ -36,21 +41,28 @@ _LAZY = {
     "BPF_ANY": ".map",
     "BPF_EXIST": ".map",
     "BPF_NOEXIST": ".map",
-    "Array": ".map",
+    "Array": ".array",
     "ArrayOfMaps": ".map",
-    "BloomFilter": ".map",
-    "HashMap": ".map",
+    "BloomFilter": ".queue",
+    "HashMap": ".hash",
     "HashOfMaps": ".map",
     "Map": ".map",
-    "PerCpuArray": ".map",
-    "PerCpuHash": ".map",
+    "PerCpuArray": ".array",
+    "PerCpuHash": ".hash",
     "PerfEventArray": ".map",
     "ProgArray": ".map",
-    "Queue": ".map",
+    "Queue": ".queue",
     "RingBuf": ".map",
-    "Stack": ".map",
+    "Stack": ".queue",
     "StructOpsMap": ".map",
     "map_class": ".map",
+    "register_map_class": ".map",
+    "IndexedMap": ".map",
+    "LruHashMap": ".hash",
+    "LruPerCpuHash": ".hash",
+    "LpmKey": ".lpm",
+    "LpmTrie": ".lpm",
+    "Arena": ".arena",
     "PerfBatch": ".perfbuf",
     "PerfBuffer": ".perfbuf",
     "RingBuffer": ".ringbuf",
@@ -82,6 +94,13 @@ __all__ = [
     "StructOpsMap",
     "UserRingBuffer",
     "map_class",
+    "register_map_class",
+    "IndexedMap",
+    "LruHashMap",
+    "LruPerCpuHash",
+    "LpmKey",
+    "LpmTrie",
+    "Arena",
 ]
 
 

@@ -6,13 +6,19 @@ to the kernel unchanged; anything else is encoded through the map's BTF
 (:func:`pyebpf.btf.codec.codec_for`), or, for maps without BTF, ints are taken as
 host-endian integers of the key/value size. Lookups decode through BTF when the map
 has it; ``raw=True`` (or the ``*_bytes`` methods) always gives bytes.
+
+This module holds the base class and the registry; the kinds live in hash.py,
+array.py, lpm.py, queue.py, arena.py (and fdmaps.py, storage.py, netmaps.py,
+stacktrace.py), each registering its classes with :func:`register_map_class`.
 """
 
 from __future__ import annotations
 
 import errno as _errno
 import os
+import struct
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
@@ -24,28 +30,49 @@ from ..uapi import MapType
 __all__ = [
     "BPF_ANY",
     "BPF_EXIST",
+    "BPF_F_LOCK",
     "BPF_NOEXIST",
-    "Array",
-    "ArrayOfMaps",
-    "BloomFilter",
-    "HashMap",
-    "HashOfMaps",
+    "IndexedMap",
     "Map",
-    "PerCpuArray",
-    "PerCpuHash",
+    "NoKeysMap",
     "PerfEventArray",
-    "ProgArray",
-    "Queue",
     "RingBuf",
-    "Stack",
     "StructOpsMap",
     "map_class",
     "register_map_class",
 ]
 
+# Kinds that moved to their own modules; `from pyebpf.maps.map import HashMap` still works.
+_MOVED = {
+    "HashMap": "hash", "LruHashMap": "hash", "PerCpuHash": "hash", "LruPerCpuHash": "hash",
+    "Array": "array", "PerCpuArray": "array", "LpmTrie": "lpm", "Queue": "queue",
+    "Stack": "queue", "BloomFilter": "queue", "Arena": "arena",
+    # fd-valued kinds: fdmaps.py (helper maps-prog) when present, else the basic ones below
+    "ProgArray": "fdmaps", "ArrayOfMaps": "fdmaps", "HashOfMaps": "fdmaps",
+}
+
+
+def __getattr__(name: str) -> Any:
+    mod = _MOVED.get(name)
+    if mod is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    full = f"{__name__.rpartition('.')[0]}.{mod}"
+    try:
+        return getattr(importlib.import_module(full), name)
+    except ModuleNotFoundError as e:
+        if e.name != full or f"_{name}" not in globals():
+            raise
+        return globals()[f"_{name}"]
+
 BPF_ANY = 0
 BPF_NOEXIST = 1
 BPF_EXIST = 2
+BPF_F_LOCK = 4
+
+# errnos meaning "this map kind has no batch ops" (524 is the kernel-internal ENOTSUPP)
+_NO_BATCH = frozenset({_errno.EINVAL, 524, _errno.EOPNOTSUPP})
 
 _RAW = (bytes, bytearray, memoryview)
 _BO = sys.byteorder
@@ -95,7 +122,7 @@ class Map:
         self.percpu = self.type in _PERCPU
         self._ncpus = _bpf.possible_cpus() if self.percpu else 1
         self._stride = (value_size + 7) & ~7 if self.percpu else value_size
-        self._ops: _bpf.MapOps | None = None
+        self._tl = threading.local()  # per-thread MapOps: its buffers are not shareable
         self._kc: Any = _MISSING
         self._vc: Any = _MISSING
         self._id: int | None = None
@@ -148,11 +175,13 @@ class Map:
 
     @property
     def ops(self) -> _bpf.MapOps:
-        """The preallocated syscall helper for this map (bytes in, bytes out)."""
-        ops = self._ops
-        if ops is None:
-            ops = self._ops = _bpf.MapOps(self.fd, self.key_size, self._stride * self._ncpus)
-        return ops
+        """The preallocated syscall helper for this map and the calling thread (bytes in,
+        bytes out): each thread gets its own, so one Map may be shared by threads."""
+        try:
+            return self._tl.ops
+        except AttributeError:
+            ops = self._tl.ops = _bpf.MapOps(self.fd, self.key_size, self._stride * self._ncpus)
+            return ops
 
     @property
     def key_codec(self) -> Any:
@@ -290,13 +319,152 @@ class Map:
             yield dec(k)
 
     def items(self, *, raw: bool = False) -> Iterator[tuple[Any, Any]]:
-        """(key, value) pairs; entries deleted during the walk are skipped."""
+        """(key, value) pairs. Kinds with batch ops read the whole map in a few
+        BPF_MAP_LOOKUP_BATCH calls; the others walk keys (entries deleted during the
+        walk are skipped)."""
+        if self._batchable:
+            got = self._dump(False, raw)
+            if got is not None:
+                return iter(zip(*got, strict=True))
+        return self._walk(raw)
+
+    def _walk(self, raw: bool) -> Iterator[tuple[Any, Any]]:
         ops = self.ops
         for k in ops.keys():
             v = ops.lookup(k)
             if v is None:
                 continue
             yield (k, v) if raw else (self.decode_key(k), self.decode_value(v))
+
+    # -- batch operations --------------------------------------------------------------------
+
+    # False for kinds the kernel has no batch ops for (saves a failing syscall)
+    _batchable = True
+    # cap on entries per batch syscall (buffers are (key_size + value_size) * this)
+    batch_size = 1 << 17
+
+    def _dump(self, delete: bool, raw: bool) -> tuple[list[Any], list[Any]] | None:
+        """Every entry by batch syscalls as (keys, values) lists; None if the kernel has
+        no batch ops for this map (remembered)."""
+        ops = self.ops
+        count = max(1, min(self.max_entries, self.batch_size))
+        ks: list[Any] = []
+        vs: list[Any] = []
+        try:
+            for kb, vb, n in ops.iter_batches(count, delete=delete):
+                if raw:
+                    k, v = self.key_size, ops.value_size
+                    ks.extend(kb[i * k:(i + 1) * k] for i in range(n))
+                    vs.extend(vb[i * v:(i + 1) * v] for i in range(n))
+                else:
+                    ks.extend(self._decode_keys(kb, n))
+                    vs.extend(self._decode_values(vb, n))
+        except SyscallError as e:
+            if e.errno in _NO_BATCH and not ks:
+                self._batchable = False
+                return None
+            raise
+        return ks, vs
+
+    def _decode_keys(self, buf: bytes, n: int) -> list[Any]:
+        size = self.key_size
+        fmt = _bulk_format(self.key_codec, size)
+        if fmt is None and self.key_codec is None and isinstance(self, IndexedMap) and size == 4:
+            fmt = "I"
+        if fmt:
+            return memoryview(buf).cast(fmt).tolist()
+        dec = self.decode_key
+        return [dec(buf[i * size:(i + 1) * size]) for i in range(n)]
+
+    def _decode_values(self, buf: bytes, n: int) -> list[Any]:
+        c, size = self.value_codec, self.value_size
+        if not self.percpu:
+            fmt = _bulk_format(c, size)
+            if fmt:
+                return memoryview(buf).cast(fmt).tolist()
+            if c is None:
+                return [buf[i * size:(i + 1) * size] for i in range(n)]
+            dec = c.decode
+            return [dec(buf, i * size) for i in range(n)]
+        ncpu, rec = self._ncpus, self._stride * self._ncpus
+        fmt = _bulk_format(c, size) if self._stride == size else None
+        if fmt:
+            flat = memoryview(buf).cast(fmt).tolist()
+            return [flat[i:i + ncpu] for i in range(0, n * ncpu, ncpu)]
+        dv = self.decode_value
+        return [dv(buf[i * rec:(i + 1) * rec]) for i in range(n)]
+
+    def lookup_batch(self, *, raw: bool = False) -> dict[Any, Any]:
+        """The whole map as a dict, by BPF_MAP_LOOKUP_BATCH (a key walk where the kernel
+        has no batch ops for this kind)."""
+        got = self._dump(False, raw) if self._batchable else None
+        if got is None:
+            return dict(self._walk(raw))
+        return dict(zip(*got, strict=True))
+
+    def lookup_and_delete_batch(self, *, raw: bool = False) -> dict[Any, Any]:
+        """Read and remove every entry (BPF_MAP_LOOKUP_AND_DELETE_BATCH, or a key walk of
+        lookups and deletes where the kernel has none for this kind)."""
+        got = self._dump(True, raw) if self._batchable else None
+        if got is not None:
+            return dict(zip(*got, strict=True))
+        ops, out = self.ops, {}
+        for k in list(ops.keys()):
+            v = ops.lookup(k)
+            if v is not None and ops.delete(k):
+                out[k if raw else self.decode_key(k)] = v if raw else self.decode_value(v)
+        return out
+
+    def _pack(self, items: Any, what: str) -> tuple[bytes, int]:
+        parts = [self.encode_key(k) for k in items] if what == "keys" else \
+            [self.encode_value(v) for v in items]
+        return b"".join(parts), len(parts)
+
+    def update_batch(self, items: Any, flags: int = BPF_ANY) -> int:
+        """Write many entries (a mapping or (key, value) pairs) with BPF_MAP_UPDATE_BATCH
+        (one update each where the kernel has no batch ops); returns how many."""
+        pairs = list(items.items() if hasattr(items, "items") else items)
+        if not pairs:
+            return 0
+        if self._batchable:
+            kb, n = self._pack([k for k, _ in pairs], "keys")
+            vb, _ = self._pack([v for _, v in pairs], "values")
+            try:
+                return self.ops.update_batch(kb, vb, n, elem_flags=flags)
+            except SyscallError as e:
+                if e.errno not in _NO_BATCH:
+                    raise
+                self._batchable = False
+        for k, v in pairs:
+            self.update(k, v, flags)
+        return len(pairs)
+
+    def delete_batch(self, keys: Any) -> int:
+        """Delete many keys with BPF_MAP_DELETE_BATCH (one delete each where the kernel has
+        no batch ops); returns how many were deleted (the kernel stops at an absent key)."""
+        keys = list(keys)
+        if not keys:
+            return 0
+        if self._batchable:
+            kb, n = self._pack(keys, "keys")
+            try:
+                return self.ops.delete_batch(kb, n)
+            except SyscallError as e:
+                if e.errno not in _NO_BATCH:
+                    raise
+                self._batchable = False
+        return sum(1 for k in keys if self.delete(k))
+
+    # -- user-supplied types -----------------------------------------------------------------
+
+    def with_types(self, key: Any = None, value: Any = None) -> Map:
+        """Use these types for keys/values instead of BTF: a ctypes type, a ``struct``
+        format string (``"<IQ"``) or a :class:`pyebpf.btf.codec.Codec`. Returns self."""
+        if key is not None:
+            self._kc = _as_codec(key, self.key_size, f"map {self.name!r} key")
+        if value is not None:
+            self._vc = _as_codec(value, self.value_size, f"map {self.name!r} value")
+        return self
 
     def values(self, *, raw: bool = False) -> Iterator[Any]:
         for _k, v in self.items(raw=raw):
@@ -339,17 +507,18 @@ class Map:
     # -- lifetime ---------------------------------------------------------------------------------
 
     def pin(self, path: str) -> None:
-        """Pin the map at ``path`` on a bpffs."""
-        _bpf.obj_pin(self.fd, path)
+        """Pin the map at ``path``, which must be inside a bpffs (:mod:`pyebpf.pin`)."""
+        from ..pin import pin_fd
+
+        pin_fd(self.fd, path)
         self.pin_path = path
 
     def unpin(self) -> None:
         """Remove the pin made by :meth:`pin` (or found at load)."""
         if self.pin_path:
-            try:
-                os.unlink(self.pin_path)
-            except FileNotFoundError:
-                pass
+            from ..pin import unpin
+
+            unpin(self.pin_path)
             self.pin_path = None
 
     @property
@@ -358,7 +527,7 @@ class Map:
 
     def close(self) -> None:
         """Close the fd (the kernel frees the map once nothing else holds it)."""
-        self._ops = None
+        self._tl = threading.local()
         self.fd.close()
 
     def __enter__(self) -> Map:
@@ -374,12 +543,8 @@ class Map:
                 f"max_entries={self.max_entries}, {state})")
 
 
-class HashMap(Map):
-    """Hash-like maps (hash, lru_hash, lpm_trie, ...)."""
-
-
-class Array(Map):
-    """Arrays: every index 0..max_entries-1 exists; ``len()`` is max_entries."""
+class IndexedMap(Map):
+    """Maps indexed 0..max_entries-1 (arrays and fd arrays): ``len()`` is max_entries."""
 
     def __len__(self) -> int:
         return self.max_entries
@@ -393,7 +558,7 @@ class Array(Map):
         for i in range(self.max_entries):
             yield i.to_bytes(4, _BO)
 
-    def items(self, *, raw: bool = False) -> Iterator[tuple[Any, Any]]:
+    def _walk(self, raw: bool) -> Iterator[tuple[Any, Any]]:
         ops = self.ops
         for kb in self.keys_bytes():
             v = ops.lookup(kb)
@@ -411,7 +576,7 @@ class Array(Map):
             ops.update(kb, zero, BPF_ANY)
 
     def encode_key(self, key: Any) -> bytes:
-        if isinstance(key, int) and self.key_size == 4:
+        if type(key) is int and self.key_size == 4:
             if not 0 <= key < 1 << 32:
                 raise OptionError(f"map {self.name!r}: index {key} out of range")
             return key.to_bytes(4, _BO)
@@ -423,16 +588,10 @@ class Array(Map):
         return super().decode_key(raw)
 
 
-class PerCpuHash(HashMap):
-    """Per-CPU hash maps: values are lists with one entry per possible CPU."""
-
-
-class PerCpuArray(Array):
-    """Per-CPU arrays: values are lists with one entry per possible CPU."""
-
-
-class _FdArray(Array):
+class _FdArray(IndexedMap):
     """Arrays whose values are fds on update and ids on lookup (no BTF value types)."""
+
+    _batchable = False
 
     def encode_value(self, value: Any) -> bytes:
         if isinstance(value, _RAW):
@@ -443,29 +602,23 @@ class _FdArray(Array):
     def decode_value(self, raw: bytes | memoryview) -> Any:
         return int.from_bytes(bytes(raw[:4]), _BO)
 
+    def clear(self) -> None:
+        for kb in self.keys_bytes():
+            self.ops.delete(kb)
 
-class ProgArray(_FdArray):
+
+class _ProgArray(_FdArray):
     """Tail-call table: ``m[i] = program`` (a Program or fd); lookups give program ids."""
 
-    def clear(self) -> None:
-        for kb in self.keys_bytes():
-            self.ops.delete(kb)
 
-    def items(self, *, raw: bool = False) -> Iterator[tuple[Any, Any]]:
-        # empty slots return ENOENT; the base class skips them
-        return super().items(raw=raw)
-
-
-class ArrayOfMaps(_FdArray):
+class _ArrayOfMaps(_FdArray):
     """Array of maps: ``m[i] = inner_map`` (a Map or fd); lookups give map ids."""
 
-    def clear(self) -> None:
-        for kb in self.keys_bytes():
-            self.ops.delete(kb)
 
-
-class HashOfMaps(HashMap):
+class _HashOfMaps(Map):
     """Hash of maps: values are map fds on update and map ids on lookup."""
+
+    _batchable = False
 
     def encode_value(self, value: Any) -> bytes:
         if isinstance(value, _RAW):
@@ -479,12 +632,12 @@ class HashOfMaps(HashMap):
 class PerfEventArray(_FdArray):
     """perf_event_array: one perf event fd per CPU (consumed by a perf buffer)."""
 
-    def clear(self) -> None:
-        for kb in self.keys_bytes():
-            self.ops.delete(kb)
 
+class NoKeysMap(Map):
+    """Maps without keys to iterate (queues, stacks, bloom filters, ring buffers)."""
 
-class _NoKeys(Map):
+    _batchable = False
+
     def keys(self) -> Iterator[Any]:
         raise OptionError(f"map {self.name!r} ({_type_name(self.type)}) has no keys to iterate")
 
@@ -494,67 +647,11 @@ class _NoKeys(Map):
         raise OptionError(f"map {self.name!r} ({_type_name(self.type)}) has no keys to iterate")
 
 
-class RingBuf(_NoKeys):
+_NoKeys = NoKeysMap  # old private name
+
+
+class RingBuf(NoKeysMap):
     """A ring buffer map: read it with :class:`pyebpf.maps.ringbuf.RingBuffer`."""
-
-
-class Queue(_NoKeys):
-    """FIFO queue: push/pop/peek values (no keys)."""
-
-    def push(self, value: Any, flags: int = BPF_ANY) -> None:
-        self.ops.push(self.encode_value(value), flags)
-
-    def pop(self, default: Any = None, *, raw: bool = False) -> Any:
-        v = self.ops.lookup_and_delete(None)
-        if v is None:
-            return default
-        return v if raw else self.decode_value(v)
-
-    def peek(self, default: Any = None, *, raw: bool = False) -> Any:
-        v = _bpf.map_lookup_elem(self.fd, None, self.value_size)
-        if v is None:
-            return default
-        return v if raw else self.decode_value(v)
-
-    def __len__(self) -> int:
-        raise TypeError("the kernel does not report a queue's length")
-
-    def clear(self) -> None:
-        while self.ops.lookup_and_delete(None) is not None:
-            pass
-
-
-class Stack(Queue):
-    """LIFO stack: push/pop/peek values (no keys)."""
-
-
-class BloomFilter(_NoKeys):
-    """Bloom filter: ``push(value)`` adds, ``value in m`` tests membership."""
-
-    def push(self, value: Any, flags: int = BPF_ANY) -> None:
-        self.ops.push(self.encode_value(value), flags)
-
-    def __contains__(self, value: Any) -> bool:
-        return self._peek(self.encode_value(value))
-
-    def _peek(self, raw: bytes) -> bool:
-        # BPF_MAP_LOOKUP_ELEM with a NULL key and the value as input: 0 = maybe present
-        import ctypes
-
-        from ..sys import attrs as A
-        from ..sys.syscall import Cmd, bpf_errno
-
-        vb = (ctypes.c_char * max(len(raw), 1)).from_buffer_copy(raw or b"\0")
-        a = A.MapElemAttr(map_fd=int(self.fd), key=0, value=ctypes.addressof(vb))
-        ret, err = bpf_errno(Cmd.MAP_LOOKUP_ELEM, a, A.MapElemAttr.SIZE)
-        if ret >= 0:
-            return True
-        if err == _errno.ENOENT:
-            return False
-        raise SyscallError(err, "BPF_MAP_LOOKUP_ELEM", detail=f"map {self.name!r}")
-
-    def clear(self) -> None:
-        raise OptionError("a bloom filter cannot be cleared")
 
 
 class StructOpsMap(Map):
@@ -566,22 +663,12 @@ class StructOpsMap(Map):
 # Built-in defaults; kind modules (hash.py, array.py, fdmaps.py, ...) override them by
 # registering their own classes with @register_map_class.
 _CLASSES: dict[int, type[Map]] = {
-    MapType.HASH: HashMap,
-    MapType.LRU_HASH: HashMap,
-    MapType.LPM_TRIE: HashMap,
-    MapType.ARRAY: Array,
-    MapType.PERCPU_HASH: PerCpuHash,
-    MapType.LRU_PERCPU_HASH: PerCpuHash,
-    MapType.PERCPU_ARRAY: PerCpuArray,
-    MapType.PROG_ARRAY: ProgArray,
-    MapType.ARRAY_OF_MAPS: ArrayOfMaps,
-    MapType.HASH_OF_MAPS: HashOfMaps,
+    MapType.PROG_ARRAY: _ProgArray,
+    MapType.ARRAY_OF_MAPS: _ArrayOfMaps,
+    MapType.HASH_OF_MAPS: _HashOfMaps,
     MapType.PERF_EVENT_ARRAY: PerfEventArray,
     MapType.RINGBUF: RingBuf,
     MapType.USER_RINGBUF: RingBuf,
-    MapType.QUEUE: Queue,
-    MapType.STACK: Stack,
-    MapType.BLOOM_FILTER: BloomFilter,
     MapType.STRUCT_OPS: StructOpsMap,
 }
 
@@ -628,6 +715,30 @@ def map_class(map_type: int) -> type[Map]:
     return _CLASSES.get(map_type, Map)
 
 
+def _bulk_format(codec: Any, size: int) -> str | None:
+    """A memoryview.cast format decoding an array of this codec's values at once."""
+    fmt = getattr(codec, "_fmt", None)
+    if fmt and not getattr(codec, "is_bool", True) and type(codec).__name__ == "IntCodec":
+        fmt = fmt.lstrip("<>=@!")
+        if len(fmt) == 1 and struct.calcsize(fmt) == size:
+            return fmt
+    return None
+
+
+def _as_codec(t: Any, size: int, what: str) -> Any:
+    from ..btf.codec import Codec, codec_from_ctypes, codec_from_format
+
+    if isinstance(t, Codec):
+        c = t
+    elif isinstance(t, str):
+        c = codec_from_format(t)
+    else:
+        c = codec_from_ctypes(t)
+    if c.size != size:
+        raise OptionError(f"{what}: {c.type_name} is {c.size} bytes, the map's is {size}")
+    return c
+
+
 class _LazyKernelBTF:
     """The BTF a map was created with, fetched from the kernel on first use."""
 
@@ -640,5 +751,42 @@ class _LazyKernelBTF:
             from ..btf.spec import BTF
 
             with _bpf.btf_get_fd_by_id(self.btf_id) as fd:
-                self._btf = BTF.from_bytes(_bpf.btf_data(fd))
+                info, name = _btf_info_named(fd)
+                data = _bpf.btf_data(fd)
+            base = None
+            # module BTF is split: its ids follow vmlinux's
+            if info.kernel_btf and name != b"vmlinux":
+                base = _vmlinux_btf()
+            try:
+                self._btf = BTF.from_bytes(data, base)
+            except PyebpfError:
+                if base is not None:
+                    raise
+                self._btf = BTF.from_bytes(data, _vmlinux_btf())
         return self._btf
+
+
+_VMLINUX: Any = None
+
+
+def _vmlinux_btf() -> Any:
+    global _VMLINUX
+    if _VMLINUX is None:
+        from ..btf.spec import BTF
+
+        with open("/sys/kernel/btf/vmlinux", "rb") as f:
+            _VMLINUX = BTF.from_bytes(f.read())
+    return _VMLINUX
+
+
+
+def _btf_info_named(fd: FD) -> tuple[Any, bytes]:
+    """BTF_OBJ_GET_INFO_BY_FD with the BTF's name ("vmlinux", a module's, or empty)."""
+    import ctypes
+
+    from ..sys import attrs as A
+
+    name = (ctypes.c_char * 64)()
+    info = A.BtfInfo(name=ctypes.addressof(name), name_len=64)
+    _bpf.obj_get_info_by_fd(fd, info)
+    return info, name.value

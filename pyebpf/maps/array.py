@@ -1,0 +1,148 @@
+"""Arrays: plain (read and written through an mmap when BPF_F_MMAPABLE) and per-CPU."""
+
+from __future__ import annotations
+
+import mmap as _mmap
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+from ..errors import OptionError
+from ..uapi import BPF_F_MMAPABLE, MapType
+from .map import _MISSING, _RAW, BPF_ANY, IndexedMap, register_map_class
+from .percpu import PerCpuMixin
+
+__all__ = ["Array", "PerCpuArray"]
+
+_BO = sys.byteorder
+
+
+@register_map_class(MapType.ARRAY)
+class Array(IndexedMap):
+    """An array: every index 0..max_entries-1 exists; ``len()`` is max_entries.
+
+    Created with BPF_F_MMAPABLE, elements are read and written through a shared
+    mapping of the map's memory (no syscall; :attr:`mmapped` tells). The mapping is
+    made on first element access, so a loader can still freeze the map before."""
+
+    _mm: Any = _MISSING  # mmap.mmap, None when not mmapable, _MISSING before first use
+
+    def _memory(self) -> Any:
+        mm = None
+        if self.flags & BPF_F_MMAPABLE and not self.fd.closed:
+            size = self._stride * self.max_entries
+            size = max(_mmap.PAGESIZE, -(-size // _mmap.PAGESIZE) * _mmap.PAGESIZE)
+            try:
+                mm = _mmap.mmap(self.fd.fileno(), size, _mmap.MAP_SHARED,
+                                _mmap.PROT_READ | _mmap.PROT_WRITE)
+            except PermissionError:  # frozen (e.g. .rodata): read-only mapping
+                mm = _mmap.mmap(self.fd.fileno(), size, _mmap.MAP_SHARED, _mmap.PROT_READ)
+                self._mm_ro = True
+            c = self.value_codec
+            vs = self.value_size
+            self._mdec = c.decode if c is not None else (lambda b, o: b[o:o + vs])
+        self._mm = mm
+        return mm
+
+    @property
+    def mmapped(self) -> bool:
+        """True when elements are accessed through the map's shared memory."""
+        mm = self._mm
+        if mm is _MISSING:
+            mm = self._memory()
+        return mm is not None
+
+    def _mm_ok(self, key: Any) -> Any:
+        mm = self._mm
+        if mm is _MISSING:
+            mm = self._memory()
+        if mm is not None and type(key) is int and 0 <= key < self.max_entries:
+            return mm
+        return None
+
+    def __getitem__(self, key: Any) -> Any:
+        mm = self._mm
+        if mm is not None and type(key) is int and 0 <= key < self.max_entries:
+            if mm is not _MISSING:
+                return self._mdec(mm, key * self._stride)
+            if self._mm_ok(key) is not None:
+                return self._mdec(self._mm, key * self._stride)
+        return super().__getitem__(key)
+
+    def lookup(self, key: Any, default: Any = None, *, raw: bool = False) -> Any:
+        mm = self._mm_ok(key)
+        if mm is None:
+            return super().lookup(key, default, raw=raw)
+        off = key * self._stride
+        return mm[off:off + self.value_size] if raw else self._mdec(mm, off)
+
+    def lookup_bytes(self, key: bytes) -> bytes | None:
+        i = int.from_bytes(key, _BO) if len(key) == 4 else -1
+        mm = self._mm_ok(i)
+        if mm is None:
+            return super().lookup_bytes(key)
+        off = i * self._stride
+        return mm[off:off + self.value_size]
+
+    def update(self, key: Any, value: Any, flags: int = BPF_ANY) -> None:
+        mm = self._mm_ok(key) if flags == BPF_ANY else None
+        if mm is None or getattr(self, "_mm_ro", False):
+            return super().update(key, value, flags)
+        off = key * self._stride
+        mm[off:off + self.value_size] = self.encode_value(value)
+        return None
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        self.update(key, value)
+
+    def update_bytes(self, key: bytes, value: bytes, flags: int = BPF_ANY) -> None:
+        if isinstance(value, _RAW) and len(value) != self.value_size:
+            raise OptionError(f"map {self.name!r}: value must be {self.value_size} bytes")
+        i = int.from_bytes(key, _BO) if len(key) == 4 else -1
+        if flags == BPF_ANY and self._mm_ok(i) is not None and not getattr(self, "_mm_ro", False):
+            # (a read-only mapping means a frozen map: the syscall reports EPERM)
+            off = i * self._stride
+            self._mm[off:off + self.value_size] = value
+            return
+        super().update_bytes(key, value, flags)
+
+    def items(self, *, raw: bool = False) -> Iterator[tuple[Any, Any]]:
+        if not self.mmapped:
+            return super().items(raw=raw)
+        return self._mm_items(raw)
+
+    def _mm_items(self, raw: bool) -> Iterator[tuple[Any, Any]]:
+        mm, s, vs = self._mm, self._stride, self.value_size
+        for i in range(self.max_entries):
+            if raw:
+                yield i.to_bytes(4, _BO), mm[i * s:i * s + vs]
+            else:
+                yield self.decode_key(i.to_bytes(4, _BO)), self._mdec(mm, i * s)
+
+    def clear(self) -> None:
+        if self.mmapped and not getattr(self, "_mm_ro", False):
+            n = self._stride * self.max_entries
+            self._mm[:n] = bytes(n)
+            return
+        super().clear()
+
+    @property
+    def memory(self) -> memoryview:
+        """A view of the mmap'd elements (BPF_F_MMAPABLE arrays only); release it before
+        :meth:`close`."""
+        if not self.mmapped:
+            raise OptionError(f"map {self.name!r} was not created with BPF_F_MMAPABLE")
+        return memoryview(self._mm)[:self._stride * self.max_entries]
+
+    def close(self) -> None:
+        mm = self._mm
+        if mm is not None and mm is not _MISSING:
+            mm.close()
+        self._mm = None
+        super().close()
+
+
+@register_map_class(MapType.PERCPU_ARRAY)
+class PerCpuArray(PerCpuMixin, Array):
+    """A per-CPU array: values are lists with one entry per possible CPU.
+    ``sum(i)``, ``max(i)``, ``min(i)``, ``average(i)``, ``total()``."""
