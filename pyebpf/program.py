@@ -140,16 +140,18 @@ class Program:
         return attach_program(self, *args, **kw)
 
     def pin(self, path: str) -> None:
-        """Pin the program at ``path`` on a bpffs."""
-        _bpf.obj_pin(self.fd, path)
+        """Pin the program at ``path``, which must be inside a bpffs (:mod:`pyebpf.pin`)."""
+        from .pin import pin_fd
+
+        pin_fd(self.fd, path)
         self.pin_path = path
 
     def unpin(self) -> None:
+        """Remove the pin made by :meth:`pin` (or found by :meth:`from_pin`)."""
         if self.pin_path:
-            try:
-                os.unlink(self.pin_path)
-            except FileNotFoundError:
-                pass
+            from .pin import unpin
+
+            unpin(self.pin_path)
             self.pin_path = None
 
     @property

@@ -5,7 +5,6 @@ from __future__ import annotations
 import ctypes
 import errno as _errno
 import logging
-import os
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -223,17 +222,18 @@ class Link:
         fd = self._need_link_fd("pin")
         if not path:
             raise OptionError("empty pin path")
-        _bpf.obj_pin(fd, path)
+        from ..pin import pin_fd
+
+        pin_fd(fd, path)
         self.pinned_path = path
 
     def unpin(self) -> None:
         """Remove the pin created by :meth:`pin` (the link stays attached while this object lives)."""
         if self.pinned_path is None:
             return
-        try:
-            os.unlink(self.pinned_path)
-        except FileNotFoundError:
-            pass
+        from ..pin import unpin
+
+        unpin(self.pinned_path)
         self.pinned_path = None
 
     def update(self, new_prog: Any, old_prog: Any = None) -> None:
