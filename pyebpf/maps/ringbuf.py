@@ -26,9 +26,12 @@ threads or processes.  Interleaving calls on one ring from one thread is safe
 (an interrupted iterator simply ends).
 
 Drop counts: the kernel keeps none.  A full ring makes ``bpf_ringbuf_reserve``
-return NULL / ``bpf_ringbuf_output`` return -EAGAIN in the program, so a
-program that wants to report losses must count them itself (a later issue adds
-reading such a counter).
+return NULL / ``bpf_ringbuf_output`` return -EAGAIN in the program, and
+nothing is recorded anywhere (unlike a perf buffer, which delivers lost-sample
+records).  A program that wants losses reported must count its failed
+reservations itself, in a map or a global variable; ``RingBuffer(...,
+drops=...)`` then reads that counter as :attr:`RingBuffer.dropped` (per-CPU
+counters are summed).  See :class:`DropCounter` for the accepted sources.
 
 Memory ordering: ``producer_pos`` and the record headers are read and
 ``consumer_pos`` is stored with single aligned 8/4-byte accesses through
@@ -46,17 +49,19 @@ import logging
 import mmap
 import select
 import struct
+import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, Protocol
 
-from ..errors import PyebpfError
+from ..errors import OptionError, PyebpfError
 
 __all__ = [
     "BPF_RINGBUF_BUSY_BIT",
     "BPF_RINGBUF_DISCARD_BIT",
     "BPF_RINGBUF_HDR_SZ",
     "Batch",
+    "DropCounter",
     "RingBuffer",
     "RingBufferManager",
 ]
@@ -70,6 +75,7 @@ _PAGE = mmap.PAGESIZE
 # messages, so the "pyebpf.sys" log shows everything done to the kernel.
 _log = logging.getLogger("pyebpf.sys")
 _MAP_TYPE_RINGBUF = 27
+_BYTEORDER = sys.byteorder
 
 Callback = Callable[[memoryview], Any]
 
@@ -226,6 +232,64 @@ class Batch:
     def __repr__(self) -> str:
         kind = f"uniform size={self._size}" if self._offsets is None else "variable sizes"
         return f"<Batch {self._count} records, {kind}, {len(self.data)} bytes>"
+
+
+def _count(v: Any) -> int:
+    """A counter value as an int: per-CPU lists are summed, raw bytes read host-endian."""
+    if v is None:
+        return 0
+    if isinstance(v, int):
+        return v
+    if isinstance(v, (bytes, bytearray, memoryview)):
+        return int.from_bytes(v, _BYTEORDER)
+    if isinstance(v, (list, tuple)):
+        return sum(_count(x) for x in v)
+    return int(v)
+
+
+class DropCounter:
+    """Reads a drop counter that a BPF program keeps (the kernel keeps none for ring buffers).
+
+    ``source`` is one of:
+
+    - a Map (anything with ``lookup``): the value at key 0;
+    - ``(map, key)``: the value at ``key``;
+    - ``(obj, "name")``: the global variable ``name`` of a loaded Object (``obj.globals``);
+    - a callable returning the count.
+
+    Per-CPU values (a list per CPU) are summed; a missing key counts as 0.
+    """
+
+    __slots__ = ("_read", "source")
+
+    def __init__(self, source: Any) -> None:
+        self.source = source
+        if isinstance(source, tuple) and len(source) == 2:
+            owner, key = source
+            if isinstance(key, str) and hasattr(owner, "globals"):
+                glb = owner.globals
+                if key not in glb:
+                    raise OptionError(f"drop counter: the object has no global variable {key!r}")
+                self._read: Callable[[], Any] = lambda: glb[key]
+            elif hasattr(owner, "lookup"):
+                self._read = lambda: owner.lookup(key)
+            else:
+                raise OptionError("drop counter: expected (Map, key) or (Object, 'global_name'), "
+                                  f"got ({type(owner).__name__}, {type(key).__name__})")
+        elif hasattr(source, "lookup"):
+            self._read = lambda: source.lookup(0)
+        elif callable(source):
+            self._read = source
+        else:
+            raise OptionError("drop counter: expected a Map, (Map, key), (Object, 'global_name') "
+                              f"or a callable, got {type(source).__name__}")
+
+    def read(self) -> int:
+        """The current count."""
+        return _count(self._read())
+
+    def __repr__(self) -> str:
+        return f"<DropCounter {self.source!r}>"
 
 
 class _Ring:
@@ -639,11 +703,22 @@ class RingBuffer:
 
     Records are memoryviews into the ring (see the module docstring for how
     long they stay valid).  Use as a context manager or call :meth:`close`.
+
+    ``drops``: where the producing program counts the records it could not
+    reserve (the kernel itself reports no drop count for ring buffers); a Map,
+    ``(map, key)``, ``(obj, "global_name")`` or a callable, read by
+    :attr:`dropped` (see :class:`DropCounter`).
     """
 
     def __init__(
-        self, map: MapOrFd, callback: Callback | None = None, *, size: int | None = None
+        self,
+        map: MapOrFd,
+        callback: Callback | None = None,
+        *,
+        size: int | None = None,
+        drops: Any = None,
     ) -> None:
+        self.drops: DropCounter | None = None if drops is None else DropCounter(drops)
         fd, size, keep = _resolve(map, size)
         self._ring: _Ring | None = _Ring(fd, size, callback, keep)
         try:
@@ -799,6 +874,12 @@ class RingBuffer:
 
     # -- misc --------------------------------------------------------------
 
+    @property
+    def dropped(self) -> int | None:
+        """Records the program failed to reserve, from the ``drops=`` counter
+        (None without one: the kernel keeps no drop count for ring buffers)."""
+        return None if self.drops is None else self.drops.read()
+
     def avail(self) -> int:
         """Bytes of unconsumed data (``BPF_RB_AVAIL_DATA`` as seen by user space)."""
         return self._r().avail()
@@ -850,9 +931,15 @@ class RingBufferManager:
         self._waiter = _Waiter()
         self._rings: list[_Ring] = []
         self._by_fd: dict[int, _Ring] = {}
+        self._drops: list[DropCounter | None] = []
 
-    def add(self, map: MapOrFd, callback: Callback, *, size: int | None = None) -> int:
-        """Add a ring buffer; returns its index (also passed by ``async for``)."""
+    def add(
+        self, map: MapOrFd, callback: Callback, *, size: int | None = None, drops: Any = None
+    ) -> int:
+        """Add a ring buffer; returns its index (also passed by ``async for``).
+
+        ``drops``: the program's drop counter for this ring, as for :class:`RingBuffer`."""
+        counter = None if drops is None else DropCounter(drops)
         fd, size, keep = _resolve(map, size)
         if fd in self._by_fd:
             raise PyebpfError(f"RingBufferManager: fd {fd} was already added")
@@ -864,7 +951,17 @@ class RingBufferManager:
             raise
         self._rings.append(ring)
         self._by_fd[fd] = ring
+        self._drops.append(counter)
         return len(self._rings) - 1
+
+    def dropped(self, index: int | None = None) -> int | None:
+        """The drop count of ring ``index``, or the sum over rings that have a counter
+        (None if none has: the kernel keeps no drop count for ring buffers)."""
+        if index is not None:
+            c = self._drops[index]
+            return None if c is None else c.read()
+        counters = [c for c in self._drops if c is not None]
+        return sum(c.read() for c in counters) if counters else None
 
     def __len__(self) -> int:
         return len(self._rings)
@@ -940,6 +1037,7 @@ class RingBufferManager:
             ring.close()
         self._rings = []
         self._by_fd = {}
+        self._drops = []
 
     def __enter__(self) -> RingBufferManager:
         return self
