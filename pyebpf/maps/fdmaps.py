@@ -54,17 +54,19 @@ class _FdValues(Map):
     def decode_value(self, raw: bytes | memoryview) -> Any:
         return int.from_bytes(bytes(raw[:4]), _BO)
 
-    def _open(self, obj_id: int) -> Any:  # pragma: no cover - overridden
-        raise NotImplementedError
+    def _open(self, value: Any) -> Any:
+        # kinds holding programs or maps open them; the others give the value as is
+        return value
 
     def __getitem__(self, key: Any) -> Any:
-        obj_id = self.lookup(key)
-        if obj_id is None:
+        value = self.lookup(key)
+        if value is None:
             raise KeyError(key)
-        return self._open(obj_id)
+        return self._open(value)
 
-    def ids(self) -> dict[Any, int]:
-        """{key: id of the object stored there} for every filled slot."""
+    def ids(self) -> dict[Any, Any]:
+        """{key: what the kernel returns for the slot (an id, a cookie, ...)} for every
+        filled slot."""
         return dict(self.items())
 
 
