@@ -9,6 +9,7 @@ import errno
 import mmap
 import os
 import socket
+import struct
 import subprocess
 import threading
 import time
@@ -35,7 +36,7 @@ from pyebpf.maps.netmaps import (
 )
 from pyebpf.sys import bpf as B
 from pyebpf.sys.fd import open_fd_count
-from pyebpf.uapi import AttachType, MapType
+from pyebpf.uapi import AttachType
 
 try:
     from tests.unitobj import unit_object
@@ -162,3 +163,168 @@ def test_reuseport_select(net: pyebpf.Object) -> None:
     finally:
         for s in socks:
             s.close()
+
+
+# -- XDP redirect maps ---------------------------------------------------------------------
+
+LIBC = ctypes.CDLL(None, use_errno=True)
+CLONE_NEWNET = 0x40000000
+FRAME = bytes.fromhex("ffffffffffff" "020000000001" "88b5") + bytes(50)  # local experimental ethertype
+
+
+@pytest.fixture
+def netns() -> Iterator[str]:
+    """A private network namespace holding the veth pair vc <-> vd (both up)."""
+    name = f"pyebpf_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    try:
+        for args in (["link", "add", "vc", "type", "veth", "peer", "name", "vd"],
+                     ["link", "set", "vc", "up"], ["link", "set", "vd", "up"]):
+            subprocess.run(["ip", "-n", name, *args], check=True, capture_output=True)
+        yield name
+    finally:
+        subprocess.run(["ip", "netns", "del", name], check=True)
+    assert not os.path.exists(f"/run/netns/{name}")
+
+
+def in_netns(name: str, fn: Callable[[], Any]) -> Any:
+    """Run ``fn`` on a thread that joined netns ``name`` (ifindexes, interface names and
+    new sockets resolve there); the namespace membership ends with the thread."""
+    out: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            fd = os.open(f"/run/netns/{name}", os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                if LIBC.setns(fd, CLONE_NEWNET) != 0:
+                    raise OSError(ctypes.get_errno(), "setns")
+            finally:
+                os.close(fd)
+            out["v"] = fn()
+        except BaseException as e:  # handed to the caller
+            out["e"] = e
+
+    t = threading.Thread(target=run)
+    t.start()
+    t.join()
+    if "e" in out:
+        raise out["e"]
+    return out.get("v")
+
+
+def _live(prog: Any, n: int) -> None:
+    prog.test_run(FRAME, repeat=n, flags=BPF_F_TEST_XDP_LIVE_FRAMES, data_size_out=0)
+
+
+def test_cpumap_redirect(net: pyebpf.Object) -> None:
+    cpus, on_cpumap = net.maps["cpus"], net.programs["on_cpumap"]
+    cpus[0] = (256, on_cpumap)
+    assert cpus[0] == CpuMapValue(256, on_cpumap.id) and cpus.lookup(1) is None
+    _live(net.programs["redir_cpu"], 20)
+    assert _wait(lambda: net.globals["cpumap_runs"] == 20), net.globals["cpumap_runs"]
+    cpus[1] = 128
+    assert cpus[1] == CpuMapValue(128, 0)
+    with pytest.raises(OptionError):
+        cpus[2] = 0
+    del cpus[0], cpus[1]
+    assert cpus.ids() == {}
+
+
+def test_devmap_redirect_into_veth(net: pyebpf.Object, netns: str) -> None:
+    dm, dh = net.maps["tx_dev"], net.maps["tx_hash"]
+    p = net.programs
+
+    def body() -> None:
+        vc, vd = socket.if_nametoindex("vc"), socket.if_nametoindex("vd")
+        # a program on the receiving peer (veth delivers redirected frames to XDP)
+        with B.link_create(p["count_rx"].fd, vd, AttachType.XDP, XDP_FLAGS_DRV_MODE):
+            dm[0] = ("vc", p["on_devmap"])
+            assert dm[0] == DevMapValue(vc, p["on_devmap"].id)
+            _live(p["redir_dev"], 10)
+            assert _wait(lambda: net.globals["rx_count"] >= 10)
+            assert net.globals["devmap_runs"] == 10  # the devmap program saw each frame
+            # devmap_hash keyed by the ifindex, without a devmap program
+            dh[vc] = vc
+            assert dh[vc] == DevMapValue(vc, 0) and list(dh.keys()) == [vc]
+            net.globals["use_hash"] = 1
+            net.globals["redir_key"] = vc
+            before = net.globals["rx_count"]
+            _live(p["redir_dev"], 7)
+            assert _wait(lambda: net.globals["rx_count"] >= before + 7)
+            assert net.globals["devmap_runs"] == 10
+            del dm[0], dh[vc]
+        with pytest.raises(OptionError, match="no network interface"):
+            dm[1] = "pyebpf_no_such_if"
+
+    in_netns(netns, body)
+    # outside the namespace the name does not resolve
+    with pytest.raises(OptionError):
+        dm[1] = "vc"
+
+
+# AF_XDP constants (linux/if_xdp.h)
+AF_XDP = 44
+SOL_XDP = 283
+XDP_RX_RING, XDP_UMEM_REG, XDP_UMEM_FILL_RING, XDP_UMEM_COMPLETION_RING, XDP_STATISTICS = 2, 4, 5, 6, 7
+XDP_COPY = 1 << 1
+
+
+def test_xskmap_redirect_to_af_xdp_socket(net: pyebpf.Object, netns: str) -> None:
+    xm = net.maps["xsks"]
+    p = net.programs
+    umem = mmap.mmap(-1, 16 * 4096)
+
+    def body() -> None:
+        vd = socket.if_nametoindex("vd")
+        xsk = socket.socket(AF_XDP, socket.SOCK_RAW, 0)
+        try:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp, \
+                    pytest.raises(SyscallError) as e:
+                xm[0] = udp  # only AF_XDP sockets
+            assert e.value.errno == errno.EOPNOTSUPP
+            cbuf = ctypes.c_char.from_buffer(umem)
+            addr = ctypes.addressof(cbuf)
+            del cbuf
+            xsk.setsockopt(SOL_XDP, XDP_UMEM_REG, struct.pack("=QQIIII", addr, len(umem), 4096, 0, 0, 0))
+            for opt in (XDP_UMEM_FILL_RING, XDP_UMEM_COMPLETION_RING, XDP_RX_RING):
+                xsk.setsockopt(SOL_XDP, opt, 64)
+            sxdp = struct.pack("=HHIII", AF_XDP, XDP_COPY, vd, 0, 0)
+            if LIBC.bind(xsk.fileno(), sxdp, len(sxdp)) != 0:
+                raise OSError(ctypes.get_errno(), "bind AF_XDP")
+            xm[0] = xsk
+            with pytest.raises(OptionError, match="does not return"):
+                xm[0]
+            with B.link_create(p["redir_xsk"].fd, vd, AttachType.XDP, XDP_FLAGS_DRV_MODE), \
+                    socket.socket(socket.AF_PACKET, socket.SOCK_RAW) as tx:
+                tx.bind(("vc", 0))
+                for _ in range(5):
+                    tx.send(FRAME)
+
+                def dropped() -> int:
+                    # no fill-ring buffers were given: each redirected frame is dropped
+                    # and counted (rx_dropped, rx_fill_ring_empty_descs)
+                    st = struct.unpack("=6Q", xsk.getsockopt(SOL_XDP, XDP_STATISTICS, 48))
+                    return st[0] + st[4]
+
+                assert _wait(lambda: dropped() >= 5), dropped()
+            del xm[0]
+        finally:
+            xsk.close()
+
+    try:
+        in_netns(netns, body)
+    finally:
+        umem.close()
+
+
+def test_no_fd_leak(netns: str) -> None:
+    before = open_fd_count()
+    with pyebpf.load(unit_object("maps_net")) as obj:
+        srv, cli, conn = _tcp_pair()
+        obj.maps["sock_map"][0] = conn
+        obj.maps["sock_hash"][1] = cli
+        obj.maps["cpus"][0] = 64
+        in_netns(netns, lambda: obj.maps["tx_dev"].update(0, "vc"))
+        for s in (srv, cli, conn):
+            s.close()
+    assert open_fd_count() == before
