@@ -63,8 +63,6 @@ class LpmTrie(HashMap):
     (full length). ``m["10.1.2.3"]`` and :meth:`longest_match` find the longest stored
     prefix that contains the address. Data is network byte order."""
 
-    _batchable = False  # the kernel has no batch ops for tries
-
     @staticmethod
     def key(prefixlen: int, data: Any) -> LpmKey:
         """An LPM key from a prefix length and bytes / an address (``"10.0.0.0"``)."""

@@ -717,6 +717,9 @@ def map_class(map_type: int) -> type[Map]:
 
 def _bulk_format(codec: Any, size: int) -> str | None:
     """A memoryview.cast format decoding an array of this codec's values at once."""
+    bulk = getattr(codec, "_bulk", None)  # set by _as_codec for native one-int formats
+    if bulk:
+        return bulk
     fmt = getattr(codec, "_fmt", None)
     if fmt and not getattr(codec, "is_bool", True) and type(codec).__name__ == "IntCodec":
         fmt = fmt.lstrip("<>=@!")
@@ -732,6 +735,10 @@ def _as_codec(t: Any, size: int, what: str) -> Any:
         c = t
     elif isinstance(t, str):
         c = codec_from_format(t)
+        code = t.lstrip("=@")
+        if len(code) == 1 and code in "bBhHiIlLqQ" and len(t) - len(code) <= 1 \
+                and struct.calcsize(code) == c.size:
+            c._bulk = code  # native order, one integer: arrays decode by memoryview.cast
     else:
         c = codec_from_ctypes(t)
     if c.size != size:
