@@ -184,6 +184,28 @@ def test_reserve_blocking_wakes_on_drain(obj):
         assert obj.globals["sum"] == RING // 16 + 50
 
 
+def test_reserve_async(obj):
+    import asyncio
+
+    with UserRingBuffer(obj.maps["urb"]) as urb:
+        while urb.write((2).to_bytes(8, "little")):
+            pass
+
+        async def main() -> tuple[object, object]:
+            assert await urb.reserve_async(8, timeout=0.05) is None  # full, times out
+            loop = asyncio.get_running_loop()
+            loop.call_later(0.1, drain, obj)  # the program frees the ring meanwhile
+            s = await urb.reserve_async(8, timeout=10)
+            assert s is not None
+            s[:] = (9).to_bytes(8, "little")
+            urb.submit(s)
+            return s, urb.fileno()
+
+        asyncio.run(main())
+        assert drain(obj) == 1
+        assert obj.globals["sum"] == 2 * (RING // 16) + 9
+
+
 def test_reserve_blocking_timeout(obj):
     with UserRingBuffer(obj.maps["urb"]) as urb:
         urb.reserve(RING - 8)
