@@ -65,7 +65,8 @@ def test_prog_array_tail_calls(fdobj: pyebpf.Object) -> None:
     assert jmp.ids() == {0: p["tail_a"].id, 1: p["tail_b"].id}
     assert jmp.lookup(1) == p["tail_b"].id and jmp.lookup(2) is None
     assert sorted(jmp.keys()) == [0, 1] and jmp.count() == 2
-    with jmp[1] as opened:
+    assert jmp[1] == p["tail_b"].id
+    with jmp.get_program(1) as opened:
         assert opened.id == p["tail_b"].id and opened.fd.fileno() != p["tail_b"].fd.fileno()
     del jmp[1]
     assert entry.test_run(PKT).retval == 99
@@ -73,6 +74,8 @@ def test_prog_array_tail_calls(fdobj: pyebpf.Object) -> None:
         del jmp[1]
     with pytest.raises(KeyError):
         jmp[1]
+    with pytest.raises(KeyError):
+        jmp.get_program(1)
     with pytest.raises(OptionError):
         jmp[4] = p["tail_a"]
     with pytest.raises(OptionError):
@@ -102,7 +105,8 @@ def test_map_in_map(fdobj: pyebpf.Object, outer_name: str, prog: str) -> None:
         fdobj.globals["key"] = 3
         assert run.test_run(PKT).retval == 77
         assert outer.lookup(0) == a.id and dict(outer.items()) == {0: a.id, 3: b.id}
-        with outer[3] as got:
+        assert outer[3] == b.id
+        with outer.get_map(3) as got:
             assert got.id == b.id and got.type == MapType.ARRAY
             got[0] = (555).to_bytes(8, "little")
         assert run.test_run(PKT).retval == 555
@@ -128,8 +132,9 @@ def test_fd_maps_no_leak() -> None:
             obj.maps["jmp"][0] = obj.programs["tail_a"]
             with _inner("pyebpf_in_c", 5) as a:
                 obj.maps["outer_arr"][0] = a
-                obj.maps["outer_arr"][0].close()
-                obj.maps["jmp"][0].close()
+                obj.maps["outer_arr"].get_map(0).close()
+                obj.maps["jmp"].get_program(0).close()
+                obj.maps["outer_arr"].get_map(0)  # closed when collected
     assert open_fd_count() == before
 
 

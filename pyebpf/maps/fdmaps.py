@@ -3,8 +3,9 @@ and map-in-map (array_of_maps, hash_of_maps).
 
 User space writes such a map with an fd (a :class:`~pyebpf.program.Program`, a
 :class:`~pyebpf.maps.map.Map`, anything with ``.fd``, or an int) and the kernel reads
-back the object's *id*: ``lookup()``, ``items()`` and ``values()`` give ids, while
-``m[k]`` opens the object from that id (a new fd the caller owns).
+back the object's *id*: ``m[k]``, ``lookup()``, ``items()`` and ``values()`` give ids,
+while ``get_program(k)`` / ``get_map(k)`` open the object from that id (a new fd the
+caller owns).
 """
 
 from __future__ import annotations
@@ -54,15 +55,14 @@ class _FdValues(Map):
     def decode_value(self, raw: bytes | memoryview) -> Any:
         return int.from_bytes(bytes(raw[:4]), _BO)
 
-    def _open(self, value: Any) -> Any:
-        # kinds holding programs or maps open them; the others give the value as is
-        return value
+    def _open(self, obj_id: int) -> Any:
+        raise OptionError(f"map {self.name!r}: its values are not openable objects")
 
-    def __getitem__(self, key: Any) -> Any:
-        value = self.lookup(key)
-        if value is None:
+    def _get_object(self, key: Any) -> Any:
+        obj_id = self.lookup(key)
+        if obj_id is None:
             raise KeyError(key)
-        return self._open(value)
+        return self._open(obj_id)
 
     def ids(self) -> dict[Any, Any]:
         """{key: what the kernel returns for the slot (an id, a cookie, ...)} for every
@@ -120,8 +120,12 @@ class FdArrayMap(_FdValues):
 class ProgArray(FdArrayMap):
     """Tail-call table: ``m[i] = program`` fills slot i, ``del m[i]`` clears it.
 
-    ``m.lookup(i)`` gives the program id; ``m[i]`` opens the :class:`Program`.
+    ``m[i]`` gives the program id; ``m.get_program(i)`` opens the :class:`Program`.
     """
+
+    def get_program(self, index: int) -> Any:
+        """The :class:`Program` in slot ``index``, opened by id (KeyError if empty)."""
+        return self._get_object(index)
 
     def set(self, index: int, prog: Any, flags: int = BPF_ANY) -> None:
         """Put ``prog`` (a Program or fd) in slot ``index``."""
@@ -140,7 +144,11 @@ def _open_map(obj_id: int) -> Map:
 @register_map_class(MapType.ARRAY_OF_MAPS)
 class ArrayOfMaps(FdArrayMap):
     """Array of maps: ``m[i] = inner_map`` stores a map compatible with the inner template;
-    ``m[i]`` opens the inner map from its id (``m.lookup(i)`` gives the id)."""
+    ``m[i]`` gives the inner map's id, ``m.get_map(i)`` opens it."""
+
+    def get_map(self, index: int) -> Map:
+        """The inner :class:`Map` at ``index``, opened by id (KeyError if empty)."""
+        return self._get_object(index)  # type: ignore[no-any-return]
 
     def _open(self, obj_id: int) -> Any:
         return _open_map(obj_id)
@@ -148,8 +156,12 @@ class ArrayOfMaps(FdArrayMap):
 
 @register_map_class(MapType.HASH_OF_MAPS)
 class HashOfMaps(_FdValues):
-    """Hash of maps: ``m[key] = inner_map``; ``m[key]`` opens the inner map (``m.lookup(key)``
-    gives its id)."""
+    """Hash of maps: ``m[key] = inner_map``; ``m[key]`` gives the inner map's id,
+    ``m.get_map(key)`` opens it."""
+
+    def get_map(self, key: Any) -> Map:
+        """The inner :class:`Map` at ``key``, opened by id (KeyError if absent)."""
+        return self._get_object(key)  # type: ignore[no-any-return]
 
     def _open(self, obj_id: int) -> Any:
         return _open_map(obj_id)
