@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .arena import Arena
+    from .fdmaps import ArrayOfMaps, HashOfMaps, ProgArray
     from .hash import LruHashMap, LruPerCpuHash
     from .lpm import LpmKey, LpmTrie
     from .map import (
@@ -16,16 +17,13 @@ if TYPE_CHECKING:
         BPF_EXIST,
         BPF_NOEXIST,
         Array,
-        ArrayOfMaps,
         BloomFilter,
         HashMap,
-        HashOfMaps,
         IndexedMap,
         Map,
         PerCpuArray,
         PerCpuHash,
         PerfEventArray,
-        ProgArray,
         Queue,
         RingBuf,
         Stack,
@@ -33,8 +31,23 @@ if TYPE_CHECKING:
         map_class,
         register_map_class,
     )
+    from .netmaps import (
+        CgroupArray,
+        CpuMap,
+        CpuMapValue,
+        DevMap,
+        DevMapHash,
+        DevMapValue,
+        ReuseportSockArray,
+        SockHash,
+        SockMap,
+        XskMap,
+        socket_cookie,
+    )
     from .perfbuf import PerfBatch, PerfBuffer
     from .ringbuf import RingBuffer, RingBufferManager
+    from .stacktrace import KernelSymbols, StackTrace, Symbol, UserSymbols, kernel_symbols
+    from .storage import CgrpStorage, InodeStorage, SkStorage, TaskStorage, cgroup2_mount
     from .user_ringbuf import UserRingBuffer
 
 _LAZY = {
@@ -42,15 +55,15 @@ _LAZY = {
     "BPF_EXIST": ".map",
     "BPF_NOEXIST": ".map",
     "Array": ".array",
-    "ArrayOfMaps": ".map",
+    "ArrayOfMaps": ".fdmaps",
     "BloomFilter": ".queue",
     "HashMap": ".hash",
-    "HashOfMaps": ".map",
+    "HashOfMaps": ".fdmaps",
     "Map": ".map",
     "PerCpuArray": ".array",
     "PerCpuHash": ".hash",
     "PerfEventArray": ".map",
-    "ProgArray": ".map",
+    "ProgArray": ".fdmaps",
     "Queue": ".queue",
     "RingBuf": ".map",
     "Stack": ".queue",
@@ -68,6 +81,27 @@ _LAZY = {
     "RingBuffer": ".ringbuf",
     "RingBufferManager": ".ringbuf",
     "UserRingBuffer": ".user_ringbuf",
+    "SkStorage": ".storage",
+    "TaskStorage": ".storage",
+    "InodeStorage": ".storage",
+    "CgrpStorage": ".storage",
+    "cgroup2_mount": ".storage",
+    "DevMap": ".netmaps",
+    "DevMapHash": ".netmaps",
+    "DevMapValue": ".netmaps",
+    "CpuMap": ".netmaps",
+    "CpuMapValue": ".netmaps",
+    "XskMap": ".netmaps",
+    "SockMap": ".netmaps",
+    "SockHash": ".netmaps",
+    "ReuseportSockArray": ".netmaps",
+    "CgroupArray": ".netmaps",
+    "socket_cookie": ".netmaps",
+    "StackTrace": ".stacktrace",
+    "Symbol": ".stacktrace",
+    "KernelSymbols": ".stacktrace",
+    "UserSymbols": ".stacktrace",
+    "kernel_symbols": ".stacktrace",
 }
 
 __all__ = [
@@ -101,6 +135,27 @@ __all__ = [
     "LpmKey",
     "LpmTrie",
     "Arena",
+    "SkStorage",
+    "TaskStorage",
+    "InodeStorage",
+    "CgrpStorage",
+    "cgroup2_mount",
+    "DevMap",
+    "DevMapHash",
+    "DevMapValue",
+    "CpuMap",
+    "CpuMapValue",
+    "XskMap",
+    "SockMap",
+    "SockHash",
+    "ReuseportSockArray",
+    "CgroupArray",
+    "socket_cookie",
+    "StackTrace",
+    "Symbol",
+    "KernelSymbols",
+    "UserSymbols",
+    "kernel_symbols",
 ]
 
 
