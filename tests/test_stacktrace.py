@@ -34,7 +34,7 @@ def stacks() -> Iterator[tuple[pyebpf.Object, int, int]]:
             os.getppid()
         assert obj.globals["hits"] == 1
         kid, uid = obj.globals["kstack_id"], obj.globals["ustack_id"]
-        assert kid >= 0 and uid >= 0, (kid, uid)
+        assert kid >= 0 and uid >= 0 and obj.globals["bstack_id"] >= 0, (kid, uid)
         yield obj, kid, uid
 
 
@@ -109,3 +109,19 @@ def test_user_symbols_of_python_function() -> None:
     assert any(p == os.path.realpath(sys.executable) or "libpython" in p
                for _s, _e, _o, p in us.mappings())
     assert us.resolve(0x10).name is None
+
+
+def test_build_id_stack(stacks: tuple[pyebpf.Object, int, int]) -> None:
+    from pyebpf.maps.stacktrace import BuildIdFrame
+
+    obj, _, uid = stacks
+    m = obj.maps["bstacks"]
+    assert m.build_id and m.depth == 32
+    frames = m.stack(obj.globals["bstack_id"])
+    assert frames and all(isinstance(f, BuildIdFrame) and f.status in (1, 2) for f in frames)
+    # the innermost frame is the same instruction as in the address stack
+    top = m.symbolize(obj.globals["bstack_id"])[0]
+    want = obj.maps["stacks"].symbolize(uid, pid=os.getpid())[0]
+    assert (top.name, top.offset, top.module) == (want.name, want.offset, want.module), (top, want)
+    if frames[0].status == 1:
+        assert len(frames[0].build_id) == 20 and any(frames[0].build_id)

@@ -88,11 +88,15 @@ class StackTrace(Map):
         return self.lookup(stack_id, [])
 
     def symbolize(self, stack_id: int, *, pid: int | None = None) -> list[Symbol]:
-        """Kernel symbols for ``stack_id``, or the user symbols of process ``pid``."""
-        addrs = self.stack(stack_id)
+        """Kernel symbols for ``stack_id``, or the user symbols of process ``pid``
+        (build-id stacks: matched against the mapped files of ``pid``, default ours)."""
+        frames = self.stack(stack_id)
+        if self.build_id:
+            us = UserSymbols("self" if pid is None else pid)
+            return [us.resolve_build_id(f) for f in frames]
         if pid is None:
-            return kernel_symbols().resolve_all(addrs)
-        return UserSymbols(pid).resolve_all(addrs)
+            return kernel_symbols().resolve_all(frames)
+        return UserSymbols(pid).resolve_all(frames)
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,6 +167,26 @@ class KernelSymbols:
     def resolve_all(self, addresses: Iterable[int]) -> list[Symbol]:
         return [self.resolve(a) for a in addresses]
 
+    def resolve_build_id(self, frame: BuildIdFrame) -> Symbol:
+        """Symbolize a frame of a BPF_F_STACK_BUILD_ID stack: (build id, file offset) is
+        matched against the build ids of this process's mapped files; a bare-ip frame
+        resolves as an address. ``address`` of the result is the file offset."""
+        if frame.status == 2:
+            return self.resolve(frame.offset_or_ip)
+        off = frame.offset_or_ip
+        for m in self._maps:
+            syms = _elf_symbols(self._file(m.path))
+            # build ids are 20 bytes for SHA-1 notes; shorter ones are zero-padded
+            if syms is None or not syms.build_id or \
+                    frame.build_id[: len(syms.build_id)] != syms.build_id:
+                continue
+            vaddr = syms.vaddr(off)
+            hit = syms.lookup(vaddr) if vaddr is not None else None
+            if hit is not None:
+                return Symbol(off, hit[0], hit[1], m.path)
+            return Symbol(off, None, off, m.path)
+        return Symbol(off, None, off, "")
+
     def address_of(self, name: str) -> int | None:
         """The address of the first symbol called ``name`` (linear search)."""
         try:
@@ -190,9 +214,9 @@ def kernel_symbols(*, reload: bool = False) -> KernelSymbols:
 
 
 class _ElfSymbols:
-    """Function/object symbols of one ELF file plus its PT_LOAD segments."""
+    """Function symbols of one ELF file, its PT_LOAD segments and its build id."""
 
-    __slots__ = ("addrs", "ends", "loads", "names")
+    __slots__ = ("addrs", "build_id", "ends", "loads", "names")
 
     def __init__(self, path: str) -> None:
         from elftools.elf.elffile import ELFFile
@@ -201,8 +225,14 @@ class _ElfSymbols:
         self.names: list[str] = []
         self.ends: list[int] = []
         self.loads: list[tuple[int, int, int]] = []  # (file offset, file size, vaddr)
+        self.build_id = b""
         with open(path, "rb") as f:
             elf = ELFFile(f)
+            for sec in elf.iter_sections():
+                if sec["sh_type"] == "SHT_NOTE" and hasattr(sec, "iter_notes"):
+                    for note in sec.iter_notes():
+                        if note["n_type"] == "NT_GNU_BUILD_ID":
+                            self.build_id = bytes.fromhex(note["n_desc"])
             for seg in elf.iter_segments():
                 if seg["p_type"] == "PT_LOAD":
                     self.loads.append((seg["p_offset"], seg["p_filesz"], seg["p_vaddr"]))
@@ -218,7 +248,8 @@ class _ElfSymbols:
                         name_off, info, _other, shndx, value, size = ent
                     else:
                         name_off, value, size, info, _other, shndx = ent
-                    if not value or not shndx or (info & 0xF) not in (1, 2, 10):  # OBJECT FUNC IFUNC
+                    # code only: FUNC and GNU_IFUNC (data symbols would name junk frames)
+                    if not value or not shndx or (info & 0xF) not in (2, 10):
                         continue
                     end = strtab.find(b"\0", name_off)
                     name = strtab[name_off:end].decode(errors="replace")
@@ -328,3 +359,23 @@ class UserSymbols:
 
     def resolve_all(self, addresses: Iterable[int]) -> list[Symbol]:
         return [self.resolve(a) for a in addresses]
+
+    def resolve_build_id(self, frame: BuildIdFrame) -> Symbol:
+        """Symbolize a frame of a BPF_F_STACK_BUILD_ID stack: (build id, file offset) is
+        matched against the build ids of this process's mapped files; a bare-ip frame
+        resolves as an address. ``address`` of the result is the file offset."""
+        if frame.status == 2:
+            return self.resolve(frame.offset_or_ip)
+        off = frame.offset_or_ip
+        for m in self._maps:
+            syms = _elf_symbols(self._file(m.path))
+            # build ids are 20 bytes for SHA-1 notes; shorter ones are zero-padded
+            if syms is None or not syms.build_id or \
+                    frame.build_id[: len(syms.build_id)] != syms.build_id:
+                continue
+            vaddr = syms.vaddr(off)
+            hit = syms.lookup(vaddr) if vaddr is not None else None
+            if hit is not None:
+                return Symbol(off, hit[0], hit[1], m.path)
+            return Symbol(off, None, off, m.path)
+        return Symbol(off, None, off, "")
