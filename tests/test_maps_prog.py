@@ -276,3 +276,23 @@ def test_cgroup_array_current_task_under_cgroup(stobj: pyebpf.Object, scratch_cg
     del arr[1]
     # an empty slot: the helper returns -EAGAIN
     assert prog.test_run(ctx_in=ctx).retval & 0xFFFFFFFF == (-errno.EAGAIN) & 0xFFFFFFFF
+
+
+def test_storage_from_id_and_no_fd_leak(stobj: pyebpf.Object) -> None:
+    from pyebpf.maps.storage import TaskStorage, cgroup_path_of
+
+    me = os.getpid()
+    task_st = stobj.maps["task_st"]
+    task_st.update_pid(me, 31)
+    with Map.from_id(task_st.id) as again:
+        # the class comes from the map type, the value type from the kernel's BTF
+        assert isinstance(again, TaskStorage) and again.lookup_pid(me) == 31
+    before = open_fd_count()
+    for _ in range(5):
+        task_st.lookup_pid(me)
+        task_st.update_pid(me, 1)
+        stobj.maps["cgrp_st"].lookup_path(cgroup_path_of())
+    assert task_st.delete_pid(me) and not task_st.delete_pid(me)
+    with pytest.raises(ProcessLookupError):
+        task_st.lookup_pid(2**22 + 12345)  # no such process
+    assert open_fd_count() == before

@@ -125,3 +125,9 @@ def test_build_id_stack(stacks: tuple[pyebpf.Object, int, int]) -> None:
     assert (top.name, top.offset, top.module) == (want.name, want.offset, want.module), (top, want)
     if frames[0].status == 1:
         assert len(frames[0].build_id) == 20 and any(frames[0].build_id)
+
+
+def test_from_id(stacks: tuple[pyebpf.Object, int, int]) -> None:
+    obj, kid, _ = stacks
+    with StackTrace.from_id(obj.maps["stacks"].id) as m:
+        assert type(m) is StackTrace and m[kid] == obj.maps["stacks"][kid]
