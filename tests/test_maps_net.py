@@ -36,7 +36,7 @@ from pyebpf.maps.netmaps import (
 )
 from pyebpf.sys import bpf as B
 from pyebpf.sys.fd import open_fd_count
-from pyebpf.uapi import AttachType
+from pyebpf.uapi import AttachType, MapType
 
 try:
     from tests.unitobj import unit_object
@@ -328,3 +328,18 @@ def test_no_fd_leak(netns: str) -> None:
         for s in (srv, cli, conn):
             s.close()
     assert open_fd_count() == before
+
+
+def test_sockmap_with_4_byte_values() -> None:
+    with SockMap.from_fd(B.map_create(MapType.SOCKMAP, 4, 4, 2, name="pyebpf_sm4")) as sm:
+        srv, cli, conn = _tcp_pair()
+        try:
+            sm[0] = conn  # the fd goes in as 4 bytes
+            with pytest.raises(OptionError, match="8-byte values"):
+                sm.lookup(0)
+            with pytest.raises(OptionError, match="8-byte values"):
+                sm[0]
+            del sm[0]
+        finally:
+            for s in (srv, cli, conn):
+                s.close()

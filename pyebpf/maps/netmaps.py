@@ -207,6 +207,19 @@ class _SocketValues:
     name: str
     value_size: int
 
+    def lookup(self, key: Any, default: Any = None, *, raw: bool = False) -> Any:
+        if self.value_size != 8:
+            # the kernel answers ENOSPC: a cookie needs 8 bytes
+            raise OptionError(f"map {self.name!r}: lookups give socket cookies, which need "
+                              f"8-byte values (this map has {self.value_size})")
+        return super().lookup(key, default, raw=raw)  # type: ignore[misc]
+
+    def __getitem__(self, key: Any) -> Any:
+        v = self.lookup(key)
+        if v is None:
+            raise KeyError(key)
+        return v
+
     def decode_value(self, raw: bytes | memoryview) -> Any:
         return int.from_bytes(bytes(raw[:8]), _BO)
 
