@@ -296,14 +296,74 @@ class Map:
 
     def lookup(self, key: Any, default: Any = None, *, raw: bool = False) -> Any:
         """The value at ``key`` (decoded unless ``raw``), or ``default`` if absent."""
+        if not raw:
+            return (self._fget or self._fast()[0])(key, default)
         v = self.ops.lookup(self.encode_key(key))
-        if v is None:
-            return default
-        return v if raw else self.decode_value(v)
+        return default if v is None else v
 
     def update(self, key: Any, value: Any, flags: int = BPF_ANY) -> None:
         """Set ``key`` to ``value``; flags BPF_ANY (0), BPF_NOEXIST (1), BPF_EXIST (2), BPF_F_LOCK (4)."""
-        self.ops.update(self.encode_key(key), self.encode_value(value), flags)
+        (self._fset or self._fast()[1])(key, value, flags)
+
+    # -- hot path: lookups and updates specialised once per map (codecs, per-thread ops) ---
+
+    _fget: Any = None
+    _fset: Any = None
+
+    def _fast(self) -> tuple[Any, Any]:
+        """Build the get/set functions: one call each for the key and value codecs, the
+        value decoded straight from the syscall buffer."""
+        tl, cls = self._tl, type(self)
+        ek = self.encode_key
+        kc = self.key_codec
+        if cls.encode_key is Map.encode_key and _plain_int(kc):
+            kenc = kc.encode
+
+            def ek(key: Any) -> bytes:
+                return kenc(key) if type(key) is int else self.encode_key(key)
+
+        ev = self.encode_value
+        dv: Any = self.decode_value
+        vc = self.value_codec
+        plain_v = not self.percpu and vc is not None
+        if plain_v and cls.encode_value is Map.encode_value:
+            venc, vco = vc.encode, vc.coerce
+            if _plain_int(vc):
+                def ev(value: Any) -> bytes:
+                    return venc(value) if type(value) is int else self._encode_one(value)
+            else:
+                def ev(value: Any) -> bytes:
+                    if isinstance(value, _RAW):
+                        return self._encode_one(value)
+                    return venc(vco(value, "value"))
+        view = False
+        if plain_v and cls.decode_value is Map.decode_value:
+            dv, view = vc.decode, True  # codecs decode from the MapOps buffer in place
+
+        def fget(key: Any, default: Any = _MISSING) -> Any:
+            try:
+                ops = tl.ops
+            except AttributeError:
+                ops = self.ops
+            if view:
+                v = ops.lookup_into(ek(key))
+            else:
+                v = ops.lookup(ek(key))
+            if v is None:
+                if default is _MISSING:
+                    raise KeyError(key)
+                return default
+            return dv(v)
+
+        def fset(key: Any, value: Any, flags: int = 0) -> None:
+            try:
+                ops = tl.ops
+            except AttributeError:
+                ops = self.ops
+            ops.update(ek(key), ev(value), flags)
+
+        self._fget, self._fset = fget, fset
+        return fget, fset
 
     def delete(self, key: Any) -> bool:
         """Delete ``key``; False if it was absent."""
@@ -346,16 +406,23 @@ class Map:
     def _dump(self, delete: bool, raw: bool) -> tuple[list[Any], list[Any]] | None:
         """Every entry by batch syscalls as (keys, values) lists; None if the kernel has
         no batch ops for this map (remembered)."""
-        ops = self.ops
-        count = max(1, min(self.max_entries, self.batch_size))
+        tl = self._tl
+        bufs = getattr(tl, "batch", None)
+        if bufs is None:
+            count = max(1, min(self.max_entries, self.batch_size))
+            bufs = tl.batch = _BatchBuffers(int(self.fd), self.key_size,
+                                            self._stride * self._ncpus, count)
         ks: list[Any] = []
         vs: list[Any] = []
         try:
-            for kb, vb, n in ops.iter_batches(count, delete=delete):
+            for kb, vb, n in bufs.walk(delete):
                 if raw:
-                    k, v = self.key_size, ops.value_size
-                    ks.extend(kb[i * k:(i + 1) * k] for i in range(n))
-                    vs.extend(vb[i * v:(i + 1) * v] for i in range(n))
+                    k, v = self.key_size, bufs.value_size
+                    kb, vb = kb.tobytes(), vb.tobytes()
+                    ks.extend([kb[i * k:(i + 1) * k] for i in range(n)])
+                    vs.extend([vb[i * v:(i + 1) * v] for i in range(n)])
+                elif not ks:  # one batch is the common case: no list copies
+                    ks, vs = self._decode_keys(kb, n), self._decode_values(vb, n)
                 else:
                     ks.extend(self._decode_keys(kb, n))
                     vs.extend(self._decode_values(vb, n))
@@ -462,8 +529,10 @@ class Map:
         format string (``"<IQ"``) or a :class:`pyebpf.btf.codec.Codec`. Returns self."""
         if key is not None:
             self._kc = _as_codec(key, self.key_size, f"map {self.name!r} key")
+            self._fget = self._fset = None
         if value is not None:
             self._vc = _as_codec(value, self.value_size, f"map {self.name!r} value")
+            self._fget = self._fset = None
         return self
 
     def values(self, *, raw: bool = False) -> Iterator[Any]:
@@ -488,13 +557,10 @@ class Map:
         return self.ops.lookup(self.encode_key(key)) is not None
 
     def __getitem__(self, key: Any) -> Any:
-        v = self.ops.lookup(self.encode_key(key))
-        if v is None:
-            raise KeyError(key)
-        return self.decode_value(v)
+        return (self._fget or self._fast()[0])(key)
 
     def __setitem__(self, key: Any, value: Any) -> None:
-        self.update(key, value)
+        (self._fset or self._fast()[1])(key, value, 0)
 
     def __delitem__(self, key: Any) -> None:
         if not self.delete(key):
@@ -528,6 +594,7 @@ class Map:
     def close(self) -> None:
         """Close the fd (the kernel frees the map once nothing else holds it)."""
         self._tl = threading.local()
+        self._fget = self._fset = None
         self.fd.close()
 
     def __enter__(self) -> Map:
@@ -713,6 +780,67 @@ def map_class(map_type: int) -> type[Map]:
     if not _kinds_loaded:
         _load_kind_modules()
     return _CLASSES.get(map_type, Map)
+
+
+class _BatchBuffers:
+    """Preallocated key/value/cursor buffers and attr for BPF_MAP_LOOKUP(_AND_DELETE)_BATCH
+    walks of one map (one per thread): each batch is one syscall and no copies."""
+
+    def __init__(self, fd: int, key_size: int, value_size: int, count: int) -> None:
+        import ctypes
+
+        from ..sys import attrs as A
+
+        self.fd, self.key_size, self.value_size = fd, key_size, value_size
+        self.count = count
+        self._A, self._ct = A, ctypes
+        tok = max(key_size, 8)  # hash maps use a 4-byte bucket cursor, arrays a key
+        self.kbuf = bytearray(max(key_size, 1) * count)
+        self.vbuf = bytearray(max(value_size, 1) * count)
+        self.tin, self.tout = bytearray(tok), bytearray(tok)
+        cs = [(ctypes.c_char * len(b)).from_buffer(b)
+              for b in (self.kbuf, self.vbuf, self.tin, self.tout)]
+        self._keep = cs
+        self.attr = A.BatchAttr(keys=ctypes.addressof(cs[0]), values=ctypes.addressof(cs[1]),
+                                out_batch=ctypes.addressof(cs[3]), map_fd=fd)
+        self._tin_addr = ctypes.addressof(cs[2])
+        self._ap = ctypes.c_void_p(ctypes.addressof(self.attr))
+
+    def walk(self, delete: bool) -> Iterator[tuple[memoryview, memoryview, int]]:
+        """Yield (keys, values, n) views of each batch, valid until the next one."""
+        from ..sys.syscall import NR_BPF, Cmd, cmd_name, get_errno, raw_syscall
+
+        cmd = Cmd.MAP_LOOKUP_AND_DELETE_BATCH if delete else Cmd.MAP_LOOKUP_BATCH
+        a, ap, size = self.attr, self._ap, self._A.BatchAttr.SIZE
+        ks, vs = max(self.key_size, 1), max(self.value_size, 1)
+        a.in_batch = 0
+        while True:
+            a.count = self.count
+            err = get_errno() if raw_syscall(NR_BPF, cmd, ap, size) < 0 else 0
+            n = a.count
+            if err and err != _errno.ENOENT:
+                if err == _errno.ENOSPC and not n and self.count < (1 << 24):
+                    # one hash bucket holds more than count entries: grow, resume there
+                    cursor, started = bytes(self.tin), a.in_batch != 0
+                    self.__init__(self.fd, self.key_size, self.value_size,  # type: ignore[misc]
+                                  self.count * 2)
+                    a, ap = self.attr, self._ap
+                    self.tin[:] = cursor
+                    a.in_batch = self._tin_addr if started else 0
+                    continue
+                raise SyscallError(err, cmd_name(cmd), detail=f"map fd {self.fd}")
+            if n:
+                yield (memoryview(self.kbuf)[:n * ks], memoryview(self.vbuf)[:n * vs], n)
+            if err == _errno.ENOENT:
+                return
+            self.tin[:] = self.tout
+            a.in_batch = self._tin_addr
+
+
+def _plain_int(c: Any) -> bool:
+    """A BTF integer codec whose encode takes a Python int as is (no bool, no bitfield)."""
+    return (c is not None and type(c).__name__ == "IntCodec" and bool(c._fmt)
+            and not c.is_bool)
 
 
 def _bulk_format(codec: Any, size: int) -> str | None:
