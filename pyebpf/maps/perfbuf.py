@@ -47,6 +47,7 @@ first) and resumes it.
 
 from __future__ import annotations
 
+import array
 import errno
 import logging
 import mmap
@@ -363,22 +364,40 @@ class _PerfRing:
             return PerfBatch(self.cpu, b"")
         start = tail & self.mask
         avail = head - tail
-        if start + avail <= self.size:
-            blob = self.data[start : start + avail].tobytes()
-        else:  # the two parts in stream order: every record is contiguous in the blob
-            blob = b"".join((self.data[start:], self.data[: start + avail - self.size]))
-        mv = memoryview(blob)
-        (h0,) = struct.unpack_from("<Q", blob)
+        ring_size = self.size
+        h0 = self.q[start >> 3]
         stride = h0 >> 48
-        if (h0 & 0xFFFFFFFF == PERF_RECORD_SAMPLE and stride and avail % stride == 0):
+        if h0 & 0xFFFFFFFF == PERF_RECORD_SAMPLE and stride and avail % stride == 0:
+            # Fast path: samples of one size back to back, every header equal
+            # to the first.  Compare them all at C speed (memoryview ==
+            # memoryview compares native items, no copies); on the ring before
+            # copying, which also brings the lines into the cache for the copy.
             count = avail // stride
-            if limit > 0 and count > limit:
+            if 0 < limit < count:
                 count = limit
-            # Every header equal to the first one: compare them all at C speed.
-            hdrs = mv[: count * stride].cast("Q")[:: stride >> 3]
-            if hdrs.tobytes() == blob[:8] * count:
-                meta[_TAIL_Q] = tail + count * stride
+            nbytes = count * stride
+            k = stride >> 3
+            pattern = memoryview(array.array("Q", (h0,)) * count)
+            q = self.q
+            # Records wholly before the ring end, then the one that may
+            # straddle it (its header never does), then those after it.
+            n1 = min(count, (ring_size - start) // stride)
+            i0 = start >> 3
+            ok = q[i0 : i0 + n1 * k : k] == pattern[:n1]
+            if ok and n1 < count:
+                off = start + n1 * stride
+                rest = count - n1
+                if off < ring_size:
+                    ok = q[off >> 3] == h0
+                    off += stride
+                    rest -= 1
+                j0 = (off - ring_size) >> 3
+                ok = ok and q[j0 : j0 + rest * k : k] == pattern[:rest]
+            if ok:
+                blob = self._copy(start, nbytes)
+                meta[_TAIL_Q] = tail + nbytes
                 return PerfBatch(self.cpu, blob, count=count, stride=stride)
+        blob = self._copy(start, avail)
         offsets: list[int] = []
         lengths: list[int] = []
         lost = 0
@@ -403,6 +422,14 @@ class _PerfRing:
                 break
         meta[_TAIL_Q] = tail + pos
         return PerfBatch(self.cpu, blob, offsets=offsets, lengths=lengths, lost=lost)
+
+    def _copy(self, start: int, nbytes: int) -> bytes:
+        """``nbytes`` of stream from ring offset ``start``; the two parts of a wrap joined,
+        so every record is contiguous in the result."""
+        end = start + nbytes
+        if end <= self.size:
+            return self.data[start:end].tobytes()
+        return b"".join((self.data[start:], self.data[: end - self.size]))
 
     # -- overwritable ------------------------------------------------------
 
