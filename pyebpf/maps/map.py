@@ -288,11 +288,18 @@ class Map:
 
     def lookup_bytes(self, key: bytes) -> bytes | None:
         """The raw value for raw ``key`` (per-CPU maps: every CPU's slot), or None."""
-        return self.ops.lookup(key)
+        try:
+            return self._tl.ops.lookup(key)
+        except AttributeError:  # this thread's first operation
+            return self.ops.lookup(key)
 
     def update_bytes(self, key: bytes, value: bytes, flags: int = BPF_ANY) -> None:
         """Store raw ``value`` at raw ``key``."""
-        self.ops.update(key, value, flags)
+        try:
+            ops = self._tl.ops
+        except AttributeError:
+            ops = self.ops
+        ops.update(key, value, flags)
 
     def lookup(self, key: Any, default: Any = None, *, raw: bool = False) -> Any:
         """The value at ``key`` (decoded unless ``raw``), or ``default`` if absent."""
@@ -332,7 +339,11 @@ class Map:
                 def ev(value: Any) -> bytes:
                     return venc(value) if type(value) is int else self._encode_one(value)
             else:
+                own = getattr(vc, "cls", None)  # values decoded from this map encode as is
+
                 def ev(value: Any) -> bytes:
+                    if type(value) is own:
+                        return venc(value)
                     if isinstance(value, _RAW):
                         return self._encode_one(value)
                     return venc(vco(value, "value"))
