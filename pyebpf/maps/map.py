@@ -396,7 +396,7 @@ class Map:
         if self._batchable:
             got = self._dump(False, raw)
             if got is not None:
-                return iter(zip(*got, strict=True))
+                return iter(got.items())
         return self._walk(raw)
 
     def _walk(self, raw: bool) -> Iterator[tuple[Any, Any]]:
@@ -414,60 +414,60 @@ class Map:
     # cap on entries per batch syscall (buffers are (key_size + value_size) * this)
     batch_size = 1 << 17
 
-    def _dump(self, delete: bool, raw: bool) -> tuple[list[Any], list[Any]] | None:
-        """Every entry by batch syscalls as (keys, values) lists; None if the kernel has
-        no batch ops for this map (remembered)."""
+    def _dump(self, delete: bool, raw: bool) -> dict[Any, Any] | None:
+        """Every entry by batch syscalls as a dict; None if the kernel has no batch ops
+        for this map (remembered)."""
         tl = self._tl
         bufs = getattr(tl, "batch", None)
         if bufs is None:
             count = max(1, min(self.max_entries, self.batch_size))
             bufs = tl.batch = _BatchBuffers(int(self.fd), self.key_size,
                                             self._stride * self._ncpus, count)
-        ks: list[Any] = []
-        vs: list[Any] = []
+        out: dict[Any, Any] = {}
         try:
             for kb, vb, n in bufs.walk(delete):
                 if raw:
                     k, v = self.key_size, bufs.value_size
-                    kb, vb = kb.tobytes(), vb.tobytes()
-                    ks.extend([kb[i * k:(i + 1) * k] for i in range(n)])
-                    vs.extend([vb[i * v:(i + 1) * v] for i in range(n)])
-                elif not ks:  # one batch is the common case: no list copies
-                    ks, vs = self._decode_keys(kb, n), self._decode_values(vb, n)
+                    kr, vr = kb.tobytes(), vb.tobytes()
+                    out.update(zip([kr[i * k:(i + 1) * k] for i in range(n)],
+                                   [vr[i * v:(i + 1) * v] for i in range(n)], strict=True))
                 else:
-                    ks.extend(self._decode_keys(kb, n))
-                    vs.extend(self._decode_values(vb, n))
+                    # the views die with this batch: the dict takes what it needs now
+                    out.update(zip(self._decode_keys(kb, n), self._decode_values(vb, n),
+                                   strict=True))
         except SyscallError as e:
-            if e.errno in _NO_BATCH and not ks:
+            if e.errno in _NO_BATCH and not out:
                 self._batchable = False
                 return None
             raise
-        return ks, vs
+        return out
 
-    def _decode_keys(self, buf: bytes, n: int) -> list[Any]:
+    def _decode_keys(self, buf: memoryview, n: int) -> Any:
+        """The keys of a batch: a sequence, possibly a view of ``buf`` (iterate it now)."""
         size = self.key_size
         fmt = _bulk_format(self.key_codec, size)
         if fmt is None and self.key_codec is None and isinstance(self, IndexedMap) and size == 4:
             fmt = "I"
         if fmt:
-            return memoryview(buf).cast(fmt).tolist()
+            return buf.cast(fmt)  # iterating a cast view beats tolist() for dict building
         dec = self.decode_key
-        return [dec(buf[i * size:(i + 1) * size]) for i in range(n)]
+        return [dec(buf[i * size:(i + 1) * size].tobytes()) for i in range(n)]
 
-    def _decode_values(self, buf: bytes, n: int) -> list[Any]:
+    def _decode_values(self, buf: memoryview, n: int) -> Any:
         c, size = self.value_codec, self.value_size
         if not self.percpu:
             fmt = _bulk_format(c, size)
             if fmt:
-                return memoryview(buf).cast(fmt).tolist()
+                return buf.cast(fmt)
             if c is None:
-                return [buf[i * size:(i + 1) * size] for i in range(n)]
+                raw = buf.tobytes()
+                return [raw[i * size:(i + 1) * size] for i in range(n)]
             dec = c.decode
             return [dec(buf, i * size) for i in range(n)]
         ncpu, rec = self._ncpus, self._stride * self._ncpus
         fmt = _bulk_format(c, size) if self._stride == size else None
         if fmt:
-            flat = memoryview(buf).cast(fmt).tolist()
+            flat = buf.cast(fmt).tolist()
             return [flat[i:i + ncpu] for i in range(0, n * ncpu, ncpu)]
         dv = self.decode_value
         return [dv(buf[i * rec:(i + 1) * rec]) for i in range(n)]
@@ -476,16 +476,14 @@ class Map:
         """The whole map as a dict, by BPF_MAP_LOOKUP_BATCH (a key walk where the kernel
         has no batch ops for this kind)."""
         got = self._dump(False, raw) if self._batchable else None
-        if got is None:
-            return dict(self._walk(raw))
-        return dict(zip(*got, strict=True))
+        return dict(self._walk(raw)) if got is None else got
 
     def lookup_and_delete_batch(self, *, raw: bool = False) -> dict[Any, Any]:
         """Read and remove every entry (BPF_MAP_LOOKUP_AND_DELETE_BATCH, or a key walk of
         lookups and deletes where the kernel has none for this kind)."""
         got = self._dump(True, raw) if self._batchable else None
         if got is not None:
-            return dict(zip(*got, strict=True))
+            return got
         ops, out = self.ops, {}
         for k in list(ops.keys()):
             v = ops.lookup(k)
