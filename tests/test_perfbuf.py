@@ -203,9 +203,9 @@ def test_no_silent_loss_concurrent(producer: Producer) -> None:
         while t.is_alive():
             pb.poll_callbacks(0.01)
         t.join()
+        pb.consume()  # room for the flush record and the LOST record before it
         assert producer.run(cpu, total, 1, size) == 0  # makes the kernel write pending losses
-        while last[0] != total:
-            pb.poll_callbacks(1.0)
+        assert pb.poll_callbacks(1.0) == 1 and last[0] == total
         assert received[0] + pb.lost_total == total + 1
         assert pb.lost_total == failed[0] == gaps[0]
 
@@ -310,3 +310,34 @@ def test_argument_errors(producer: Producer) -> None:
         PerfBuffer(producer.obj.maps["scratch"].fd.fileno())
     with PerfBuffer(producer.map) as pb, pytest.raises(PyebpfError, match="no callback"):
         pb.consume()
+
+
+def test_batch_paths_wrap_limit_and_mixed_sizes(producer: Producer) -> None:
+    """The uniform fast path across the ring end (80-byte records do not divide 4096, so
+    one straddles it), ``max_records``, and the record-by-record path for mixed sizes."""
+    cpu = CPUS[0]
+    seen: list[int] = []
+    with PerfBuffer(producer.map, page_cnt=1, cpus=[cpu]) as pb:
+        seq = 0
+        for _ in range(12):
+            assert producer.run(cpu, seq, 45, 64) == 0
+            seq += 45
+            got = 0
+            while got < 45:
+                batches = pb.consume_batch(max_records=7)
+                assert len(batches) == 1 and batches[0].uniform and len(batches[0]) <= 7
+                assert batches[0].record_size == padded(64)
+                seen += [s for (s,) in batches[0].iter_unpack("<Q")]
+                got += len(batches[0])
+        assert seen == list(range(seq))
+        mixed: list[tuple[int, int]] = []
+        for _ in range(10):
+            assert producer.run(cpu, seq, 9, 17) == 0
+            assert producer.run(cpu, seq + 9, 9, 100) == 0
+            (b,) = pb.consume_batch()
+            assert not b.uniform and len(b) == 18
+            mixed += [(check(cpu, r, 17 if i < 9 else 100), i) for i, r in enumerate(b)]
+            assert b.tolist()[0] == bytes(b[0]) and bytes(b[-1]) == bytes(b[17])
+            seq += 18
+        assert [s for s, _ in mixed] == list(range(seq - 180, seq))
+        assert pb.consume_batch() == [] and pb.avail() == 0
