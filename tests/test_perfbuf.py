@@ -260,6 +260,8 @@ def test_overwritable_snapshot(producer: Producer) -> None:
         assert producer.run(cpu, 0, 3, 64) == 3
         pb.pause(False)
         assert pb.read_overwritable() == []
+        with pytest.raises(PyebpfError, match="read_overwritable"):
+            pb.consume_batch()
         with pytest.raises(PyebpfError):
             PerfBuffer(producer.map, page_cnt=3)
     with PerfBuffer(producer.map, page_cnt=1, cpus=[cpu]) as pb2, pytest.raises(PyebpfError):
@@ -341,3 +343,18 @@ def test_batch_paths_wrap_limit_and_mixed_sizes(producer: Producer) -> None:
             seq += 18
         assert [s for s, _ in mixed] == list(range(seq - 180, seq))
         assert pb.consume_batch() == [] and pb.avail() == 0
+
+
+def test_wakeup_events_and_watermark(producer: Producer) -> None:
+    """The epoll fd becomes readable after ``wakeup_events`` samples / ``watermark`` bytes."""
+    import select
+
+    cpu = CPUS[0]
+    for kw, first, second in (({"wakeup_events": 10}, 5, 5), ({"watermark": 2048}, 12, 20)):
+        with PerfBuffer(producer.map, lambda c, r: None, page_cnt=2, cpus=[cpu], **kw) as pb:
+            assert producer.run(cpu, 0, first, 64) == 0  # below the threshold: no wake-up
+            assert select.select([pb], [], [], 0.05)[0] == []
+            assert pb.wait(0) and pb.avail() == first * 80  # the data is there all the same
+            assert producer.run(cpu, 0, second, 64) == 0
+            assert select.select([pb], [], [], 1.0)[0] == [pb]
+            assert pb.consume() == first + second

@@ -590,13 +590,19 @@ class PerfBuffer:
         return self._rings
 
     def _has_data(self) -> bool:
-        return any(r.has_data() for r in self._live())
+        return any(r.has_data() for r in self._consumable())
+
+    def _consumable(self) -> list[_PerfRing]:
+        rings = self._live()
+        if self.overwritable:
+            raise PyebpfError("PerfBuffer: an overwritable buffer is read with read_overwritable()")
+        return rings
 
     # -- waiting -----------------------------------------------------------
 
     def wait(self, timeout: float | None = None) -> bool:
         """Wait up to ``timeout`` s (None: forever) until some ring has data."""
-        rings = self._live()
+        rings = self._consumable()
         deadline = None if timeout is None else time.monotonic() + timeout
         assert self._ep is not None
         ep = self._ep
@@ -623,7 +629,7 @@ class PerfBuffer:
         cb = self._cb()
         limit = max_records or -1
         n = 0
-        for ring in self._live():
+        for ring in self._consumable():
             n += ring.consume(cb, self.lost_callback, limit - n if limit > 0 else -1)
             if n == limit:
                 break
@@ -641,7 +647,7 @@ class PerfBuffer:
         return self.consume(max_records)
 
     def _ring(self, cpu: int) -> _PerfRing:
-        for r in self._live():
+        for r in self._consumable():
             if r.cpu == cpu:
                 return r
         raise PyebpfError(f"PerfBuffer: no ring for CPU {cpu}")
@@ -655,7 +661,7 @@ class PerfBuffer:
         return self._drain_iter()
 
     def _drain_iter(self) -> Iterator[tuple[int, memoryview]]:
-        for ring in self._live():
+        for ring in self._consumable():
             cpu = ring.cpu
             for rec in ring.records(self.lost_callback):
                 yield cpu, rec
@@ -672,7 +678,7 @@ class PerfBuffer:
         """Non-blocking: copies of the available samples, one :class:`PerfBatch` per CPU with data."""
         out = []
         limit = max_records or -1
-        for ring in self._live():
+        for ring in self._consumable():
             if ring.has_data():
                 b = ring.batch(self.lost_callback, limit)
                 out.append(b)
@@ -739,7 +745,7 @@ class PerfBuffer:
 
     async def _aiter(self) -> AsyncIterator[tuple[int, memoryview]]:
         while True:
-            for ring in self._live():
+            for ring in self._consumable():
                 cpu = ring.cpu
                 for rec in ring.records(self.lost_callback):
                     yield cpu, rec
