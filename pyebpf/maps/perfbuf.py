@@ -319,7 +319,10 @@ class _PerfRing:
                 elif h & 0xFFFFFFFF == PERF_RECORD_LOST:
                     self._lost_at(off, lost_cb)
         finally:
-            meta[_TAIL_Q] = tail
+            try:
+                meta[_TAIL_Q] = tail
+            except ValueError:  # a callback closed the buffer
+                pass
         return n
 
     def records(self, lost_cb: LostCallback | None) -> Iterator[memoryview]:
@@ -400,6 +403,7 @@ class _PerfRing:
         blob = self._copy(start, avail)
         offsets: list[int] = []
         lengths: list[int] = []
+        losses: list[int] = []
         lost = 0
         pos = 0
         while pos < avail:
@@ -414,13 +418,17 @@ class _PerfRing:
             elif typ == PERF_RECORD_LOST:
                 (n,) = struct.unpack_from("<Q", blob, pos + 16)
                 lost += n
-                self.lost += n
-                if lost_cb is not None:
-                    lost_cb(self.cpu, n)
+                losses.append(n)
             pos += size
             if len(offsets) == limit:
                 break
         meta[_TAIL_Q] = tail + pos
+        # Counted and reported once the ring space is released, so a raising
+        # callback cannot make the same LOST record count twice.
+        self.lost += lost
+        if lost_cb is not None:
+            for n in losses:
+                lost_cb(self.cpu, n)
         return PerfBatch(self.cpu, blob, offsets=offsets, lengths=lengths, lost=lost)
 
     def _copy(self, start: int, nbytes: int) -> bytes:
