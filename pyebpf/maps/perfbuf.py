@@ -213,7 +213,7 @@ class _PerfRing:
 
     __slots__ = (
         "cpu", "fd", "mm", "meta", "data", "q", "size", "mask", "lost", "overwritable",
-        "prev_head",
+        "prev_head", "chunk",
     )
 
     def __init__(self, cpu: int, page_cnt: int, wakeup_events: int, watermark: int | None,
@@ -239,6 +239,7 @@ class _PerfRing:
         self.fd = P.perf_event_open(attr, pid=-1, cpu=cpu)
         self.size = page_cnt * _PAGE
         self.mask = self.size - 1
+        self.chunk = max(self.size // 4, 8)
         prot = mmap.PROT_READ if overwritable else mmap.PROT_READ | mmap.PROT_WRITE
         try:
             self.mm = mmap.mmap(self.fd.fileno(), _PAGE + self.size, mmap.MAP_SHARED, prot)
@@ -293,31 +294,37 @@ class _PerfRing:
         mask = self.mask
         ring_size = self.size
         cpu = self.cpu
+        chunk = self.chunk
         n = 0
         try:
             while tail < head:
-                off = tail & mask
-                h = q[off >> 3]
-                end = off + (h >> 48)
-                # The common case in one test: a sample that does not wrap.
-                if h & 0xFFFFFFFF == 9 and end <= ring_size:  # PERF_RECORD_SAMPLE
-                    tail += end - off
-                    cb(cpu, data[off + 12 : end])
-                    n += 1
-                    if n == limit:
-                        break
-                    continue
-                size = h >> 48
-                if size == 0:  # cannot happen with a sane kernel; never spin
-                    break
-                tail += size
-                if h & 0xFFFFFFFF == PERF_RECORD_SAMPLE:
-                    cb(cpu, self._record(off, size)[12:])
-                    n += 1
-                    if n == limit:
-                        break
-                elif h & 0xFFFFFFFF == PERF_RECORD_LOST:
-                    self._lost_at(off, lost_cb)
+                # Publish data_tail every quarter ring so a live producer
+                # is not stalled (and does not lose samples) for the whole call.
+                stop = head if head - tail <= chunk else tail + chunk
+                while tail < stop:
+                    off = tail & mask
+                    h = q[off >> 3]
+                    end = off + (h >> 48)
+                    # The common case in one test: a sample that does not wrap.
+                    if h & 0xFFFFFFFF == 9 and end <= ring_size:  # PERF_RECORD_SAMPLE
+                        tail += end - off
+                        cb(cpu, data[off + 12 : end])
+                        n += 1
+                        if n == limit:
+                            return n
+                        continue
+                    size = h >> 48
+                    if size == 0:  # cannot happen with a sane kernel; never spin
+                        return n
+                    tail += size
+                    if h & 0xFFFFFFFF == PERF_RECORD_SAMPLE:
+                        cb(cpu, self._record(off, size)[12:])
+                        n += 1
+                        if n == limit:
+                            return n
+                    elif h & 0xFFFFFFFF == PERF_RECORD_LOST:
+                        self._lost_at(off, lost_cb)
+                meta[_TAIL_Q] = tail
         finally:
             try:
                 meta[_TAIL_Q] = tail
@@ -334,24 +341,29 @@ class _PerfRing:
         data = self.data
         mask = self.mask
         ring_size = self.size
+        chunk = self.chunk
         try:
             while tail < head:
-                off = tail & mask
-                h = q[off >> 3]
-                end = off + (h >> 48)
-                if h & 0xFFFFFFFF == 9 and end <= ring_size:  # PERF_RECORD_SAMPLE, not wrapped
-                    tail += end - off
-                    yield data[off + 12 : end]
-                    continue
-                size = h >> 48
-                if size == 0:
-                    break
-                tail += size
-                typ = h & 0xFFFFFFFF
-                if typ == PERF_RECORD_SAMPLE:
-                    yield self._record(off, size)[12:]
-                elif typ == PERF_RECORD_LOST:
-                    self._lost_at(off, lost_cb)
+                stop = head if head - tail <= chunk else tail + chunk
+                while tail < stop:
+                    off = tail & mask
+                    h = q[off >> 3]
+                    end = off + (h >> 48)
+                    if h & 0xFFFFFFFF == 9 and end <= ring_size:  # PERF_RECORD_SAMPLE, not wrapped
+                        tail += end - off
+                        yield data[off + 12 : end]
+                        continue
+                    size = h >> 48
+                    if size == 0:
+                        return
+                    tail += size
+                    typ = h & 0xFFFFFFFF
+                    if typ == PERF_RECORD_SAMPLE:
+                        yield self._record(off, size)[12:]
+                    elif typ == PERF_RECORD_LOST:
+                        self._lost_at(off, lost_cb)
+                # The record handed out last is done with once the next is asked for.
+                meta[_TAIL_Q] = tail
         finally:
             try:
                 meta[_TAIL_Q] = tail
