@@ -22,7 +22,8 @@ program order, which is what the kernel's acquire loads need.
 Waiting: the kernel wakes the map's poll queue (``EPOLLOUT``) after a drain
 that took at least one sample (unless the program passed
 ``BPF_RB_NO_WAKEUP``).  :meth:`UserRingBuffer.reserve_blocking` waits on an
-edge-triggered epoll for those wake-ups.
+edge-triggered epoll for those wake-ups, and re-checks the ring at least every
+0.1 s, since an edge reaches only one of several waiters.
 
 One object may be shared by threads: reserving and committing take a lock,
 so samples from several threads never overlap.  Several *processes*
@@ -52,6 +53,9 @@ __all__ = ["UserRingBuffer"]
 _PAGE = mmap.PAGESIZE
 _MAP_TYPE_USER_RINGBUF = 31
 _FLAG_BITS = BPF_RINGBUF_BUSY_BIT | BPF_RINGBUF_DISCARD_BIT
+# Longest single wait before re-checking the ring: an edge-triggered wake-up goes
+# to one waiter, so threads (or coroutines) sharing this producer could miss one.
+_RECHECK = 0.1
 
 
 def _resolve(map_or_fd: MapOrFd, size: int | None) -> tuple[int, int, Any]:
@@ -204,13 +208,13 @@ class UserRingBuffer:
         ep = self._epoll()
         while True:
             if deadline is None:
-                left = -1.0
+                left = _RECHECK
             else:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return self.reserve(size)
             try:
-                ep.poll(left, 1)
+                ep.poll(min(left, _RECHECK), 1)
             except InterruptedError:  # pragma: no cover - PEP 475 retries already
                 pass
             sample = self.reserve(size)
@@ -233,10 +237,12 @@ class UserRingBuffer:
             if left is not None and left <= 0:
                 return self.reserve(size)
             try:
-                await asyncio.wait_for(_readable(ep.fileno()), left)
+                await asyncio.wait_for(_readable(ep.fileno()),
+                                       _RECHECK if left is None else min(left, _RECHECK))
             except asyncio.TimeoutError:
-                return self.reserve(size)
-            ep.poll(0)  # consume the edge
+                pass
+            else:
+                ep.poll(0)  # consume the edge
             sample = self.reserve(size)
             if sample is not None:
                 return sample
