@@ -27,14 +27,15 @@ added to :attr:`PerfBuffer.lost_by_cpu` / :attr:`PerfBuffer.lost_total` and
 passed to the ``lost(cpu, count)`` callback.  Losses still pending in the
 kernel (nothing written since) cannot be seen from user space.
 
-Ordering: ``data_head`` is loaded before the records are read, ``data_tail``
-is stored after the last record handed out is done with (the end of a
-consume call).  On x86_64 (TSO) plain aligned 8-byte loads/stores through a
-memoryview are acquire/release.
+Ordering: ``data_head`` is loaded before the records are read; ``data_tail``
+is stored only past records that are done with: every quarter ring during a
+long consume (so a live producer is not stalled) and at the end of the call.
+On x86_64 (TSO) plain aligned 8-byte loads/stores through a memoryview are
+acquire/release.
 
 Validity: callback and iterator records are memoryviews of the ring, valid
-until ``data_tail`` moves past them (the end of the consume call for
-callbacks, the next batch of records for the iterator).  Wrapped records are
+until ``data_tail`` moves past them: copy a record (``bytes(data)``) to keep
+it after the callback returns or the iterator advances.  Wrapped records are
 copies.  :meth:`PerfBuffer.poll_batch` returns copies.
 
 Overwritable mode (``overwritable=True``): the events are opened with
