@@ -337,6 +337,13 @@ def test_big_hash_items_use_batches() -> None:
         h._walk = lambda raw: walked.append(1) or iter(())  # type: ignore[method-assign]
         d = dict(h.items())
         assert not walked and len(d) == n and d[12345] == 12345 * 7
+        assert h.lookup_batch() == d  # chunks read by a helper thread, decoded here
+        h.batch_size = 4096  # sequential chunks
+        h._tl.__dict__.pop("batch")
+        assert h.lookup_batch() == d
+        h.batch_size = 1 << 17
+        h._tl.__dict__.pop("batch")
+        assert h.lookup_and_delete_batch() == d and h.lookup_batch() == {}
 
 
 class Pair(ctypes.Structure):

@@ -422,7 +422,8 @@ class Map:
         if bufs is None:
             count = max(1, min(self.max_entries, self.batch_size))
             bufs = tl.batch = _BatchBuffers(int(self.fd), self.key_size,
-                                            self._stride * self._ncpus, count)
+                                            self._stride * self._ncpus, count,
+                                            whole=count == self.max_entries)
         out: dict[Any, Any] = {}
         try:
             for kb, vb, n in bufs.walk(delete):
@@ -791,11 +792,20 @@ def map_class(map_type: int) -> type[Map]:
     return _CLASSES.get(map_type, Map)
 
 
+# Maps of at least this many entries are dumped in chunks by a helper thread while this
+# thread decodes the chunks already read (the bpf() call releases the GIL, so the
+# kernel's copying and Python's decoding overlap on two CPUs).
+_PIPELINE_MIN = 32768
+_PIPELINE_CHUNKS = 8
+
+
 class _BatchBuffers:
     """Preallocated key/value/cursor buffers and attr for BPF_MAP_LOOKUP(_AND_DELETE)_BATCH
     walks of one map (one per thread): each batch is one syscall and no copies."""
 
-    def __init__(self, fd: int, key_size: int, value_size: int, count: int) -> None:
+    def __init__(self, fd: int, key_size: int, value_size: int, count: int,
+                 whole: bool = False) -> None:
+        """``whole``: ``count`` is the map's max_entries (a pipelined walk may be used)."""
         import ctypes
 
         from ..sys import attrs as A
@@ -804,19 +814,29 @@ class _BatchBuffers:
         self.count = count
         self._A, self._ct = A, ctypes
         tok = max(key_size, 8)  # hash maps use a 4-byte bucket cursor, arrays a key
-        self.kbuf = bytearray(max(key_size, 1) * count)
-        self.vbuf = bytearray(max(value_size, 1) * count)
+        # pipelined walks fill the buffers chunk after chunk and need room for the call
+        # that finds the end: one chunk more than the map can hold
+        self.chunk = max(4096, count // _PIPELINE_CHUNKS)
+        self.capacity = count + self.chunk if whole and count >= _PIPELINE_MIN else count
+        self.kbuf = bytearray(max(key_size, 1) * self.capacity)
+        self.vbuf = bytearray(max(value_size, 1) * self.capacity)
         self.tin, self.tout = bytearray(tok), bytearray(tok)
         cs = [(ctypes.c_char * len(b)).from_buffer(b)
               for b in (self.kbuf, self.vbuf, self.tin, self.tout)]
         self._keep = cs
-        self.attr = A.BatchAttr(keys=ctypes.addressof(cs[0]), values=ctypes.addressof(cs[1]),
-                                out_batch=ctypes.addressof(cs[3]), map_fd=fd)
-        self._tin_addr = ctypes.addressof(cs[2])
+        self._addrs = [ctypes.addressof(c) for c in cs]
+        self.attr = A.BatchAttr(keys=self._addrs[0], values=self._addrs[1],
+                                out_batch=self._addrs[3], map_fd=fd)
+        self._tin_addr = self._addrs[2]
         self._ap = ctypes.c_void_p(ctypes.addressof(self.attr))
 
     def walk(self, delete: bool) -> Iterator[tuple[memoryview, memoryview, int]]:
         """Yield (keys, values, n) views of each batch, valid until the next one."""
+        if self.capacity > self.count:
+            return self._walk_pipelined(delete)
+        return self._walk(delete)
+
+    def _walk(self, delete: bool) -> Iterator[tuple[memoryview, memoryview, int]]:
         from ..sys.syscall import NR_BPF, Cmd, cmd_name, get_errno, raw_syscall
 
         cmd = Cmd.MAP_LOOKUP_AND_DELETE_BATCH if delete else Cmd.MAP_LOOKUP_BATCH
@@ -844,6 +864,65 @@ class _BatchBuffers:
                 return
             self.tin[:] = self.tout
             a.in_batch = self._tin_addr
+
+    def _walk_pipelined(self, delete: bool) -> Iterator[tuple[memoryview, memoryview, int]]:
+        import queue
+        import threading
+
+        from ..sys.syscall import NR_BPF, Cmd, cmd_name, get_errno, raw_syscall
+
+        cmd = Cmd.MAP_LOOKUP_AND_DELETE_BATCH if delete else Cmd.MAP_LOOKUP_BATCH
+        ks, vs = max(self.key_size, 1), max(self.value_size, 1)
+        kaddr, vaddr, tin_addr, tout_addr = self._addrs
+        cap, tin, tout = self.capacity, self.tin, self.tout
+        ct, size = self._ct, self._A.BatchAttr.SIZE
+        q: queue.SimpleQueue[Any] = queue.SimpleQueue()
+
+        def read_all() -> None:
+            # this thread's own attr: the walk's state never touches the consumer's
+            a = self._A.BatchAttr(out_batch=tout_addr, map_fd=self.fd)
+            ap = ct.c_void_p(ct.addressof(a))
+            off, chunk, first = 0, self.chunk, True
+            try:
+                while True:
+                    want = min(chunk, cap - off)
+                    if want <= 0:  # more entries than max_entries + a chunk: cannot be
+                        q.put(SyscallError(_errno.ENOSPC, cmd_name(cmd),
+                                           detail=f"map fd {self.fd}: batch buffers full"))
+                        return
+                    a.keys, a.values, a.count = kaddr + off * ks, vaddr + off * vs, want
+                    a.in_batch = 0 if first else tin_addr
+                    err = get_errno() if raw_syscall(NR_BPF, cmd, ap, size) < 0 else 0
+                    n = a.count
+                    if err and err != _errno.ENOENT:
+                        if err == _errno.ENOSPC and not n and want < cap - off:
+                            chunk = want * 2  # a hash bucket larger than the chunk
+                            continue
+                        q.put(SyscallError(err, cmd_name(cmd), detail=f"map fd {self.fd}"))
+                        return
+                    if n:
+                        q.put((off, n))
+                    if err == _errno.ENOENT:
+                        break
+                    off += n
+                    tin[:] = tout
+                    first = False
+            except BaseException as e:  # noqa: BLE001 - handed to the consumer
+                q.put(e)
+                return
+            q.put(None)
+
+        t = threading.Thread(target=read_all, name="pyebpf-batch", daemon=True)
+        t.start()
+        kmv, vmv = memoryview(self.kbuf), memoryview(self.vbuf)
+        try:
+            while (item := q.get()) is not None:
+                if isinstance(item, BaseException):
+                    raise item
+                off, n = item
+                yield kmv[off * ks:(off + n) * ks], vmv[off * vs:(off + n) * vs], n
+        finally:
+            t.join()
 
 
 def _plain_int(c: Any) -> bool:
