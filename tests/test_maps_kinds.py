@@ -26,7 +26,7 @@ from pyebpf.maps.arena import Arena
 from pyebpf.maps.array import Array, PerCpuArray
 from pyebpf.maps.hash import HashMap, LruHashMap, LruPerCpuHash, PerCpuHash
 from pyebpf.maps.lpm import LpmKey, LpmTrie
-from pyebpf.maps.map import Map
+from pyebpf.maps.map import Map, cstr
 from pyebpf.maps.queue import BloomFilter, Queue, Stack
 from pyebpf.sys import bpf as B
 from pyebpf.sys.fd import open_fd_count
@@ -85,6 +85,7 @@ def test_hash_struct_values_through_btf(obj: pyebpf.Object) -> None:
     assert (v.a, v.b, v.name, v.arr, v.lo, v.hi, v.neg) == (-5, 1 << 63, b"hi", (1, 2, 65535),
                                                            5, 31, -128)
     assert v.color.name == "KBLUE" and v.color == 7
+    assert cstr(v.name) == "hi" and cstr(b"ab\0cd") == "ab"
     assert "krec(" in repr(v) and "KBLUE" in repr(v)
     h[2] = v._replace(a=9)
     assert h[2].a == 9 and h[2].name == b"hi"

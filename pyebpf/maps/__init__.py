@@ -28,6 +28,7 @@ if TYPE_CHECKING:
         RingBuf,
         Stack,
         StructOpsMap,
+        cstr,
         map_class,
         register_map_class,
     )
@@ -70,6 +71,7 @@ _LAZY = {
     "StructOpsMap": ".map",
     "map_class": ".map",
     "register_map_class": ".map",
+    "cstr": ".map",
     "IndexedMap": ".map",
     "LruHashMap": ".hash",
     "LruPerCpuHash": ".hash",
@@ -129,6 +131,7 @@ __all__ = [
     "UserRingBuffer",
     "map_class",
     "register_map_class",
+    "cstr",
     "IndexedMap",
     "LruHashMap",
     "LruPerCpuHash",

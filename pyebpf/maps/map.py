@@ -38,6 +38,7 @@ __all__ = [
     "PerfEventArray",
     "RingBuf",
     "StructOpsMap",
+    "cstr",
     "map_class",
     "register_map_class",
 ]
@@ -82,6 +83,14 @@ _PERCPU = frozenset({MapType.PERCPU_HASH, MapType.PERCPU_ARRAY, MapType.LRU_PERC
                      MapType.PERCPU_CGROUP_STORAGE})
 _ARRAYS = frozenset({MapType.ARRAY, MapType.PERCPU_ARRAY, MapType.PROG_ARRAY,
                      MapType.PERF_EVENT_ARRAY, MapType.CGROUP_ARRAY, MapType.ARRAY_OF_MAPS})
+
+
+def cstr(value: bytes | bytearray | memoryview, encoding: str = "utf-8",
+         errors: str = "replace") -> str:
+    """A ``char[N]`` value (bytes) as text: cut at the first NUL, decoded."""
+    raw = bytes(value)
+    end = raw.find(b"\0")
+    return (raw if end < 0 else raw[:end]).decode(encoding, errors)
 
 
 def _type_name(t: int) -> str:
