@@ -135,6 +135,11 @@ def test_mmap_array_shared_with_program(obj: pyebpf.Object) -> None:
     assert int.from_bytes(mv[0:8], sys.byteorder) == 1000
     mv.release()
     assert dict(m.items())[0] == 1000
+    m.with_types(value="=q")  # user types apply to mmap'd reads too
+    m[2] = -1
+    assert m[2] == -1 and m.lookup(2) == -1
+    m.with_types(value="=Q")
+    assert m[2] == (1 << 64) - 1
     m.clear()
     assert m[0] == 0 and m[1] == 0
     obj.programs["touch"]  # the queue got a push; drain it for the queue test

@@ -44,6 +44,13 @@ class Array(IndexedMap):
         self._mm = mm
         return mm
 
+    def with_types(self, key: Any = None, value: Any = None) -> Array:
+        super().with_types(key, value)
+        if value is not None and self._mm not in (None, _MISSING):
+            c, vs = self.value_codec, self.value_size
+            self._mdec = c.decode if c is not None else (lambda b, o: b[o:o + vs])
+        return self
+
     @property
     def mmapped(self) -> bool:
         """True when elements are accessed through the map's shared memory."""
