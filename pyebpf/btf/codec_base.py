@@ -446,8 +446,10 @@ class CharArrayCodec(Codec):
 
     def flat(self) -> Flat | None:
         n = self.n
+        # bytes that fit (what decode returns) need no call; _char_arg converts or explains
         return Flat([(0, f"{n}s", 1)], lambda g, i: f"{g.it(i)}.partition(_Z)[0]",
-                    lambda g, v: [f"{g.name(_char_arg, 'chars')}({v}, {n})"])
+                    lambda g, v: [f"({v} if {v}.__class__ is bytes and len({v}) <= {n} else "
+                                  f"{g.name(_char_arg, 'chars')}({v}, {n}))"])
 
 
 class ArrayCodec(Codec):

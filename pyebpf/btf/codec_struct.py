@@ -45,6 +45,9 @@ class _Field:
     tail: bool = False  # a flexible array member: the rest of the buffer
 
 
+_INT_CODES = {1: "B", 2: "H", 4: "I", 8: "Q"}  # unsigned: a group's bits are already masked
+
+
 @dataclass(slots=True)
 class _Group:
     """Bitfields sharing bytes: read and written as one integer."""
@@ -53,6 +56,7 @@ class _Group:
     end: int
     fields: list[int] = field(default_factory=list)
     item: int = -1  # index of its bytes in the unpacked tuple, -1 when not flat
+    code: str = ""  # an integer struct code when its width has one: packed without to_bytes
 
 
 def _bf_parts(f: _Field) -> tuple[bool, dict[str, Any] | None]:
@@ -215,7 +219,8 @@ class StructCodec(Codec):
                 grp = groups[i]
                 if grp.fields[0] == i:
                     if not self.union and grp.start >= cursor:
-                        items.append((grp.start, f"{grp.end - grp.start}s", 1))
+                        grp.code = _INT_CODES.get(grp.end - grp.start, "")
+                        items.append((grp.start, grp.code or f"{grp.end - grp.start}s", 1))
                         grp.item, nitems, cursor = nitems, nitems + 1, grp.end
                         order.append(("group", grp))
                 plan.append(("bf", grp))
@@ -312,6 +317,9 @@ class StructCodec(Codec):
         if self.has_tail:
             self.decode_nested = ns["decode_nested"]
         self._source = src
+        # encode_into is one pack_into over all ``size`` bytes (padding zeroed): callers
+        # may encode into a scratch buffer whatever it held before
+        self.packs_whole = not posts
 
     def _dec_exprs(self, g: _Gen, base: int) -> list[str]:
         """Member expressions over ``t`` (items from ``base``), ``buf`` and ``offset``."""
@@ -330,10 +338,13 @@ class StructCodec(Codec):
                 grp = data
                 gv = gvars.get(id(grp))
                 if gv is None:
-                    gv = gvars[id(grp)] = g.tmp("g")
-                    src = (g.it(base + grp.item) if grp.item >= 0 else
-                           f"buf[offset + {grp.start}:offset + {grp.end}]")
-                    g.pre.append(f"{gv} = _ifb({src}, {_BO!r})")
+                    if grp.item >= 0 and grp.code:
+                        gv = gvars[id(grp)] = g.it(base + grp.item)  # unpacked as an int
+                    else:
+                        gv = gvars[id(grp)] = g.tmp("g")
+                        src = (g.it(base + grp.item) if grp.item >= 0 else
+                               f"buf[offset + {grp.start}:offset + {grp.end}]")
+                        g.pre.append(f"{gv} = _ifb({src}, {_BO!r})")
                 raw = f"({gv} >> {f.bit - grp.start * 8} & {(1 << f.bits) - 1})"
                 exprs.append(f.codec.bf_value(raw, f.bits, g))  # type: ignore[attr-defined]
         return exprs
@@ -345,6 +356,8 @@ class StructCodec(Codec):
             if how == "field":
                 i, fl = data
                 args.extend(fl.enc(g, f"{v}[{i}]"))
+            elif data.code:
+                args.append(self._group_int(g, data, v))
             else:
                 args.append(f"({self._group_int(g, data, v)}).to_bytes("
                             f"{data.end - data.start}, {_BO!r})")
@@ -371,7 +384,8 @@ class StructCodec(Codec):
             lo, hi = (-(1 << (f.bits - 1)), m >> 1) if signed else (0, m)
             # the common case (an in-range int) needs no call; _bfa converts or explains
             parts.append(f"({x} & {m} if {x}.__class__ is int and {lo} <= {x} <= {hi} else "
-                         f"_bfa({x}, {f.bits}, {signed}, {nm})) << {f.bit - grp.start * 8}")
+                         f"_bfa({x}, {f.bits}, {signed}, {nm}))"
+                         + (f" << {sh}" if (sh := f.bit - grp.start * 8) else ""))
         if self.union:  # union bitfields are written one by one, each in its own group
             return parts[0]
         return " | ".join(parts)

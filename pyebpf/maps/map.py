@@ -27,6 +27,8 @@ from ..sys import bpf as _bpf
 from ..sys.fd import FD
 from ..uapi import MapType
 
+_SE = struct.error
+
 __all__ = [
     "BPF_ANY",
     "BPF_EXIST",
@@ -338,7 +340,13 @@ class Map:
             def ek(key: Any) -> bytes:
                 return kenc(key) if type(key) is int else self.encode_key(key)
 
+            # the hot paths below pack an in-range int key inline (no call frames); anything
+            # else, errors included, goes through ek and the codec's checks and messages
+            kpack = struct.Struct("=" + kc._fmt).pack
+        else:
+            kpack = None
         ev = self.encode_value
+        staged: Any = None
         dv: Any = self.decode_value
         vc = self.value_codec
         plain_v = not self.percpu and vc is not None
@@ -356,6 +364,28 @@ class Map:
                     if isinstance(value, _RAW):
                         return self._encode_one(value)
                     return venc(vco(value, "value"))
+
+                if getattr(vc, "packs_whole", False) and vc.size == self.value_size:
+                    vinto = vc.encode_into
+
+                    def staged(key: Any, value: Any, flags: int = 0) -> None:
+                        try:
+                            ops = tl.ops
+                        except AttributeError:
+                            ops = self.ops
+                        if type(value) is own:  # packed straight into the syscall buffer
+                            # the key first: its errors win, as below
+                            if kpack is not None and type(key) is int:
+                                try:
+                                    k = kpack(key)
+                                except _SE:
+                                    k = ek(key)
+                            else:
+                                k = ek(key)
+                            vinto(ops.value_buffer, 0, value)
+                            ops.update_staged(k, flags)
+                        else:
+                            ops.update(ek(key), ev(value), flags)
         view = False
         if plain_v and cls.decode_value is Map.decode_value:
             dv, view = vc.decode, True  # codecs decode from the MapOps buffer in place
@@ -365,10 +395,14 @@ class Map:
                 ops = tl.ops
             except AttributeError:
                 ops = self.ops
-            if view:
-                v = ops.lookup_into(ek(key))
+            if kpack is not None and type(key) is int:
+                try:
+                    k = kpack(key)
+                except _SE:
+                    k = ek(key)
             else:
-                v = ops.lookup(ek(key))
+                k = ek(key)
+            v = ops.lookup_into(k) if view else ops.lookup(k)
             if v is None:
                 if default is _MISSING:
                     raise KeyError(key)
@@ -382,6 +416,7 @@ class Map:
                 ops = self.ops
             ops.update(ek(key), ev(value), flags)
 
+        fset = staged or fset
         self._fget, self._fset = fget, fset
         return fget, fset
 

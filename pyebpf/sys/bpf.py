@@ -69,6 +69,10 @@ __all__ = [
 
 _DEBUG = logging.DEBUG
 _debug_on = log.isEnabledFor  # bound once: the hot paths call it on every op
+# The logger's own level cache (cleared, never rebound, by setLevel/disable): one dict
+# probe answers "no debug" without a method call; a miss or True defers to isEnabledFor.
+_dcache = getattr(log, "_cache", None)
+_nodebug: Callable[..., Any] = (_dcache if isinstance(_dcache, dict) else {}).get
 _addressof = ctypes.addressof
 
 
@@ -251,7 +255,7 @@ class MapOps:
         "fd", "key_size", "value_size",
         "_kbuf", "_kmv", "_vbuf", "_vmv", "_nbuf", "_ctypes",
         "_lk", "_lk_p", "_up", "_up_p", "_del", "_del_p", "_nx", "_nx_p", "_nx0", "_nx0_p",
-        "_ld", "_ld_p", "_kaddr", "_upflags",
+        "_ld", "_ld_p", "_kaddr", "_upflags", "value_buffer",
     )  # fmt: skip
 
     def __init__(self, fd: int | FD, key_size: int, value_size: int):
@@ -260,6 +264,7 @@ class MapOps:
         self.value_size = value_size
         self._kbuf = bytearray(max(key_size, 1))
         self._vbuf = bytearray(max(value_size, 1))
+        self.value_buffer = self._vbuf  # what update_staged() sends: encode values into it
         self._nbuf = bytearray(max(key_size, 1))
         kc = (ctypes.c_char * len(self._kbuf)).from_buffer(self._kbuf)
         vc = (ctypes.c_char * len(self._vbuf)).from_buffer(self._vbuf)
@@ -309,14 +314,14 @@ class MapOps:
         self._kmv[:] = key
         if raw_syscall(NR_BPF, 1, self._lk_p, 32) < 0:
             return self._lookup_failed(key)
-        if _debug_on(_DEBUG):
+        if _nodebug(_DEBUG, True) and _debug_on(_DEBUG):
             self._trace(1, key, 0)
         return self._vmv.tobytes()
 
     def _lookup_failed(self, key: bytes) -> None:
         if get_errno() != _errno.ENOENT:
             self._fail(Cmd.MAP_LOOKUP_ELEM, self._lk)
-        if _debug_on(_DEBUG):
+        if _nodebug(_DEBUG, True) and _debug_on(_DEBUG):
             self._trace(1, key, -1)
         return None
 
@@ -345,7 +350,18 @@ class MapOps:
             self._up.flags = self._upflags = flags
         if raw_syscall(NR_BPF, 2, self._up_p, 32) < 0:
             self._fail(Cmd.MAP_UPDATE_ELEM, self._up)
-        if _debug_on(_DEBUG):
+        if _nodebug(_DEBUG, True) and _debug_on(_DEBUG):
+            self._trace(2, key, 0)
+
+    def update_staged(self, key: bytes, flags: int = 0) -> None:
+        """Set ``key`` to the value already written into ``value_buffer`` (all
+        ``value_size`` bytes of it): an encoder packs there, saving a bytes object and a copy."""
+        self._kmv[:] = key
+        if flags != self._upflags:
+            self._up.flags = self._upflags = flags
+        if raw_syscall(NR_BPF, 2, self._up_p, 32) < 0:
+            self._fail(Cmd.MAP_UPDATE_ELEM, self._up)
+        if _nodebug(_DEBUG, True) and _debug_on(_DEBUG):
             self._trace(2, key, 0)
 
     def push(self, value: bytes, flags: int = 0) -> None:
@@ -364,11 +380,11 @@ class MapOps:
         self._kmv[:] = key
         if raw_syscall(NR_BPF, 3, self._del_p, 32) < 0:
             if get_errno() == _errno.ENOENT:
-                if _debug_on(_DEBUG):
+                if _nodebug(_DEBUG, True) and _debug_on(_DEBUG):
                     self._trace(3, key, -1)
                 return False
             self._fail(Cmd.MAP_DELETE_ELEM, self._del)
-        if _debug_on(_DEBUG):
+        if _nodebug(_DEBUG, True) and _debug_on(_DEBUG):
             self._trace(3, key, 0)
         return True
 
@@ -383,7 +399,7 @@ class MapOps:
             if get_errno() == _errno.ENOENT:
                 return None
             self._fail(Cmd.MAP_GET_NEXT_KEY, self._nx)
-        if _debug_on(_DEBUG):
+        if _nodebug(_DEBUG, True) and _debug_on(_DEBUG):
             self._trace(4, key, ret)
         return bytes(self._nbuf[: self.key_size])
 
@@ -407,7 +423,7 @@ class MapOps:
             if get_errno() == _errno.ENOENT:
                 return None
             self._fail(Cmd.MAP_LOOKUP_AND_DELETE_ELEM, ld)
-        if _debug_on(_DEBUG):
+        if _nodebug(_DEBUG, True) and _debug_on(_DEBUG):
             self._trace(21, key, 0)
         return self._vmv.tobytes()
 
