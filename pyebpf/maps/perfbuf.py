@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import array
 import errno
+import itertools
 import logging
 import mmap
 import select
@@ -117,7 +118,7 @@ class PerfBatch:
     ``PERF_RECORD_LOST`` met while reading this batch.
     """
 
-    __slots__ = ("cpu", "data", "lost", "_count", "_stride", "_offsets", "_lengths")
+    __slots__ = ("cpu", "data", "lost", "_count", "_stride", "_offsets", "_lengths", "_runs")
 
     def __init__(
         self,
@@ -129,8 +130,12 @@ class PerfBatch:
         offsets: list[int] | None = None,
         lengths: list[int] | None = None,
         lost: int = 0,
+        runs: list[tuple[int, int, int]] | None = None,
     ) -> None:
         self.cpu = cpu
+        # (blob offset of the first header, record count, stride) for each run
+        # of equal-sized samples, when known: lets iter_unpack stay in C.
+        self._runs = runs
         self.data = data
         self.lost = lost
         self._offsets = offsets
@@ -202,6 +207,23 @@ class PerfBatch:
             if whole.size != self._stride:
                 return (st.unpack_from(r) for r in self)
             return whole.iter_unpack(memoryview(self.data)[: self._count * self._stride])
+        if self._runs is not None:
+            order = fmt[0] if fmt and fmt[0] in "@=<>!" else "@"
+            body = fmt[1:] if fmt and fmt[0] in "@=<>!" else fmt
+            mv = memoryview(self.data)
+            parts = []
+            for start, count, stride in self._runs:
+                size = stride - _SAMPLE_HDR
+                if st.size > size or order == "@":
+                    parts = None
+                    break
+                whole = struct.Struct(f"{order}{_SAMPLE_HDR}x{body}{size - st.size}x")
+                if whole.size != stride:
+                    parts = None
+                    break
+                parts.append(whole.iter_unpack(mv[start : start + count * stride]))
+            if parts is not None:
+                return itertools.chain.from_iterable(parts)
         return (st.unpack_from(self.data, s) for s in self._offsets)
 
     def __repr__(self) -> str:
@@ -372,7 +394,10 @@ class _PerfRing:
                 pass
 
     def batch(self, lost_cb: LostCallback | None, limit: int) -> PerfBatch:
-        """Copy the available records out in one go and free the ring space."""
+        """Copy the available records out in one go and free the ring space.
+
+        One size throughout: a uniform batch.  Otherwise (LOST records, mixed
+        sizes) offsets per sample, built per run of equal samples."""
         meta = self.meta
         head = meta[_HEAD_Q]
         tail = meta[_TAIL_Q]
@@ -414,35 +439,74 @@ class _PerfRing:
                 meta[_TAIL_Q] = tail + nbytes
                 return PerfBatch(self.cpu, blob, count=count, stride=stride)
         blob = self._copy(start, avail)
+        # Samples of one size usually come in long runs between LOST records
+        # (a producer that overran the ring): find each run's length with
+        # strided compares in C and build its positions with range(), so
+        # Python touches each run rather than each record.
+        qv = memoryview(blob)[: avail & ~7].cast("Q")
         offsets: list[int] = []
         lengths: list[int] = []
+        runs: list[tuple[int, int, int]] = []
         losses: list[int] = []
+        patterns: dict[int, memoryview] = {}
         lost = 0
         pos = 0
-        while pos < avail:
-            h = struct.unpack_from("<Q", blob, pos)[0]
+        n = 0
+        while pos + 8 <= avail:
+            h = qv[pos >> 3]
             size = h >> 48
-            if size == 0:
+            if size == 0 or size & 7 or pos + size > avail:
                 break
             typ = h & 0xFFFFFFFF
             if typ == PERF_RECORD_SAMPLE:
-                offsets.append(pos + 12)
-                lengths.append(size - 12)
-            elif typ == PERF_RECORD_LOST:
-                (n,) = struct.unpack_from("<Q", blob, pos + 16)
-                lost += n
-                losses.append(n)
+                most = (avail - pos) // size
+                if limit > 0:
+                    most = min(most, limit - n)
+                m = self._run_length(qv, pos >> 3, size >> 3, h, most, patterns)
+                offsets += range(pos + 12, pos + m * size, size)
+                lengths += [size - 12] * m
+                runs.append((pos, m, size))
+                pos += m * size
+                n += m
+                if n == limit:
+                    break
+                continue
+            if typ == PERF_RECORD_LOST and size >= 24:
+                c = qv[(pos >> 3) + 2]
+                lost += c
+                losses.append(c)
             pos += size
-            if len(offsets) == limit:
-                break
         meta[_TAIL_Q] = tail + pos
         # Counted and reported once the ring space is released, so a raising
         # callback cannot make the same LOST record count twice.
         self.lost += lost
         if lost_cb is not None:
-            for n in losses:
-                lost_cb(self.cpu, n)
-        return PerfBatch(self.cpu, blob, offsets=offsets, lengths=lengths, lost=lost)
+            for c in losses:
+                lost_cb(self.cpu, c)
+        return PerfBatch(self.cpu, blob, offsets=offsets, lengths=lengths, lost=lost, runs=runs)
+
+    @staticmethod
+    def _run_length(qv: memoryview, i0: int, k: int, h: int, most: int,
+                    patterns: dict[int, memoryview]) -> int:
+        """How many of the next ``most`` records (``k`` words apart from word
+        ``i0``) have header ``h``; the first one is known to.  Galloping
+        compares of strided views, O(most) work in C in total."""
+        pat = patterns.get(h)
+        if pat is None or len(pat) < most:
+            pat = patterns[h] = memoryview(array.array("Q", (h,)) * max(most, 1))
+        if qv[i0 : i0 + most * k : k] == pat[:most]:
+            return most
+        good, bad = 1, most  # records [0, good) match; some record in [good, bad) does not
+        step = 1
+        while bad - good > 1:
+            mid = min(good + step, bad - 1)
+            if qv[i0 + good * k : i0 + mid * k : k] == pat[: mid - good]:
+                good = mid
+                step *= 2
+            else:
+                bad = mid
+                step = max(1, (bad - good) // 2)
+        return good
 
     def _copy(self, start: int, nbytes: int) -> bytes:
         """``nbytes`` of stream from ring offset ``start``; the two parts of a wrap joined,
