@@ -320,6 +320,12 @@ class StructCodec(Codec):
         # encode_into is one pack_into over all ``size`` bytes (padding zeroed): callers
         # may encode into a scratch buffer whatever it held before
         self.packs_whole = not posts
+        if not posts:  # for callers that have checked the class already
+            own = src[src.index("def encode_into"):src.index("def encode(")].replace(
+                "    if v.__class__ is not _cls:\n        v = _coerce(v, _path)\n", "", 1)
+            own = own.replace("def encode_into(", "def encode_into_own(", 1)
+            self.encode_into_own = _exec(own, g.ns, self.type_name)["encode_into_own"]
+            self._source = src + own
 
     def _dec_exprs(self, g: _Gen, base: int) -> list[str]:
         """Member expressions over ``t`` (items from ``base``), ``buf`` and ``offset``."""

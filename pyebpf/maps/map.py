@@ -334,7 +334,7 @@ class Map:
         tl, cls = self._tl, type(self)
         ek = self.encode_key
         kc = self.key_codec
-        if cls.encode_key is Map.encode_key and _plain_int(kc):
+        if cls.encode_key is Map.encode_key and _plain_int(kc) and kc.size == self.key_size:
             kenc = kc.encode
 
             def ek(key: Any) -> bytes:
@@ -342,7 +342,7 @@ class Map:
 
             # the hot paths below pack an in-range int key inline (no call frames); anything
             # else, errors included, goes through ek and the codec's checks and messages
-            kpack = struct.Struct("=" + kc._fmt).pack
+            kpack = struct.Struct("=" + kc._fmt).pack_into  # into the MapOps key buffer
         else:
             kpack = None
         ev = self.encode_value
@@ -366,7 +366,7 @@ class Map:
                     return venc(vco(value, "value"))
 
                 if getattr(vc, "packs_whole", False) and vc.size == self.value_size:
-                    vinto = vc.encode_into
+                    vinto = vc.encode_into_own  # type(value) is own: no second class check
 
                     def staged(key: Any, value: Any, flags: int = 0) -> None:
                         try:
@@ -375,9 +375,10 @@ class Map:
                             ops = self.ops
                         if type(value) is own:  # packed straight into the syscall buffer
                             # the key first: its errors win, as below
+                            k = None
                             if kpack is not None and type(key) is int:
                                 try:
-                                    k = kpack(key)
+                                    kpack(ops.key_buffer, 0, key)
                                 except _SE:
                                     k = ek(key)
                             else:
@@ -395,14 +396,18 @@ class Map:
                 ops = tl.ops
             except AttributeError:
                 ops = self.ops
-            if kpack is not None and type(key) is int:
-                try:
-                    k = kpack(key)
-                except _SE:
+            if view:
+                k = None
+                if kpack is not None and type(key) is int:
+                    try:
+                        kpack(ops.key_buffer, 0, key)
+                    except _SE:
+                        k = ek(key)
+                else:
                     k = ek(key)
+                v = ops.lookup_into(k)
             else:
-                k = ek(key)
-            v = ops.lookup_into(k) if view else ops.lookup(k)
+                v = ops.lookup(ek(key))
             if v is None:
                 if default is _MISSING:
                     raise KeyError(key)

@@ -255,7 +255,7 @@ class MapOps:
         "fd", "key_size", "value_size",
         "_kbuf", "_kmv", "_vbuf", "_vmv", "_nbuf", "_ctypes",
         "_lk", "_lk_p", "_up", "_up_p", "_del", "_del_p", "_nx", "_nx_p", "_nx0", "_nx0_p",
-        "_ld", "_ld_p", "_kaddr", "_upflags", "value_buffer",
+        "_ld", "_ld_p", "_kaddr", "_upflags", "key_buffer", "value_buffer",
     )  # fmt: skip
 
     def __init__(self, fd: int | FD, key_size: int, value_size: int):
@@ -264,7 +264,8 @@ class MapOps:
         self.value_size = value_size
         self._kbuf = bytearray(max(key_size, 1))
         self._vbuf = bytearray(max(value_size, 1))
-        self.value_buffer = self._vbuf  # what update_staged() sends: encode values into it
+        # staged operands: encoders pack straight into these (see update_staged, lookup_into)
+        self.key_buffer, self.value_buffer = self._kbuf, self._vbuf
         self._nbuf = bytearray(max(key_size, 1))
         kc = (ctypes.c_char * len(self._kbuf)).from_buffer(self._kbuf)
         vc = (ctypes.c_char * len(self._vbuf)).from_buffer(self._vbuf)
@@ -333,9 +334,11 @@ class MapOps:
         finally:
             self._lk.flags = 0
 
-    def lookup_into(self, key: bytes) -> memoryview | None:
-        """Like lookup, but returns a view of the internal value buffer (valid until the next op)."""
-        self._kmv[:] = key
+    def lookup_into(self, key: bytes | None) -> memoryview | None:
+        """Like lookup, but returns a view of the internal value buffer (valid until the next op).
+        ``key`` None: the key is already in ``key_buffer``."""
+        if key is not None:
+            self._kmv[:] = key
         if raw_syscall(NR_BPF, 1, self._lk_p, 32) < 0:
             if get_errno() == _errno.ENOENT:
                 return None
@@ -353,16 +356,18 @@ class MapOps:
         if _nodebug(_DEBUG, True) and _debug_on(_DEBUG):
             self._trace(2, key, 0)
 
-    def update_staged(self, key: bytes, flags: int = 0) -> None:
+    def update_staged(self, key: bytes | None, flags: int = 0) -> None:
         """Set ``key`` to the value already written into ``value_buffer`` (all
-        ``value_size`` bytes of it): an encoder packs there, saving a bytes object and a copy."""
-        self._kmv[:] = key
+        ``value_size`` bytes of it): an encoder packs there, saving a bytes object and a copy.
+        ``key`` None: the key is already in ``key_buffer`` too."""
+        if key is not None:
+            self._kmv[:] = key
         if flags != self._upflags:
             self._up.flags = self._upflags = flags
         if raw_syscall(NR_BPF, 2, self._up_p, 32) < 0:
             self._fail(Cmd.MAP_UPDATE_ELEM, self._up)
         if _nodebug(_DEBUG, True) and _debug_on(_DEBUG):
-            self._trace(2, key, 0)
+            self._trace(2, self._kmv.tobytes(), 0)
 
     def push(self, value: bytes, flags: int = 0) -> None:
         """Queue/stack push (an update with a NULL key)."""
