@@ -351,7 +351,8 @@ class StructCodec(Codec):
                         src = (g.it(base + grp.item) if grp.item >= 0 else
                                f"buf[offset + {grp.start}:offset + {grp.end}]")
                         g.pre.append(f"{gv} = _ifb({src}, {_BO!r})")
-                raw = f"({gv} >> {f.bit - grp.start * 8} & {(1 << f.bits) - 1})"
+                sh = f.bit - grp.start * 8
+                raw = f"({gv} >> {sh} & {(1 << f.bits) - 1})" if sh else f"({gv} & {(1 << f.bits) - 1})"
                 exprs.append(f.codec.bf_value(raw, f.bits, g))  # type: ignore[attr-defined]
         return exprs
 
