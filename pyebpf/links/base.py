@@ -12,7 +12,7 @@ from ..errors import OptionError, PyebpfError, SyscallError
 from ..sys import bpf as _bpf
 from ..sys import perf as _perf
 from ..sys.attrs import LinkInfo as _RawLinkInfo
-from ..sys.fd import FD
+from ..sys.fd import FD, Closing
 from ..uapi import AttachType, LinkType, ProgType
 
 __all__ = [
@@ -167,7 +167,7 @@ def link_info(fd: int | FD) -> LinkInfo:
 # --- Link --------------------------------------------------------------------------------------
 
 
-class Link:
+class Link(Closing):
     """A program attachment. Owns its fds (the bpf link fd and/or a perf event fd).
 
     ``close()`` detaches (the kernel drops the attachment when the last fd goes, unless
@@ -298,18 +298,6 @@ class Link:
                 cleanup()
             except Exception as e:  # cleanup of a tracefs event must not mask the close
                 _log.debug("link cleanup failed: %s", e)
-
-    def __enter__(self) -> Link:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        try:
-            self.close()
-        except Exception:
-            pass
 
     def __repr__(self) -> str:
         prog = prog_label(self.program)

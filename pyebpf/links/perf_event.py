@@ -10,7 +10,7 @@ from typing import Any
 from ..errors import OptionError, SyscallError
 from ..sys import bpf as _bpf
 from ..sys import perf as _perf
-from ..sys.fd import FD
+from ..sys.fd import FD, Closing
 from ..sys.perf import (
     PERF_COUNT_SW_CPU_CLOCK,
     PERF_FLAG_FD_CLOEXEC,
@@ -137,7 +137,7 @@ def online_cpus() -> list[int]:
     return cpus
 
 
-class PerfEventLinks:
+class PerfEventLinks(Closing):
     """Several perf-event links (one per CPU) handled as one: close(), ``with``, iteration."""
 
     def __init__(self, links: list[PerfEventLink], target: str = "") -> None:
@@ -157,18 +157,6 @@ class PerfEventLinks:
     @property
     def closed(self) -> bool:
         return all(link.closed for link in self.links)
-
-    def __enter__(self) -> PerfEventLinks:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        try:
-            self.close()
-        except Exception:
-            pass
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else f"{len(self.links)} cpus"

@@ -61,6 +61,7 @@ from typing import Any
 
 from ..errors import PyebpfError
 from ..sys import perf as P
+from ..sys.fd import Closing
 from ..sys.syscall import ioctl
 
 __all__ = [
@@ -568,7 +569,7 @@ class _PerfRing:
         self.fd.close()
 
 
-class PerfBuffer:
+class PerfBuffer(Closing):
     """Per-CPU perf rings over a ``BPF_MAP_TYPE_PERF_EVENT_ARRAY`` (libbpf's ``perf_buffer``).
 
     ``map``: a Map (``.fd`` and ``.max_entries``) or a map fd (not owned).
@@ -884,18 +885,6 @@ class PerfBuffer:
         if self._ep is not None:
             self._ep.close()
             self._ep = None
-
-    def __enter__(self) -> PerfBuffer:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        try:
-            self.close()
-        except Exception:  # pragma: no cover - interpreter shutdown
-            pass
 
     def __repr__(self) -> str:
         if self._ep is None:

@@ -55,6 +55,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, Protocol
 
 from ..errors import OptionError, PyebpfError
+from ..sys.fd import Closing
 
 __all__ = [
     "BPF_RINGBUF_BUSY_BIT",
@@ -693,7 +694,7 @@ async def _readable(fd: int) -> None:
         loop.remove_reader(fd)
 
 
-class RingBuffer:
+class RingBuffer(Closing):
     """Consumer of one ``BPF_MAP_TYPE_RINGBUF`` map.
 
     ``RingBuffer(obj.maps["events"])`` takes a Map (anything with ``.fd`` and
@@ -901,18 +902,6 @@ class RingBuffer:
         if ring is not None:
             ring.close()
 
-    def __enter__(self) -> RingBuffer:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        try:
-            self.close()
-        except Exception:  # pragma: no cover - interpreter shutdown
-            pass
-
     def __repr__(self) -> str:
         if self._ring is None:
             return "<RingBuffer closed>"
@@ -923,7 +912,7 @@ class RingBuffer:
         )
 
 
-class RingBufferManager:
+class RingBufferManager(Closing):
     """Several ring buffers behind one epoll fd, each with its own callback
     (libbpf's ``ring_buffer__new`` + ``ring_buffer__add``)."""
 
@@ -1038,18 +1027,6 @@ class RingBufferManager:
         self._rings = []
         self._by_fd = {}
         self._drops = []
-
-    def __enter__(self) -> RingBufferManager:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        try:
-            self.close()
-        except Exception:  # pragma: no cover
-            pass
 
     def __repr__(self) -> str:
         return f"<RingBufferManager {len(self._rings)} rings>"

@@ -39,6 +39,7 @@ import time
 from typing import Any
 
 from ..errors import OptionError, PyebpfError
+from ..sys.fd import Closing
 from .ringbuf import (
     BPF_RINGBUF_BUSY_BIT,
     BPF_RINGBUF_DISCARD_BIT,
@@ -82,7 +83,7 @@ def _resolve(map_or_fd: MapOrFd, size: int | None) -> tuple[int, int, Any]:
     return fd, size, keep
 
 
-class UserRingBuffer:
+class UserRingBuffer(Closing):
     """User-space producer for one ``BPF_MAP_TYPE_USER_RINGBUF`` map.
 
     ``UserRingBuffer(obj.maps["urb"])`` takes a Map, or a raw fd / FD (not
@@ -340,18 +341,6 @@ class UserRingBuffer:
                     mv.release()
             self._unmap()
             self._keep = None
-
-    def __enter__(self) -> UserRingBuffer:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        try:
-            self.close()
-        except Exception:  # pragma: no cover - interpreter shutdown
-            pass
 
     def __repr__(self) -> str:
         if self._prod_mm is None:

@@ -8,6 +8,7 @@ import logging
 import os
 import threading
 import weakref
+from typing import TypeVar
 
 __all__ = ["FD", "open_fd_count"]
 
@@ -24,7 +25,32 @@ def open_fd_count() -> int:
     return _open
 
 
-class FD:
+_C = TypeVar("_C", bound="Closing")
+
+
+class Closing:
+    """Mixin for objects that own kernel resources: ``with`` and garbage collection
+    both end in ``close()``, which subclasses implement idempotently."""
+
+    __slots__ = ()
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self: _C) -> _C:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # never raise from a finalizer (interpreter may be shutting down)
+            pass
+
+
+class FD(Closing):
     """Owns one file descriptor: closed by ``close()``, ``with``, garbage collection or exit.
 
     Descriptors 0-2 are moved above 2 first: the kernel reads fd 0 as "none" in
@@ -91,18 +117,6 @@ class FD:
     def dup(self) -> FD:
         """A new FD owning a duplicate (close-on-exec) of this descriptor."""
         return FD(fcntl.fcntl(self.fileno(), fcntl.F_DUPFD_CLOEXEC, 3), self.kind)
-
-    def __enter__(self) -> FD:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        try:
-            self.close()
-        except Exception:  # never raise from a finalizer (interpreter may be shutting down)
-            pass
 
     def __repr__(self) -> str:
         return f"<FD {self.kind} {'closed' if self._fd < 0 else self._fd}>"
