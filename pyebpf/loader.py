@@ -353,7 +353,9 @@ class _Loader:
                 if m.is_global_data and m.data is not None:
                     self._populate(m, mp)
                 if pin_path is not None:
-                    _bpf.obj_pin(fd, pin_path)
+                    from .pin import pin_fd
+
+                    pin_fd(fd, pin_path)  # the same bpffs/'..' checks as Map.pin
                     self.new_pins.append(pin_path)
                     mp.pin_path = pin_path
         # map-in-map slots: every target map exists now
