@@ -167,26 +167,6 @@ class KernelSymbols:
     def resolve_all(self, addresses: Iterable[int]) -> list[Symbol]:
         return [self.resolve(a) for a in addresses]
 
-    def resolve_build_id(self, frame: BuildIdFrame) -> Symbol:
-        """Symbolize a frame of a BPF_F_STACK_BUILD_ID stack: (build id, file offset) is
-        matched against the build ids of this process's mapped files; a bare-ip frame
-        resolves as an address. ``address`` of the result is the file offset."""
-        if frame.status == 2:
-            return self.resolve(frame.offset_or_ip)
-        off = frame.offset_or_ip
-        for m in self._maps:
-            syms = _elf_symbols(self._file(m.path))
-            # build ids are 20 bytes for SHA-1 notes; shorter ones are zero-padded
-            if syms is None or not syms.build_id or \
-                    frame.build_id[: len(syms.build_id)] != syms.build_id:
-                continue
-            vaddr = syms.vaddr(off)
-            hit = syms.lookup(vaddr) if vaddr is not None else None
-            if hit is not None:
-                return Symbol(off, hit[0], hit[1], m.path)
-            return Symbol(off, None, off, m.path)
-        return Symbol(off, None, off, "")
-
     def address_of(self, name: str) -> int | None:
         """The address of the first symbol called ``name`` (linear search)."""
         try:
