@@ -422,33 +422,11 @@ def ldimm64_full_range_off() -> bool:
 
 @_cached
 def syscall_wrapper() -> bool:
-    """FEAT_SYSCALL_WRAPPER: syscalls are __<arch>_sys_* wrappers (probed with a kprobe, as libbpf)."""
-    from .sys import perf as P
+    """FEAT_SYSCALL_WRAPPER: syscalls are __<arch>_sys_* wrappers. Probed with a kprobe as
+    libbpf does; where kprobes are unavailable, /proc/kallsyms answers instead."""
+    from .links.kprobe import has_syscall_wrapper  # the one implementation, kprobe-side
 
-    pfx = {"x86_64": "x64", "aarch64": "arm64", "arm64": "arm64"}.get(os.uname().machine)
-    if not pfx:
-        return False
-    sym = f"__{pfx}_sys_bpf"
-    ktype = P.pmu_type("kprobe")
-    if ktype is not None:
-        import ctypes
-
-        name = ctypes.create_string_buffer(sym.encode())
-        attr = P.PerfEventAttr(type=ktype, config1=ctypes.addressof(name), config2=0)
-        try:
-            P.perf_event_open(attr, pid=os.getpid(), cpu=-1).close()
-            return True
-        except SyscallError:
-            return False
-    try:
-        group, ev = P.add_kprobe_event(sym, name=P.unique_event_name("pyebpf_probe", sym))
-    except Exception:
-        return False  # no kprobes at all (as on this kernel): nothing to wrap
-    try:
-        P.remove_probe_event("kprobe", group, ev)
-    except Exception as e:  # best effort, like libbpf
-        _log.debug("removing probe event %s failed: %s", ev, e)
-    return True
+    return has_syscall_wrapper()
 
 
 @_cached

@@ -319,9 +319,14 @@ def attach_ksyscall(prog: Any, name: str, retprobe: bool = False, *, cookie: int
     """Attach to syscall ``name`` through its kernel wrapper (``__x64_sys_<name>`` etc.), as libbpf."""
     if not name:
         raise OptionError("ksyscall needs a syscall name")
+    if pmu_dir == PMU_DIR and tracefs is None:
+        from ..features import syscall_wrapper
+
+        wrapper = syscall_wrapper()  # probed once per process
+    else:
+        wrapper = has_syscall_wrapper(pmu_dir=pmu_dir, tracefs=tracefs)
+    func = syscall_function(name, wrapper=wrapper)
     if kprobe_pmu_type(pmu_dir) is None and _events_file(tracefs)[0] is None:
-        # no need to probe the wrapper: nothing could be attached anyway
-        func = syscall_function(name, wrapper=has_syscall_wrapper(pmu_dir=pmu_dir, tracefs=tracefs))
+        # nothing could be attached anyway
         raise _unavailable(func, _events_file(tracefs)[1], pmu_dir, prog_label(prog))
-    func = syscall_function(name, wrapper=has_syscall_wrapper(pmu_dir=pmu_dir, tracefs=tracefs))
     return attach_kprobe(prog, func, 0, retprobe, cookie=cookie, pmu_dir=pmu_dir, tracefs=tracefs)
