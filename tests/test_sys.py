@@ -882,3 +882,13 @@ def test_perf_attr_union_aliases():
     raw = bytes(a)
     assert struct.unpack_from("<IIQQ", raw) == (1, 136, 0, 99)
     assert struct.unpack_from("<Q", raw, 40)[0] == 1 << 10  # the freq bit
+
+
+def test_eperm_hint_names_policy_when_caps_are_held(monkeypatch):
+    # a root caller told to "run as root" learns nothing: name the policy instead
+    monkeypatch.setattr(S, "_caps", (1 << 39) | (1 << 21))
+    hint = S.errno_hint(errno.EPERM, S.Cmd.PROG_LOAD)
+    assert "already holds CAP_BPF" in hint and "security policy" in hint
+    monkeypatch.setattr(S, "_caps", 0)
+    hint = S.errno_hint(errno.EPERM, S.Cmd.PROG_LOAD)
+    assert hint.startswith("run as root") and "already holds" not in hint

@@ -20,7 +20,18 @@ from ..errors import OptionError, SyscallError, VerifierError
 from ..uapi import BPF_F_NO_PREALLOC, AttachType, MapType, ProgType
 from . import attrs as A
 from .fd import FD
-from .syscall import NR_BPF, Cmd, bpf, bpf_errno, cmd_name, errno_hint, get_errno, log, raw_syscall
+from .syscall import (
+    NR_BPF,
+    PERM_HINT,
+    Cmd,
+    bpf,
+    bpf_errno,
+    cmd_name,
+    errno_hint,
+    get_errno,
+    log,
+    raw_syscall,
+)
 
 __all__ = [
     "MapOps",
@@ -544,7 +555,7 @@ def is_trampoline(prog_type: int, expected_attach_type: int) -> bool:
 def prog_load_hint(err: int, prog_type: int, expected_attach_type: int) -> str:
     """errno hint for BPF_PROG_LOAD, aware of trampoline program types."""
     if err == _errno.EPERM and is_trampoline(prog_type, expected_attach_type):
-        return TRAMPOLINE_HINT + "; otherwise " + errno_hint(err, Cmd.PROG_LOAD)
+        return TRAMPOLINE_HINT + "; otherwise " + PERM_HINT
     if err == _errno.EINVAL and prog_type == ProgType.NETFILTER and expected_attach_type != AttachType.NETFILTER:
         return "netfilter programs need expected_attach_type=BPF_NETFILTER"
     return errno_hint(err, Cmd.PROG_LOAD)

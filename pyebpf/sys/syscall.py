@@ -21,6 +21,7 @@ from ..errors import SyscallError
 __all__ = [
     "NR_BPF",
     "NR_PERF_EVENT_OPEN",
+    "PERM_HINT",
     "Cmd",
     "bpf",
     "errno_hint",
@@ -107,7 +108,36 @@ def cmd_name(cmd: int) -> str:
     return _CMD_NAMES.get(cmd, f"BPF_CMD_{cmd}")
 
 
-_PERM = "run as root, or grant CAP_BPF (plus CAP_PERFMON for tracing, CAP_NET_ADMIN for networking programs)"
+PERM_HINT = "run as root, or grant CAP_BPF (plus CAP_PERFMON for tracing, CAP_NET_ADMIN for networking programs)"
+_POLICY = (
+    "this process already holds CAP_BPF and CAP_SYS_ADMIN, so the kernel or a security policy "
+    "(LSM, lockdown) refused this program or map type here; "
+)
+_CAP_SYS_ADMIN, _CAP_BPF = 21, 39
+_caps: int | None = None
+
+
+def _effective_caps() -> int:
+    global _caps
+    if _caps is None:
+        _caps = 0
+        try:
+            with open("/proc/self/status") as f:
+                for line in f:
+                    if line.startswith("CapEff:"):
+                        _caps = int(line.split()[1], 16)
+                        break
+        except OSError:
+            pass
+    return _caps
+
+
+def _perm_hint() -> str:
+    # "run as root" misleads a root caller: name the policy instead, keep the caps advice last
+    caps = _effective_caps()
+    if caps >> _CAP_BPF & 1 and caps >> _CAP_SYS_ADMIN & 1:
+        return _POLICY + "otherwise " + PERM_HINT
+    return PERM_HINT
 
 _LOAD_CMDS = {Cmd.PROG_LOAD, Cmd.BTF_LOAD}
 _MAP_WRITE = {Cmd.MAP_UPDATE_ELEM, Cmd.MAP_UPDATE_BATCH}
@@ -118,8 +148,8 @@ def errno_hint(err: int, cmd: int | str) -> str:
     c = cmd if isinstance(cmd, int) else None
     if err == _errno.EPERM:
         if c in (Cmd.MAP_UPDATE_ELEM, Cmd.MAP_DELETE_ELEM, Cmd.MAP_UPDATE_BATCH, Cmd.MAP_DELETE_BATCH):
-            return "the map is frozen or read-only for user space (BPF_F_RDONLY / BPF_MAP_FREEZE), or " + _PERM
-        return _PERM
+            return "the map is frozen or read-only for user space (BPF_F_RDONLY / BPF_MAP_FREEZE), or " + PERM_HINT
+        return _perm_hint()
     if err == _errno.E2BIG:
         return (
             "the attr has non-zero bytes past the fields this kernel knows (a newer field used on an "
