@@ -293,10 +293,18 @@ def test_batch_array_and_percpu(obj: pyebpf.Object) -> None:
     a.update_batch({3: 33, 4: 44})
     d = a.lookup_batch()
     assert len(d) == 16 and d[3] == 33 and d[4] == 44
+    # arrays cannot delete: a clear error, and batch reads keep working afterwards
+    for call in (lambda: a.lookup_and_delete_batch(), lambda: a.delete_batch([3]),
+                 lambda: a.delete(3), lambda: a.__delitem__(3)):
+        with pytest.raises(OptionError, match="array elements cannot be deleted"):
+            call()
+    assert a._batchable and a.lookup_batch()[4] == 44
     a.clear()
     p = obj.maps["k_pcarray"]
     p.update_batch({3: list(range(NCPU))})
     assert p.lookup_batch()[3] == list(range(NCPU))
+    with pytest.raises(OptionError, match="array elements cannot be deleted"):
+        p.lookup_and_delete_batch()
 
 
 def test_batch_fallback_without_kernel_support() -> None:

@@ -51,6 +51,21 @@ class Array(IndexedMap):
             self._mdec = c.decode if c is not None else (lambda b, o: b[o:o + vs])
         return self
 
+    # The kernel cannot delete array elements (EINVAL): say so, and keep the batch
+    # reads, which arrays do have, instead of falling back to a failing key walk.
+    def _no_delete(self, what: str) -> OptionError:
+        return OptionError(f"map {self.name!r}: {what}: array elements cannot be deleted "
+                           "(every index always exists); write zeros with update() or clear()")
+
+    def delete(self, key: Any) -> bool:
+        raise self._no_delete("delete")
+
+    def delete_batch(self, keys: Any) -> int:
+        raise self._no_delete("delete_batch")
+
+    def lookup_and_delete_batch(self, *, raw: bool = False) -> dict[Any, Any]:
+        raise self._no_delete("lookup_and_delete_batch")
+
     @property
     def mmapped(self) -> bool:
         """True when elements are accessed through the map's shared memory."""
