@@ -12,6 +12,7 @@ from .maps.map import Map, StructOpsMap
 from .program import Program
 from .sys import bpf as _bpf
 from .sys.fd import FD
+from .sys.mm import mmap_fd
 from .uapi import BPF_F_LINK, BPF_F_MMAPABLE, AttachType
 
 __all__ = ["Globals", "Object", "StructOpsLink"]
@@ -224,7 +225,7 @@ class Globals(Mapping[str, Any]):
         page = mmap.PAGESIZE
         size = (m.value_size + page - 1) // page * page
         prot = mmap.PROT_READ if readonly else mmap.PROT_READ | mmap.PROT_WRITE
-        mm = mmap.mmap(m.fd.fileno(), size, flags=mmap.MAP_SHARED, prot=prot)
+        mm = mmap_fd(m.fd.fileno(), size, prot, what=f"global data map {m.name!r}")
         self._mmaps[m.name] = mm
         return mm
 

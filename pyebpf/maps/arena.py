@@ -6,6 +6,7 @@ import mmap as _mmap
 from typing import Any
 
 from ..errors import OptionError
+from ..sys.mm import mmap_fd
 from ..uapi import MapType
 from .map import NoKeysMap, register_map_class
 
@@ -29,8 +30,8 @@ class Arena(NoKeysMap):
         if mm is None:
             if self.fd.closed:
                 raise OptionError(f"arena {self.name!r} is closed")
-            mm = self._mm = _mmap.mmap(self.fd.fileno(), self.size, _mmap.MAP_SHARED,
-                                       _mmap.PROT_READ | _mmap.PROT_WRITE)
+            mm = self._mm = mmap_fd(self.fd.fileno(), self.size,
+                                    _mmap.PROT_READ | _mmap.PROT_WRITE, what=f"arena {self.name!r}")
         return mm
 
     @property

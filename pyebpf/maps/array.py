@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import errno
 import mmap as _mmap
 import sys
 from collections.abc import Iterator
 from typing import Any
 
-from ..errors import OptionError
+from ..errors import OptionError, SyscallError
+from ..sys.mm import mmap_fd
 from ..uapi import BPF_F_MMAPABLE, MapType
 from .map import _MISSING, _RAW, BPF_ANY, IndexedMap, register_map_class
 from .percpu import PerCpuMixin
@@ -32,11 +34,14 @@ class Array(IndexedMap):
         if self.flags & BPF_F_MMAPABLE and not self.fd.closed:
             size = self._stride * self.max_entries
             size = max(_mmap.PAGESIZE, -(-size // _mmap.PAGESIZE) * _mmap.PAGESIZE)
+            what = f"array {self.name!r}"
             try:
-                mm = _mmap.mmap(self.fd.fileno(), size, _mmap.MAP_SHARED,
-                                _mmap.PROT_READ | _mmap.PROT_WRITE)
-            except PermissionError:  # frozen (e.g. .rodata): read-only mapping
-                mm = _mmap.mmap(self.fd.fileno(), size, _mmap.MAP_SHARED, _mmap.PROT_READ)
+                mm = mmap_fd(self.fd.fileno(), size, _mmap.PROT_READ | _mmap.PROT_WRITE, what=what)
+            except SyscallError as e:
+                if e.errno != errno.EPERM:
+                    raise
+                # frozen (e.g. .rodata): read-only mapping
+                mm = mmap_fd(self.fd.fileno(), size, _mmap.PROT_READ, what=what)
                 self._mm_ro = True
             c = self.value_codec
             vs = self.value_size

@@ -49,7 +49,6 @@ first) and resumes it.
 from __future__ import annotations
 
 import array
-import errno
 import itertools
 import logging
 import mmap
@@ -59,9 +58,10 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
-from ..errors import PyebpfError
+from ..errors import PyebpfError, SyscallError
 from ..sys import perf as P
 from ..sys.fd import Closing
+from ..sys.mm import epoll_create, mmap_fd
 from ..sys.syscall import ioctl
 
 __all__ = [
@@ -266,14 +266,11 @@ class _PerfRing:
         self.chunk = max(self.size // 4, 8)
         prot = mmap.PROT_READ if overwritable else mmap.PROT_READ | mmap.PROT_WRITE
         try:
-            self.mm = mmap.mmap(self.fd.fileno(), _PAGE + self.size, mmap.MAP_SHARED, prot)
-        except OSError as e:
+            self.mm = mmap_fd(self.fd.fileno(), _PAGE + self.size, prot,
+                              what=f"perf ring of {page_cnt + 1} pages for CPU {cpu}")
+        except SyscallError:
             self.fd.close()
-            raise PyebpfError(
-                f"PerfBuffer: cannot mmap {page_cnt + 1} pages for CPU {cpu}: {e}"
-                + (" (raise /proc/sys/kernel/perf_event_mlock_kb or use fewer pages)"
-                   if e.errno == errno.EPERM else "")
-            ) from e
+            raise
         _log.debug("perf_event_open BPF_OUTPUT cpu=%d fd=%d, mmap 1+%d pages%s", cpu,
                    self.fd.fileno(), page_cnt, " ro backward" if overwritable else "")
         whole = memoryview(self.mm)
@@ -624,7 +621,7 @@ class PerfBuffer(Closing):
         self._delete = map_delete_elem
         self._set: list[int] = []
         try:
-            self._ep = select.epoll()
+            self._ep = epoll_create("perf buffer wake-ups")
             for cpu in cpus:
                 ring = _PerfRing(cpu, page_cnt, wakeup_events, watermark, overwritable)
                 self._rings.append(ring)

@@ -54,8 +54,9 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, Protocol
 
-from ..errors import OptionError, PyebpfError
+from ..errors import OptionError, PyebpfError, SyscallError
 from ..sys.fd import Closing
+from ..sys.mm import epoll_create, mmap_fd
 
 __all__ = [
     "BPF_RINGBUF_BUSY_BIT",
@@ -320,19 +321,15 @@ class _Ring:
         self._cons_mm: mmap.mmap | None = None
         self._prod_mm: mmap.mmap | None = None
         try:
-            self._cons_mm = mmap.mmap(
-                fd, _PAGE, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE, offset=0
-            )
+            self._cons_mm = mmap_fd(fd, _PAGE, mmap.PROT_READ | mmap.PROT_WRITE,
+                                    what="ring buffer consumer page")
             # The producer page and the data area are read-only to user
             # space; the data is mapped twice so wrapped records are contiguous.
-            self._prod_mm = mmap.mmap(
-                fd, _PAGE + 2 * size, mmap.MAP_SHARED, mmap.PROT_READ, offset=_PAGE
-            )
-        except OSError as e:
+            self._prod_mm = mmap_fd(fd, _PAGE + 2 * size, mmap.PROT_READ, offset=_PAGE,
+                                    what="ring buffer producer page and data")
+        except SyscallError:
             self._unmap()
-            _log.debug("mmap ringbuf fd=%d size=%d failed: %s", fd, size, e)
-            raise PyebpfError(f"RingBuffer: cannot mmap ring buffer fd {fd}: {e}") from e
-        _log.debug("mmap ringbuf fd=%d: consumer page rw, producer page + 2x%d data ro", fd, size)
+            raise
         self._cons_q = memoryview(self._cons_mm)[:8].cast("Q")
         prod = memoryview(self._prod_mm)
         self._prod_q = prod[:8].cast("Q")
@@ -610,7 +607,7 @@ class _Waiter:
     BPF_RB_* notification logic), or a periodic sleep when ``interval`` is set."""
 
     def __init__(self) -> None:
-        self.ep: select.epoll | None = select.epoll()
+        self.ep: select.epoll | None = epoll_create("ring buffer wake-ups")
 
     def register(self, fd: int) -> None:
         if self.ep is None:

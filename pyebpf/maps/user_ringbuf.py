@@ -38,8 +38,9 @@ import threading
 import time
 from typing import Any
 
-from ..errors import OptionError, PyebpfError
+from ..errors import OptionError, PyebpfError, SyscallError
 from ..sys.fd import Closing
+from ..sys.mm import epoll_create, mmap_fd
 from .ringbuf import (
     BPF_RINGBUF_BUSY_BIT,
     BPF_RINGBUF_DISCARD_BIT,
@@ -113,16 +114,13 @@ class UserRingBuffer(Closing):
         self._ep: select.epoll | None = None
         try:
             # The kernel refuses a writable mapping of the consumer page.
-            self._cons_mm = mmap.mmap(fd, _PAGE, mmap.MAP_SHARED, mmap.PROT_READ, offset=0)
-            self._prod_mm = mmap.mmap(
-                fd, _PAGE + 2 * size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE,
-                offset=_PAGE,
-            )
-        except OSError as e:
+            self._cons_mm = mmap_fd(fd, _PAGE, mmap.PROT_READ,
+                                    what="user ring buffer consumer page")
+            self._prod_mm = mmap_fd(fd, _PAGE + 2 * size, mmap.PROT_READ | mmap.PROT_WRITE,
+                                    offset=_PAGE, what="user ring buffer producer page and data")
+        except SyscallError:
             self._unmap()
-            raise PyebpfError(f"UserRingBuffer: cannot mmap user ring buffer fd {fd}: {e}") from e
-        _log.debug("mmap user_ringbuf fd=%d: consumer page ro, producer page + 2x%d data rw",
-                   fd, size)
+            raise
         self._cons_q = memoryview(self._cons_mm)[:8].cast("Q")
         prod = memoryview(self._prod_mm)
         self._prod_q = prod[:8].cast("Q")
@@ -255,7 +253,7 @@ class UserRingBuffer(Closing):
     def _epoll(self) -> select.epoll:
         if self._ep is None:
             self._q()  # raises when closed
-            ep = select.epoll()
+            ep = epoll_create("user ring buffer space wake-ups")
             try:
                 # Edge-triggered: level-triggered EPOLLOUT stays set while any
                 # byte is free and would spin when a sample needs more.  A
