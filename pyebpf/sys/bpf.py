@@ -352,8 +352,12 @@ class MapOps:
             self._kmv[:] = key
         if raw_syscall(NR_BPF, 1, self._lk_p, 32) < 0:
             if get_errno() == _errno.ENOENT:
+                if _nodebug(_DEBUG, True) and _debug_on(_DEBUG):
+                    self._trace(1, self._kmv.tobytes(), -1)
                 return None
             self._fail(Cmd.MAP_LOOKUP_ELEM, self._lk)
+        if _nodebug(_DEBUG, True) and _debug_on(_DEBUG):
+            self._trace(1, self._kmv.tobytes(), 0)
         return self._vmv
 
     def update(self, key: bytes, value: bytes, flags: int = 0) -> None:
@@ -390,6 +394,8 @@ class MapOps:
                 self._fail(Cmd.MAP_UPDATE_ELEM, self._up)
         finally:
             self._up.key = self._kaddr
+        if _nodebug(_DEBUG, True) and _debug_on(_DEBUG):
+            self._trace(2, None, 0)
 
     def delete(self, key: bytes) -> bool:
         """Delete ``key``; False if it was absent."""
