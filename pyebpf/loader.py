@@ -352,6 +352,8 @@ class _Loader:
             if not reused:
                 if m.is_global_data and m.data is not None:
                     self._populate(m, mp)
+                if m.type == MapType.ARENA:
+                    self._init_arena(m, mp)
                 if pin_path is not None:
                     from .pin import pin_fd
 
@@ -455,6 +457,27 @@ class _Loader:
                 self.owned.remove(inner_fd)
         self.owned.append(fd)
         return fd
+
+    def _init_arena(self, m: MapSpec, mp: Map) -> None:
+        """libbpf's bpf_object__create_maps for ARENA: mmap the new arena, then copy the
+        ``__arena`` globals' initial data to its end, where the relocations point.
+
+        The mmap must come before any program is loaded: the verifier refuses a
+        program using an arena whose user address (user_vm_start) is still unset.
+        Not exercised against a kernel here: this machine refuses ARENA map creation
+        with EPERM, so only the object-layer side (offsets, data) is tested.
+        """
+        from .maps.arena import Arena
+        from .obj.maps import arena_data_offset
+
+        if not isinstance(mp, Arena):
+            return
+        data = m.extra.get("arena_data")
+        if data:
+            mp.write(arena_data_offset(m), data)  # maps the arena on first use
+        elif not m.map_extra:
+            # with map_extra the kernel fixed user_vm_start at creation already
+            mp.memory.release()  # maps it; the mapping stays open in mp
 
     def _populate(self, m: MapSpec, mp: Map) -> None:
         """libbpf's bpf_object__populate_internal_map: write the initial value, freeze .rodata/.kconfig."""

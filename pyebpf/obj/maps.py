@@ -60,6 +60,8 @@ from .spec import MapSpec, PinType, VariableSpec
 __all__ = [
     "ARENA_SECTION",
     "MAPS_SECTION",
+    "arena_data_offset",
+    "arena_section",
     "data_section_kind",
     "internal_map_name",
     "object_name",
@@ -406,30 +408,52 @@ def _parse_btf_maps(elf: ElfObject, btf: BTFView, sec: Section, strict: bool) ->
 ARENA_SECTION = ".addr_space.1"
 
 
+def arena_section(elf: ElfObject) -> Section | None:
+    """The section of global ``__arena`` variables, if the object has any (libbpf's
+    ``efile.arena_data``: a non-empty, non-executable PROGBITS ``.addr_space.1``)."""
+    sec = elf.section(ARENA_SECTION)
+    if sec is None or sec.type != SHT_PROGBITS or not sec.size or sec.flags & SHF_EXECINSTR:
+        return None
+    return sec
+
+
+def arena_data_offset(arena: MapSpec) -> int:
+    """Where the ``__arena`` globals start inside ``arena``'s memory (libbpf's
+    ``arena_data_off``): at its end, on a page boundary, so that the first pages stay
+    free and a NULL arena pointer never lands on a global.
+
+    Computed from the spec as it is now: ``max_entries`` may be edited before load,
+    and the relocations and the loader's copy must agree with the map created.
+    """
+    data = arena.extra.get("arena_data") or b""
+    page = _page_size()
+    alloc = (len(data) + page - 1) // page * page
+    mmap_sz = page * arena.max_entries
+    if alloc > mmap_sz:
+        raise ObjectError(f"declared ARENA map size ({mmap_sz}) is too small to hold global "
+                          f"__arena variables of size {len(data)}", section=ARENA_SECTION)
+    return mmap_sz - alloc
+
+
 def _attach_arena_data(elf: ElfObject, maps: dict[str, MapSpec]) -> None:
     """Global ``__arena`` variables (section ``.addr_space.1``) belong to the one ARENA map.
 
-    libbpf keeps them as the arena's initial data: ``MapSpec.extra["arena_data"]``
-    (where they land inside the arena is decided at map creation).
+    libbpf keeps them as the arena's initial data: ``MapSpec.extra["arena_data"]``,
+    copied to :func:`arena_data_offset` of the arena once it is created.
     """
     arenas = [m for m in maps.values() if m.type == MapType.ARENA]
     if len(arenas) > 1:
         raise ObjectError(f"map '{arenas[1].name}': only single ARENA map is supported "
                           f"(map '{arenas[0].name}' is also ARENA)", section=MAPS_SECTION)
-    sec = elf.section(ARENA_SECTION)
-    if sec is None or sec.type != SHT_PROGBITS or not sec.size or sec.flags & SHF_EXECINSTR:
+    sec = arena_section(elf)
+    if sec is None:
         return
     if not arenas:
         raise ObjectError("to use global __arena variables the ARENA map should be explicitly "
                           "declared in SEC(\".maps\")", section=ARENA_SECTION)
     arena = arenas[0]
-    page = _page_size()
-    alloc = (sec.size + page - 1) // page * page
-    if alloc > page * arena.max_entries:
-        raise ObjectError(f"declared ARENA map size ({page * arena.max_entries}) is too small to "
-                          f"hold global __arena variables of size {sec.size}",
-                          section=ARENA_SECTION)
     arena.extra["arena_data"] = bytes(sec.data)
+    arena_data_offset(arena)  # libbpf checks the size at open, so do we
 
 
 def _collect_map_relos(elf: ElfObject, sec: Section, maps: dict[str, MapSpec],

@@ -17,7 +17,7 @@ from typing import Any
 
 from .. import insn as I
 from ..errors import BTFError, ObjectError
-from ..uapi import ProgType
+from ..uapi import MapType, ProgType
 from .elf import (
     SHT_PROGBITS,
     STB_GLOBAL,
@@ -138,7 +138,25 @@ class ObjectSpec:
         for sym in elf.symbols:
             if sym.shndx and sym.shndx in (maps_shndx, legacy_shndx) and sym.name in self.maps:
                 ctx.map_syms.setdefault((sym.shndx, sym.value), sym.name)
+        self._init_arena(ctx)
         collect_relocs(ctx, self._by_section)
+
+    def _init_arena(self, ctx: RelocContext) -> None:
+        """Point relocations against ``__arena`` globals at the object's ARENA map."""
+        from .maps import ARENA_SECTION, arena_section
+
+        sec = arena_section(self.elf)
+        if sec is None:
+            return
+        arenas = [m.name for m in self.maps.values() if m.type == MapType.ARENA]
+        if not arenas:
+            # parse_btf_maps says so when there is a .maps section; this covers
+            # objects without one (libbpf would index maps[-1] there)
+            raise ObjectError("to use global __arena variables the ARENA map should be "
+                              "explicitly declared in SEC(\".maps\")", path=self.elf.path,
+                              section=ARENA_SECTION)
+        ctx.arena_shndx = sec.index
+        ctx.arena_map = arenas[0]
 
     def _init_btf(self, needs_btf: bool) -> None:
         from ..btf.spec import BTF

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from .. import insn as I
 from ..errors import ObjectError
+from ..uapi import MapType
 from .elf import (
     SHN_LORESERVE,
     SHN_UNDEF,
@@ -61,6 +62,10 @@ class RelocContext:
     # (section index, st_value) -> map name, for .maps / legacy maps symbols
     map_syms: dict[tuple[int, int], str] = field(default_factory=dict)
     externs: Mapping[str, ExternSpec] = field(default_factory=dict)
+    # ".addr_space.1" (global __arena variables) index, 0 when absent, and the
+    # object's ARENA map those variables live in (None when there is none)
+    arena_shndx: int = 0
+    arena_map: str | None = None
 
 
 def _sym_name(ctx: RelocContext, sym: Symbol) -> str:
@@ -113,6 +118,14 @@ def record_reloc(ctx: RelocContext, prog: ProgramSpec, insn_idx: int, sym: Symbo
         return Reloc(RelocType.SUBPROG_ADDR, insn_idx, sym.value, "", name)
 
     sec_name = ctx.elf.sections[shndx].name
+    if ctx.arena_shndx and shndx == ctx.arena_shndx:
+        # libbpf >= 1.4: an __arena global is a data reference into the arena map.
+        # sym_off is the variable's offset in its section only; apply_data_relocs adds
+        # the arena data offset, which depends on max_entries (editable until then).
+        if ctx.arena_map is None:
+            raise fail(f"relo against __arena variable {name!r}: the ARENA map should be "
+                       "explicitly declared in SEC(\".maps\")")
+        return Reloc(RelocType.DATA, insn_idx, sym.value, ctx.arena_map, name)
     if shndx in ctx.data_maps:
         return Reloc(RelocType.DATA, insn_idx, sym.value, ctx.data_maps[shndx], name)
     if shndx in (ctx.maps_shndx, ctx.legacy_maps_shndx) and shndx:
@@ -192,6 +205,7 @@ def apply_data_relocs(buf: bytearray, relocs: list[Reloc], maps: Mapping[str, Ma
     for unresolved weak kfunc calls (1.1 leaves ``call kfunc#0``).
     """
     from .externs import extern_call, extern_ldimm64  # lazy: heavy BTF imports
+    from .maps import arena_data_offset
 
     refs: list[MapRef] = []
     map_index = {name: i for i, name in enumerate(maps)}
@@ -205,7 +219,12 @@ def apply_data_relocs(buf: bytearray, relocs: list[Reloc], maps: Mapping[str, Ma
                 raise ObjectError(f"prog {prog_name!r}: relocation against map {r.target!r}, "
                                   "which is no longer in the object")
             if r.type == RelocType.DATA:
-                I.set_imm(buf, idx + 1, ins.imm + r.sym_off)
+                off = r.sym_off
+                if m.type == MapType.ARENA:
+                    # __arena globals sit at the end of the arena (libbpf's arena_data_off)
+                    off += arena_data_offset(m)
+                # libbpf: insn[1].imm = insn[0].imm + sym_off (the addend is in insn[0])
+                I.set_imm(buf, idx + 1, ins.imm + off)
             if not m.autocreate:
                 _poison_map_ldimm64(buf, idx, map_index[r.target])
                 continue
