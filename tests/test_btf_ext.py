@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import struct
+from pathlib import Path
 
 import pytest
 from elftools.elf.elffile import ELFFile
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from unitobj import unit_object, unit_source
 
 from pyebpf.btf import formats
 from pyebpf.btf.ext import (
+    CORE_RELO_SIZE,
     BTFExt,
     CoreRelo,
     CoreReloKind,
@@ -19,6 +23,7 @@ from pyebpf.btf.ext import (
     pack_func_info,
     pack_line_info,
     parse_btf_ext,
+    write_btf_ext,
 )
 from pyebpf.btf.spec import BTF
 from pyebpf.btf.types import Func, FuncProto, Int, Struct, Void
@@ -270,3 +275,146 @@ def test_clang_ext_mutations_raise_only_btferror(clang_object: tuple[BTF, bytes]
     for n in range(0, len(data), 7):
         with pytest.raises(BTFError):
             parse_btf_ext(data[:n], btf)
+
+
+# -- writer ------------------------------------------------------------------------------
+
+FIXTURE_ROOT = Path(__file__).resolve().parent.parent / "fixtures"
+EXT_FIXTURES = sorted(
+    str(p.relative_to(FIXTURE_ROOT))
+    for p in [*FIXTURE_ROOT.glob("*.bpf.o"), *(FIXTURE_ROOT / "unit").glob("*.bpf.o")]
+)
+
+
+def fixture_ext(rel: str) -> tuple[BTF, bytes] | None:
+    with open(FIXTURE_ROOT / rel, "rb") as f:
+        elf = ELFFile(f)
+        ext = elf.get_section_by_name(".BTF.ext")
+        if ext is None:
+            return None
+        return BTF.from_bytes(elf.get_section_by_name(".BTF").data()), ext.data()
+
+
+def test_fixture_list_is_not_empty() -> None:
+    assert len(EXT_FIXTURES) > 40 and any(f.startswith("unit/") for f in EXT_FIXTURES)
+
+
+@pytest.mark.parametrize("rel", EXT_FIXTURES)
+def test_writer_round_trips_every_fixture(rel: str) -> None:
+    got = fixture_ext(rel)
+    if got is None:
+        return  # built without BTF.ext (e.g. the malformed-map objects)
+    btf, data = got
+    ext = parse_btf_ext(data, btf)
+    out = write_btf_ext(ext, btf)
+    assert parse_btf_ext(out, btf) == ext
+    # the writer uses clang's layout, so clang's bytes come back unchanged
+    assert out == data
+
+
+def test_writer_with_string_mapping(clang_object: tuple[BTF, bytes]) -> None:
+    # re-marshalled BTF (as for the kernel): every string goes through the new offsets
+    btf, data = clang_object
+    ext = parse_btf_ext(data, btf)
+    names = set(ext.func_info) | set(ext.line_info) | set(ext.core_relos)
+    access = {r.access_str for recs in ext.core_relos.values() for r in recs}
+    raw, offs = marshal_with_offsets(btf, extra_strings=sorted(ext_strings(ext) | names | access))
+    new_btf = BTF.from_bytes(raw)
+    again = parse_btf_ext(write_btf_ext(ext, offs), new_btf)
+    assert _strip_offsets(again) == _strip_offsets(ext)
+    assert again.line_info[".text"][0].file_name_off == offs[ext.line_info[".text"][0].file_name]
+
+
+def test_writer_hand_built_and_padding() -> None:
+    btf, data = sample()
+    ext = parse_btf_ext(data, btf)
+    assert write_btf_ext(ext, btf) == data
+    btf, data = sample(rec_pad=8)
+    ext = parse_btf_ext(data, btf)
+    assert write_btf_ext(ext, btf) == data  # wider records come back zero-padded
+
+
+def test_writer_looks_up_offsets_of_in_memory_records() -> None:
+    # records built in memory carry no string offsets: the writer finds them
+    btf, _ = small_btf()
+    ext = expected()
+    again = parse_btf_ext(write_btf_ext(ext, btf), btf)
+    assert _strip_offsets(again) == _strip_offsets(ext)
+    assert again.line_info["sec"][0].file_name_off == btf.find_string("file.c")
+
+
+def test_writer_empty_and_old_header() -> None:
+    btf, o = small_btf()
+    # nothing at all: func_info/line_info rec_size words keep the body non-empty
+    assert parse_btf_ext(write_btf_ext(BTFExt(), btf), btf) == BTFExt()
+    # a 24-byte header (no core_relo fields) is rewritten with the 32-byte one
+    func = info_section(8, [(o["sec"], [struct.pack("<II", 0, 3)])])
+    ext = parse_btf_ext(ext_blob(func, core=None), btf)
+    out = write_btf_ext(ext, btf)
+    assert struct.unpack_from("<I", out, 4)[0] == 32 and parse_btf_ext(out, btf) == ext
+
+
+def test_writer_errors() -> None:
+    btf, _ = small_btf()
+    with pytest.raises(BTFError, match="not in the BTF string section"):
+        write_btf_ext(BTFExt(func_info={"nope": [FuncInfo(0, 3)]}), btf)
+    with pytest.raises(BTFError, match="has no offset"):
+        write_btf_ext(BTFExt(func_info={"sec": [FuncInfo(0, 3)]}), {})
+    with pytest.raises(BTFError, match="rec_size"):
+        write_btf_ext(BTFExt(func_info_rec_size=10), btf)
+    with pytest.raises(BTFError, match="out of range"):
+        write_btf_ext(BTFExt(line_info={"sec": [LineInfo(0, 0, 0, 1, 1024, "file.c", "")]}), btf)
+    with pytest.raises(BTFError, match="empty access string"):
+        write_btf_ext(BTFExt(core_relos={"sec": [CoreRelo(0, 1, "", 0)]}), btf)
+
+
+_names = st.text(alphabet="abcdefghijklmnopqrstuvwxyz/._0123456789", min_size=1, max_size=12)
+_texts = st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\0"),
+                 max_size=20)
+_u32 = st.integers(0, 0xFFFFFFFF)
+_insn = st.integers(0, 0xFFFFFFFF // 8)
+
+
+@st.composite
+def _ext_and_btf(draw: st.DrawFn) -> tuple[BTFExt, BTF]:
+    ntypes = draw(st.integers(1, 6))
+    secs = draw(st.lists(_names, min_size=1, max_size=4, unique=True))
+    sec = st.sampled_from(secs)
+
+    def groups(rec: st.SearchStrategy) -> dict:
+        return draw(st.dictionaries(sec, st.lists(rec, min_size=1, max_size=5), max_size=3))
+
+    func = groups(st.builds(FuncInfo, _insn, _u32))
+    line = groups(st.builds(LineInfo, _insn, st.just(0), st.just(0), st.integers(0, (1 << 22) - 1),
+                            st.integers(0, 0x3FF), _texts, _texts))
+    kinds = st.one_of(st.sampled_from(list(CoreReloKind)), _u32)
+    access = st.text(alphabet="0123456789:", min_size=1, max_size=8)
+    core = groups(st.builds(CoreRelo, _insn, st.integers(0, ntypes), access, kinds))
+    sizes = [draw(st.sampled_from([base, base + 4, base + 8])) for base in (8, 16, 16)]
+    ext = BTFExt(func, line, core, *sizes)
+    strs = set(secs) | ext_strings(ext)
+    strs |= {r.access_str for recs in core.values() for r in recs}
+    types = [Void()] + [Int(f"t{i}", 4) for i in range(ntypes)]
+    raw, _ = marshal_with_offsets(BTF(types), extra_strings=sorted(strs))
+    btf = BTF.from_bytes(raw)
+    # what a parse would have recorded: the offsets of the strings in this BTF
+    for recs in line.values():
+        for r in recs:
+            r.file_name_off = btf.find_string(r.file_name) or 0
+            r.line_off = btf.find_string(r.line_text) or 0
+    for recs in core.values():
+        for r in recs:
+            r.access_str_off = btf.find_string(r.access_str) or 0
+    if not core:
+        ext.core_relo_rec_size = CORE_RELO_SIZE  # not written without records
+    return ext, btf
+
+
+@settings(max_examples=200, deadline=None)
+@given(_ext_and_btf())
+def test_writer_hypothesis_round_trip(case: tuple[BTFExt, BTF]) -> None:
+    ext, btf = case
+    out = write_btf_ext(ext, btf)
+    parsed = parse_btf_ext(out, btf)
+    assert parsed == ext
+    assert write_btf_ext(parsed, btf) == out

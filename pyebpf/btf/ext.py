@@ -12,7 +12,7 @@ import struct
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import IntEnum
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from ..errors import BTFError
 from .spec import BTF, BTF_MAGIC
@@ -27,6 +27,7 @@ __all__ = [
     "pack_func_info",
     "pack_line_info",
     "parse_btf_ext",
+    "write_btf_ext",
 ]
 
 INSN_SIZE = 8
@@ -243,6 +244,93 @@ def parse_btf_ext(data: bytes | bytearray | memoryview, btf: BTF) -> BTFExt:
                         k_ = kind
                     lst3.append(CoreRelo(_insn(off, "core_relo"), tid, access, k_, aoff))
     return ext
+
+
+def write_btf_ext(ext: BTFExt, strings: BTF | Mapping[str, int]) -> bytes:
+    """Serialise ``ext`` as a ``.BTF.ext`` section, laid out as clang does.
+
+    ``strings`` gives the string offsets that section names, line_info file names and
+    source lines, and CO-RE access strings refer to: a :class:`BTF` (offsets into its
+    string section; a record's own offset is kept when it still names the same
+    string there) or a mapping from string to offset, e.g. the offsets returned by
+    :func:`pyebpf.btf.write.marshal_with_offsets`. Records wider than the known
+    layout (``*_rec_size``) are zero-padded. Sections with no records are left out:
+    the format has no way to say "no records" (the parser rejects them).
+    """
+    if isinstance(strings, BTF):
+        btf = strings
+
+        def off(s: str, stored: int = -1) -> int:
+            if stored >= 0:
+                try:
+                    if btf.string(stored) == s:
+                        return stored
+                except BTFError:
+                    pass  # out of range in this table: look the string up instead
+            found = btf.find_string(s)
+            if found is None:
+                raise BTFError(f".BTF.ext string {s!r} is not in the BTF string section")
+            return found
+    else:
+        table = strings
+
+        def off(s: str, stored: int = -1) -> int:
+            try:
+                return table[s]
+            except KeyError:
+                raise BTFError(f".BTF.ext string {s!r} has no offset") from None
+
+    def info(what: str, groups: Mapping[str, list[Any]], rec_size: int, min_rec: int,
+             pack: Callable[[Any], bytes]) -> bytes:
+        if rec_size < min_rec or rec_size % 4:
+            raise BTFError(f".BTF.ext {what}: bad rec_size {rec_size} "
+                           f"(need >= {min_rec}, 4-aligned)")
+        pad = bytes(rec_size - min_rec)
+        out = bytearray(struct.pack("<I", rec_size))
+        for name, recs in groups.items():
+            if not recs:
+                continue
+            if not name:
+                raise BTFError(f".BTF.ext {what}: empty section name")
+            out += struct.pack("<II", off(name), len(recs))
+            for r in recs:
+                out += pack(r) + pad
+        return bytes(out)
+
+    def byte_off(insn: int, what: str) -> int:
+        if not 0 <= insn * INSN_SIZE <= 0xFFFFFFFF:
+            raise BTFError(f".BTF.ext {what}: insn_off {insn} out of range")
+        return insn * INSN_SIZE
+
+    def func(r: FuncInfo) -> bytes:
+        return struct.pack("<II", byte_off(r.insn_off, "func_info"), r.type_id)
+
+    def line(r: LineInfo) -> bytes:
+        if not 0 <= r.col <= 0x3FF or not 0 <= r.line < 1 << 22:
+            raise BTFError(f".BTF.ext line_info: line {r.line} col {r.col} out of range")
+        return struct.pack("<IIII", byte_off(r.insn_off, "line_info"),
+                           off(r.file_name, r.file_name_off), off(r.line_text, r.line_off),
+                           r.line_col)
+
+    def core(r: CoreRelo) -> bytes:
+        if not r.access_str:
+            raise BTFError(".BTF.ext core_relo: empty access string")
+        return struct.pack("<IIII", byte_off(r.insn_off, "core_relo"), r.type_id,
+                           off(r.access_str, r.access_str_off), int(r.kind))
+
+    try:
+        fi = info("func_info", ext.func_info, ext.func_info_rec_size, FUNC_INFO_SIZE, func)
+        li = info("line_info", ext.line_info, ext.line_info_rec_size, LINE_INFO_SIZE, line)
+        cr = b""
+        if any(ext.core_relos.values()):
+            cr = info("core_relo", ext.core_relos, ext.core_relo_rec_size, CORE_RELO_SIZE, core)
+    except struct.error as e:
+        raise BTFError(f".BTF.ext field out of range: {e}") from None
+    # clang's layout: func_info, then line_info, then core_relo, back to back; an
+    # absent core_relo section has length 0 at the end of line_info
+    hdr = struct.pack("<HBBIIIIIII", BTF_MAGIC, 1, 0, _EXT_HEADER_CORE, 0, len(fi), len(fi),
+                      len(li), len(fi) + len(li), len(cr))
+    return hdr + fi + li + cr
 
 
 def pack_func_info(records: Iterable[FuncInfo], insn_base: int = 0,
