@@ -48,7 +48,18 @@ if TYPE_CHECKING:
     from .perfbuf import PerfBatch, PerfBuffer
     from .ringbuf import RingBuffer, RingBufferManager
     from .stacktrace import KernelSymbols, StackTrace, Symbol, UserSymbols, kernel_symbols
-    from .storage import CgrpStorage, InodeStorage, SkStorage, TaskStorage, cgroup2_mount
+    from .storage import (
+        CgroupStorage,
+        CgroupStorageKey,
+        CgrpStorage,
+        InodeStorage,
+        PerCpuCgroupStorage,
+        SkStorage,
+        TaskStorage,
+        cgroup2_mount,
+        cgroup_id,
+        cgroup_storage_key,
+    )
     from .user_ringbuf import UserRingBuffer
 
 _LAZY = {
@@ -88,6 +99,11 @@ _LAZY = {
     "InodeStorage": ".storage",
     "CgrpStorage": ".storage",
     "cgroup2_mount": ".storage",
+    "CgroupStorage": ".storage",
+    "PerCpuCgroupStorage": ".storage",
+    "CgroupStorageKey": ".storage",
+    "cgroup_id": ".storage",
+    "cgroup_storage_key": ".storage",
     "DevMap": ".netmaps",
     "DevMapHash": ".netmaps",
     "DevMapValue": ".netmaps",
@@ -143,6 +159,11 @@ __all__ = [
     "InodeStorage",
     "CgrpStorage",
     "cgroup2_mount",
+    "CgroupStorage",
+    "PerCpuCgroupStorage",
+    "CgroupStorageKey",
+    "cgroup_id",
+    "cgroup_storage_key",
     "DevMap",
     "DevMapHash",
     "DevMapValue",

@@ -781,9 +781,38 @@ class RingBuf(NoKeysMap):
 
 
 class StructOpsMap(Map):
-    """A struct_ops map: its value (kernel layout, program fds filled in) is ``value_bytes``."""
+    """A struct_ops map. ``value_bytes`` is the value the loader registers (kernel layout,
+    program fds filled in). Lookups (key 0) decode the kernel's ``struct
+    bpf_struct_ops_<name>`` (``common``: refcnt and state; ``data``: the ops struct, e.g.
+    ``data.name``) through the kernel BTF named by the map's btf_vmlinux_value_type_id."""
 
     value_bytes: bytes = b""
+
+    @property
+    def value_codec(self) -> Any:
+        """The codec of the kernel's value type (None when the kernel BTF lacks it)."""
+        if self._vc is _MISSING:
+            self._vc = self._kernel_value_codec()
+        return self._vc
+
+    def _kernel_value_codec(self) -> Any:
+        # the object's BTF describes the user-facing ops struct, not the kernel's wrapper
+        # the map holds, so the value type must come from the kernel's own BTF
+        try:
+            info = _bpf.map_info(self.fd)
+            if not info.btf_vmlinux_value_type_id:
+                return None
+            from ..btf.codec import codec_for
+
+            btf = _struct_ops_btf(info.btf_vmlinux_id)
+            c = codec_for(btf, info.btf_vmlinux_value_type_id)
+        except (ImportError, OSError, PyebpfError):
+            return None
+        return c if c.size == self.value_size else None
+
+    def value(self, *, raw: bool = False) -> Any:
+        """The map's one value (key 0) as the kernel reports it."""
+        return self.lookup(0, raw=raw)
 
 
 # Built-in defaults; kind modules (hash.py, array.py, fdmaps.py, ...) override them by
@@ -1050,6 +1079,19 @@ def _vmlinux_btf() -> Any:
             _VMLINUX = BTF.from_bytes(f.read())
     return _VMLINUX
 
+
+
+def _struct_ops_btf(btf_obj_id: int) -> Any:
+    """The kernel BTF holding a struct_ops map's value type: a module's (split on
+    vmlinux) when ``btf_obj_id`` names one, else vmlinux (the cached, indexed one)."""
+    if btf_obj_id:
+        with _bpf.btf_get_fd_by_id(btf_obj_id) as fd:
+            _, name = _btf_info_named(fd)
+        if name != b"vmlinux":
+            return _LazyKernelBTF(btf_obj_id).get()
+    from ..btf.kernel import kernel_btf
+
+    return kernel_btf()
 
 
 def _btf_info_named(fd: FD) -> tuple[Any, bytes]:
