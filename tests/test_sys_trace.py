@@ -24,7 +24,7 @@ def test_typed_item_access_is_traced(caplog) -> None:
         h[7] = 70
         with caplog.at_level(logging.DEBUG, logger="pyebpf.sys"):
             assert h[7] == 70
-            assert h.lookup(8) is None
+            assert h.lookup(8) is None and h.get(8, -1) == -1 and h.get(7) == 70
         lines = _lines(caplog)
     assert any("BPF_MAP_LOOKUP_ELEM" in x and "07000000" in x and x.endswith("= 0")
                for x in lines), lines

@@ -319,6 +319,10 @@ class Map:
         v = self.ops.lookup(self.encode_key(key))
         return default if v is None else v
 
+    def get(self, key: Any, default: Any = None) -> Any:
+        """``dict.get``: the decoded value at ``key``, or ``default`` if absent."""
+        return (self._fget or self._fast()[0])(key, default)
+
     def update(self, key: Any, value: Any, flags: int = BPF_ANY) -> None:
         """Set ``key`` to ``value``; flags BPF_ANY (0), BPF_NOEXIST (1), BPF_EXIST (2), BPF_F_LOCK (4)."""
         (self._fset or self._fast()[1])(key, value, flags)
