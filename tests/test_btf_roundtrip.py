@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import struct
 from collections.abc import Callable
 
 import pytest
@@ -87,13 +88,15 @@ def type_strategy(ref: st.SearchStrategy[int]) -> st.SearchStrategy[Type]:
         st.builds(Volatile, ref, names),
         st.builds(Const, ref, names),
         st.builds(Restrict, ref, names),
-        st.builds(TypeTag, names, ref),
+        # attr=True: kind_flag=1, an __attribute__((...)) tag rather than btf_type_tag
+        st.builds(TypeTag, names, ref, st.booleans()),
         st.builds(Func, names, ref, st.integers(0, 0xFFFF)),
         st.builds(FuncProto, ref, st.lists(st.builds(Param, names, ref), max_size=4), names),
         st.builds(Var, names, ref, u32),
         st.builds(Datasec, names, u32,
                   st.lists(st.builds(VarSecinfo, ref, u32, u32), max_size=4)),
-        st.builds(DeclTag, names, ref, st.integers(-1, (1 << 31) - 1)),
+        # attr=True: kind_flag=1, an __attribute__((...)) tag rather than btf_decl_tag
+        st.builds(DeclTag, names, ref, st.integers(-1, (1 << 31) - 1), st.booleans()),
     )
 
 
@@ -115,6 +118,22 @@ def test_generated_graph_roundtrip(btf: BTF) -> None:
         name = btf.type(tid).name
         if name:
             assert tid in parsed.find(name)
+
+
+@pytest.mark.parametrize("attr", [False, True])
+def test_attribute_tags_set_kind_flag(attr: bool) -> None:
+    # the generator draws attr both ways; this pins down the wire bit (info bit 31)
+    btf = BTF([Int("int", 4), TypeTag("tt", 1, attr), DeclTag("dt", 1, -1, attr),
+               DeclTag("dc", 1, 3, attr)])
+    data = marshal(btf)
+    hdr_len, type_off = struct.unpack_from("<II", data, 4)  # after magic, version, flags
+    types = data[hdr_len + type_off:]
+    # INT is 16 bytes (+4 of encoding); TYPE_TAG 12; DECL_TAG 16 each
+    infos = [struct.unpack_from("<I", types, off + 4)[0] for off in (16, 28, 44)]
+    assert [i >> 31 for i in infos] == [int(attr)] * 3
+    parsed = BTF.from_bytes(data)
+    assert [parsed.type(t).attr for t in (2, 3, 4)] == [attr] * 3
+    assert list(parsed) == list(btf)
 
 
 @settings(max_examples=200, deadline=None)
