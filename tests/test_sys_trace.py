@@ -37,3 +37,12 @@ def test_queue_push_is_traced(caplog) -> None:
         with caplog.at_level(logging.DEBUG, logger="pyebpf.sys"):
             q.push((5).to_bytes(8, "little"))
         assert any("BPF_MAP_UPDATE_ELEM" in x for x in _lines(caplog))
+
+
+def test_batch_walk_is_traced(caplog) -> None:
+    with Map.from_fd(B.map_create(MapType.HASH, 4, 8, 64, 0, "pyebpf_traceb")) as h:
+        h.with_types(key="=I", value="=Q")
+        h.update_batch({i: i for i in range(10)})
+        with caplog.at_level(logging.DEBUG, logger="pyebpf.sys"):
+            assert h.lookup_batch() == {i: i for i in range(10)}
+        assert any("BPF_MAP_LOOKUP_BATCH" in x and "count=10" in x for x in _lines(caplog))

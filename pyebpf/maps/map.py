@@ -15,6 +15,7 @@ stacktrace.py), each registering its classes with :func:`register_map_class`.
 from __future__ import annotations
 
 import errno as _errno
+import logging
 import os
 import struct
 import sys
@@ -881,6 +882,15 @@ _PIPELINE_MIN = 32768
 _PIPELINE_CHUNKS = 8
 
 
+def _trace_batch(cmd: int, fd: int, n: int, err: int) -> None:
+    """The pyebpf.sys DEBUG line of one batch walk syscall (made outside sys.bpf for speed)."""
+    from ..sys.syscall import cmd_name, log
+
+    if log.isEnabledFor(logging.DEBUG):
+        res = f"-1 {_errno.errorcode.get(err, err)}" if err else "0"
+        log.debug("bpf(%s, map_fd=%d) = %s, count=%d", cmd_name(cmd), fd, res, n)
+
+
 class _BatchBuffers:
     """Preallocated key/value/cursor buffers and attr for BPF_MAP_LOOKUP(_AND_DELETE)_BATCH
     walks of one map (one per thread): each batch is one syscall and no copies."""
@@ -919,7 +929,7 @@ class _BatchBuffers:
         return self._walk(delete)
 
     def _walk(self, delete: bool) -> Iterator[tuple[memoryview, memoryview, int]]:
-        from ..sys.syscall import NR_BPF, Cmd, cmd_name, get_errno, raw_syscall
+        from ..sys.syscall import NR_BPF, Cmd, cmd_name, errno_hint, get_errno, raw_syscall
 
         cmd = Cmd.MAP_LOOKUP_AND_DELETE_BATCH if delete else Cmd.MAP_LOOKUP_BATCH
         a, ap, size = self.attr, self._ap, self._A.BatchAttr.SIZE
@@ -929,6 +939,7 @@ class _BatchBuffers:
             a.count = self.count
             err = get_errno() if raw_syscall(NR_BPF, cmd, ap, size) < 0 else 0
             n = a.count
+            _trace_batch(cmd, self.fd, n, err)
             if err and err != _errno.ENOENT:
                 if err == _errno.ENOSPC and not n and self.count < (1 << 24):
                     # one hash bucket holds more than count entries: grow, resume there
@@ -939,7 +950,7 @@ class _BatchBuffers:
                     self.tin[:] = cursor
                     a.in_batch = self._tin_addr if started else 0
                     continue
-                raise SyscallError(err, cmd_name(cmd), detail=f"map fd {self.fd}")
+                raise SyscallError(err, cmd_name(cmd), errno_hint(err, cmd), detail=f"map fd {self.fd}")
             if n:
                 yield (memoryview(self.kbuf)[:n * ks], memoryview(self.vbuf)[:n * vs], n)
             if err == _errno.ENOENT:
@@ -951,7 +962,7 @@ class _BatchBuffers:
         import queue
         import threading
 
-        from ..sys.syscall import NR_BPF, Cmd, cmd_name, get_errno, raw_syscall
+        from ..sys.syscall import NR_BPF, Cmd, cmd_name, errno_hint, get_errno, raw_syscall
 
         cmd = Cmd.MAP_LOOKUP_AND_DELETE_BATCH if delete else Cmd.MAP_LOOKUP_BATCH
         ks, vs = max(self.key_size, 1), max(self.value_size, 1)
@@ -976,11 +987,13 @@ class _BatchBuffers:
                     a.in_batch = 0 if first else tin_addr
                     err = get_errno() if raw_syscall(NR_BPF, cmd, ap, size) < 0 else 0
                     n = a.count
+                    _trace_batch(cmd, self.fd, n, err)
                     if err and err != _errno.ENOENT:
                         if err == _errno.ENOSPC and not n and want < cap - off:
                             chunk = want * 2  # a hash bucket larger than the chunk
                             continue
-                        q.put(SyscallError(err, cmd_name(cmd), detail=f"map fd {self.fd}"))
+                        q.put(SyscallError(err, cmd_name(cmd), errno_hint(err, cmd),
+                                           detail=f"map fd {self.fd}"))
                         return
                     if n:
                         q.put((off, n))
