@@ -693,8 +693,40 @@ def explain_verifier_error(e: VerifierError, p: ProgramSpec, spec: ObjectSpec) -
         return None
 
     notes = explain_log(e.log, explain)
+    if _KFUNC_NOT_ELIMINATED in (e.log or ""):
+        # libbpf 1.1 leaves an unresolved weak kfunc as "call kfunc#0"; the kernel then
+        # names no instruction, so find the live call sites ourselves
+        sites = _unresolved_kfunc_calls(p, spec)
+        if sites and e.insn_index is None:
+            e.insn_index = sites[0][0]
+            e.source_line = source_line_for(p, e.insn_index)
+        for idx, name in sites:
+            msg = (f"instruction {idx}: <invalid kfunc call>: kfunc {name!r} is a weak extern "
+                   "this kernel does not provide, and the call was not eliminated as dead "
+                   f"code: guard it with bpf_ksym_exists({name})")
+            where = source_line_for(p, idx)
+            notes.append(msg + (f"\n  at {where}" if where else ""))
     if notes:
         e.notes = notes
+
+
+_KFUNC_NOT_ELIMINATED = "invalid kernel function call not eliminated"
+
+
+def _unresolved_kfunc_calls(p: ProgramSpec, spec: ObjectSpec) -> list[tuple[int, str]]:
+    """(instruction index, kfunc name) of each ``call kfunc#0`` left by an unresolved weak
+    kfunc in ``p``'s relocated code."""
+    from . import insn as I
+
+    names = {r.insn_idx: r.target for r in p.relocs
+             if getattr(r.type, "name", "") == "EXTERN_CALL"}
+    out = []
+    for idx in range(len(p.insns) // 8):
+        ins = I.get(p.insns, idx)
+        if ins.code == 0x85 and ins.src == 2 and ins.imm == 0:
+            ext = spec.externs.get(names.get(idx, ""))
+            out.append((idx, ext.name if ext is not None else "<unknown kfunc>"))
+    return out
 
 
 def _relo_number(spec: ObjectSpec, r: Any) -> int | None:
