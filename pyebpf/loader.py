@@ -25,6 +25,7 @@ from .obj.program import MapRefKind, ProgramSpec
 from .obj.spec import MapSpec, PinType
 from .program import Program
 from .sys import bpf as _bpf
+from .sys import bump_memlock_rlimit
 from .sys.fd import FD
 from .uapi import (
     BPF_F_SLEEPABLE,
@@ -179,6 +180,10 @@ class _Loader:
             self._apply_options(globals, max_entries, kconfig)
             self._prepare_struct_ops()
             spec.relocate(self._kbtf if self.btf_path else None)
+            # libbpf bumps RLIMIT_MEMLOCK before its first BTF/map/program creation, and
+            # only on kernels that still charge BPF memory to it (no FEAT_MEMCG_ACCOUNT);
+            # a refused setrlimit is not an error: creation says ENOMEM if it matters
+            bump_memlock_rlimit()
             self._load_btf()
             self._create_maps()
             self._load_programs()

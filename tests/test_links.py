@@ -17,6 +17,7 @@ import time
 import uuid
 from types import SimpleNamespace
 
+import kobjects
 import linkload
 import pytest
 
@@ -138,9 +139,24 @@ def test_tracepoint_auto_attach_and_string_forms(obj, clean) -> None:
         link.close()
 
 
+class KernelObjects:
+    """Kernel programs/maps/links of ours created since the snapshot (tests/kobjects.py:
+    the machine is shared, so only new ids bearing attach_counters' names count)."""
+
+    def __init__(self) -> None:
+        self.names = kobjects.object_names(ObjectSpec.from_file(COUNTERS))
+        self.before = kobjects.snapshot()
+
+    def check(self) -> None:
+        gc.collect()
+        left = kobjects.wait_no_new_named(self.before, self.names)
+        assert left == {"prog": [], "map": [], "link": []}
+
+
 @needs_root
 def test_missing_tracepoint_is_clear(obj, clean, tracefs) -> None:
     prog = obj.programs["count_openat"]
+    kernel = KernelObjects()
     with pytest.raises(P.TracefsError) as e:
         links.attach_tracepoint(prog, "syscalls", "sys_enter_pyebpf_nope")
     msg = str(e.value)
@@ -150,6 +166,7 @@ def test_missing_tracepoint_is_clear(obj, clean, tracefs) -> None:
         links.attach_tracepoint(prog, "pyebpf_nope", "x")
     with pytest.raises(OptionError):
         links.attach_tracepoint(prog, "syscalls")
+    kernel.check()
 
 
 @needs_root
@@ -423,12 +440,16 @@ def test_link_pin_unpin(obj, clean) -> None:
 
 @needs_root
 def test_bad_pin_path(obj, clean) -> None:
+    kernel = KernelObjects()
+    bad = f"/tmp/pyebpf_not_bpffs_{uuid.uuid4().hex[:8]}"
     with links.attach_raw_tracepoint(obj.programs["count_raw_sys_enter"], "sys_enter") as link:
         clean.append(link.id)
         with pytest.raises(OptionError, match="mount -t bpf"):  # pyebpf.pin refuses it
-            link.pin(f"/tmp/pyebpf_not_bpffs_{uuid.uuid4().hex[:8]}")
+            link.pin(bad)
         with pytest.raises(OptionError):
             link.pin("")
+    assert not os.path.exists(bad)
+    kernel.check()  # the link is gone with its fd: no pin kept it
 
 
 @needs_root

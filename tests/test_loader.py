@@ -198,6 +198,32 @@ def test_attach_btf_ids() -> None:
         assert it.attach_btf_id == kbtf.find("bpf_iter_task", Kind.FUNC)[0]
 
 
+def test_btf_path_custom_copy_matches_default(tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """btf_path: a copy of vmlinux elsewhere drives CO-RE, externs and attach BTF ids
+    exactly as the default does, so the kernel computes the same program tags."""
+    from pyebpf.btf import kernel as kmod
+
+    # the custom path gets its own process-wide index; drop it when the test ends
+    monkeypatch.setattr(kmod, "_shared", dict(kmod._shared))
+    custom = tmp_path / f"vmlinux-{uuid.uuid4().hex[:8]}"
+    custom.write_bytes(Path("/sys/kernel/btf/vmlinux").read_bytes())
+    base = open_fd_count()
+    for name in ("opensnoop", "core", "sections"):
+        path = FIXTURES / f"{name}.bpf.o"
+        with pyebpf.load(path) as obj:
+            want = {n: (p.tag, p.attach_btf_id) for n, p in obj.programs.items()}
+        with pyebpf.load(path, btf_path=str(custom)) as obj:
+            got = {n: (p.tag, p.attach_btf_id) for n, p in obj.programs.items()}
+            assert {n: bytes(p.info().tag).hex() for n, p in obj.programs.items()} == {
+                n: t for n, (t, _) in got.items()}
+        assert got == want, name
+    # the copy really was the BTF used, not the default one
+    assert kmod._shared[str(custom)] is not pyebpf.kernel_btf()
+    assert any(bid for _, bid in want.values())  # sections.bpf.o: tp_btf/iter targets
+    assert open_fd_count() == base
+
+
 def test_autoload_and_autocreate() -> None:
     spec = pyebpf.ObjectSpec.from_file(FIXTURES / "maps_btf.bpf.o")
     spec.programs["use_maps"].autoload = False

@@ -8,6 +8,7 @@ so only ids that appeared during the test and bear our names count).
 from __future__ import annotations
 
 import errno
+import gc
 import os
 import shutil
 import uuid
@@ -18,7 +19,15 @@ import kobjects as K
 import pytest
 
 import pyebpf
-from pyebpf.errors import ObjectError, OptionError, SectionError, SyscallError, VerifierError
+from pyebpf.errors import (
+    BTFError,
+    ObjectError,
+    OptionError,
+    PyebpfError,
+    SectionError,
+    SyscallError,
+    VerifierError,
+)
 from pyebpf.sys import bpf as B
 from pyebpf.uapi import MapType
 
@@ -127,6 +136,54 @@ def test_bad_pin_root_names_the_fix(tmp_path: Path) -> None:
     assert "mount -t bpf bpf /sys/fs/bpf" in str(exc.value)
     with pytest.raises(OptionError, match="does not exist"):
         pyebpf.load(path, pin_root=str(tmp_path / "missing"))
+    guard.check()
+
+
+def test_bad_btf_path_is_clear_and_leaves_nothing(tmp_path: Path) -> None:
+    # a custom kernel BTF that cannot be used fails before anything is created
+    path = FIXTURES / "opensnoop.bpf.o"
+    gc.collect()  # earlier tests' garbage must not close fds between snapshot and check
+    guard = NoLeaks(path)
+    missing = tmp_path / "no-such-vmlinux"
+    with pytest.raises(BTFError) as exc:
+        pyebpf.load(path, btf_path=str(missing))
+    assert isinstance(exc.value, PyebpfError)
+    msg = str(exc.value)
+    assert str(missing) in msg and "No such file or directory" in msg
+    assert "/sys/kernel/btf/vmlinux" in msg  # names the running kernel's BTF as the fix
+    garbage = tmp_path / f"garbage-{uuid.uuid4().hex[:8]}"
+    garbage.write_bytes(b"not BTF at all " * 8)
+    with pytest.raises(BTFError, match="bad BTF magic") as exc:
+        pyebpf.load(path, btf_path=str(garbage))
+    assert str(garbage) in str(exc.value)
+    # the traceback pytest keeps holds the frame that mapped the garbage file (a mapping
+    # holds an fd); an ``except`` block would drop it on exit, so drop it here too
+    del exc
+    gc.collect()
+    guard.check()
+
+
+def test_btf_path_without_kernel_types_rolls_back(tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    # valid BTF lacking the kernel's types: the maps get created, then CO-RE leaves the
+    # programs poisoned, the verifier refuses them, and everything is rolled back
+    from pyebpf.btf import kernel as kmod
+    from pyebpf.btf.write import marshal
+
+    monkeypatch.setattr(kmod, "_shared", dict(kmod._shared))  # forget the custom index after
+    small = pyebpf.ObjectSpec.from_file(FIXTURES / "minimal.bpf.o").btf
+    assert small is not None
+    btf = tmp_path / "tiny-vmlinux"
+    btf.write_bytes(marshal(small))
+    pyebpf.kernel_btf(str(btf))  # indexed once per process, like vmlinux: not a leak
+    path = FIXTURES / "opensnoop.bpf.o"
+    guard = NoLeaks(path)
+    with pytest.raises(VerifierError) as exc:
+        pyebpf.load(path, btf_path=str(btf))
+    e = exc.value
+    assert e.program == "tracepoint__syscalls__sys_enter_openat"
+    assert "failed to resolve CO-RE relocation" in str(e)
+    assert "trace_event_raw_sys_enter" in str(e)
     guard.check()
 
 

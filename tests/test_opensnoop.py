@@ -132,14 +132,37 @@ def test_failed_only_and_ctrl_c_detaches_everything() -> None:
     assert not (during & _prog_ids()), "opensnoop left programs loaded after Ctrl-C"
 
 
+# Renames itself (comm, via /proc/self/comm), then opens argv[2]: the positive case of -n.
+RENAMED_OPEN = r"""
+import os, sys
+with open("/proc/self/comm", "w") as f:
+    f.write(sys.argv[1])
+try:
+    os.close(os.open(sys.argv[2], os.O_RDONLY))
+except OSError:
+    pass
+"""
+
+
 def test_comm_filter() -> None:
     tag = uuid.uuid4().hex
-    snoop = _start_opensnoop("-n", "pyebpf_cat_" + tag[:4], "-d", "2")
+    name = "pyebpf_cat_" + tag[:4]  # 15 chars: the whole of it fits in comm
+    matching = f"/nonexistent-pyebpf-{tag}-match"
+    other = f"/nonexistent-pyebpf-{tag}-other"
+    snoop = _start_opensnoop("-n", name, "-d", "2")
     try:
         # a process whose comm does not match must not show up
-        subprocess.run(["cat", f"/nonexistent-pyebpf-{tag}"], capture_output=True)
+        subprocess.run(["cat", other], capture_output=True)
+        # one whose comm is NAME must: otherwise an opensnoop printing nothing passes
+        renamed = subprocess.Popen([sys.executable, "-c", RENAMED_OPEN, name, matching])
+        assert renamed.wait(timeout=30) == 0
         out, err = snoop.communicate(timeout=30)
     finally:
         snoop.kill()
     assert snoop.returncode == 0, err
-    assert tag not in out
+    assert other not in out
+    lines = [ln.split(None, 4) for ln in out.splitlines() if tag in ln]
+    assert len(lines) == 1, out
+    pid, comm, fd, errno_, path = lines[0]
+    assert (int(pid), comm, path) == (renamed.pid, name, matching)
+    assert int(fd) == -1 and int(errno_) == 2  # ENOENT

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import mmap
 import os
 import struct
 import threading
@@ -601,6 +602,54 @@ def test_kernel_no_fd_leaks(producer):
     del rb
     gc.collect()
     assert _fd_count() == before
+
+
+@needs_root
+@pytest.mark.parametrize("api", ["iterator", "callback"])
+def test_kernel_held_record_is_not_released(api):
+    """A record (a view into the ring) stays valid while held: the consumer position the
+    kernel reads is not past it, so the producer cannot reuse its bytes; once the consumer
+    is done the position moves and the space comes back."""
+    size, stride = 32, 40  # 8-byte header + 32 bytes, 8-aligned
+    with Producer(ring_size=4096) as p, RingBuffer(p.maps["rb"]) as rb:
+        # A second, read-only mapping of the consumer page: what the kernel's producer
+        # sees, independent of the consumer object's own view of it.
+        page = mmap.mmap(p.fd("rb"), mmap.PAGESIZE, prot=mmap.PROT_READ)
+        try:
+            def kernel_cons() -> int:
+                return struct.unpack_from("<Q", page)[0]
+
+            start = kernel_cons()
+            n = p.run(1000, size, MODE_OUTPUT, seq=0)
+            assert 0 < n < 1000  # the ring is full
+            seen: list[tuple[int, int, int]] = []  # (seq, consumer pos while held, refill)
+
+            def hold(i: int, r: memoryview) -> None:
+                cons = kernel_cons()
+                assert cons == rb.consumer_pos
+                # not advanced past this record (it starts at start + i * stride)
+                refill = p.run(10, size, MODE_OUTPUT, seq=10_000 + i) if i == 0 else -1
+                seen.append((check_record(r, size), cons - (start + i * stride), refill))
+
+            if api == "iterator":
+                for i, r in enumerate(rb.poll(0)):
+                    hold(i, r)
+            else:
+                cb_i = iter(range(n))
+                rb.callback = lambda r: hold(next(cb_i), r)
+                assert rb.consume() == n
+            assert [s for s, _, _ in seen] == list(range(n))
+            assert all(ahead <= 0 for _, ahead, _ in seen), seen
+            # while record 0 was held the ring stayed full: nothing could overwrite it
+            assert seen[0][1:] == (0, 0)
+            # the position was published as records were left behind (per quarter ring),
+            # and past everything at the end
+            assert any(ahead + i * stride > 0 for i, (_, ahead, _) in enumerate(seen))
+            assert kernel_cons() == rb.producer_pos == start + n * stride
+            assert p.run(10, size, MODE_OUTPUT, seq=20_000) == 10
+            assert [check_record(r, size) for r in rb.poll(0)] == list(range(20_000, 20_010))
+        finally:
+            page.close()
 
 
 @needs_root

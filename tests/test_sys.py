@@ -700,6 +700,29 @@ def test_debug_log_lines(caplog):
     assert any("BPF_MAP_LOOKUP_ELEM" in s and "key=02000000" in s and s.endswith("-1") for s in msgs)
 
 
+def test_debug_log_attach_type_zero_not_named_where_unset(caplog):
+    """expected_attach_type=0 in BPF_PROG_LOAD means "unset", not CGROUP_INET_INGRESS (0)."""
+    with caplog.at_level(logging.DEBUG, logger="pyebpf.sys"):
+        with B.prog_load(ProgType.SOCKET_FILTER, RET0, name="t_log_eat"):
+            pass
+        with B.prog_load(ProgType.CGROUP_SKB, RET0, name="t_log_eat2",
+                         expected_attach_type=AttachType.CGROUP_INET_EGRESS):
+            pass
+        # BPF_LINK_CREATE always means its attach_type: 0 keeps its name there
+        with pytest.raises(SyscallError):
+            B.link_create(-1, -1, AttachType.CGROUP_INET_INGRESS)
+    msgs = [r.getMessage() for r in caplog.records if r.name == "pyebpf.sys"]
+    plain = [s for s in msgs if "BPF_PROG_LOAD" in s and "t_log_eat'" in s]
+    assert plain and all("expected_attach_type" not in s and "CGROUP_INET_INGRESS" not in s
+                         for s in plain)
+    assert any("BPF_PROG_LOAD" in s and "t_log_eat2" in s
+               and "expected_attach_type=CGROUP_INET_EGRESS" in s for s in msgs)
+    assert any("BPF_LINK_CREATE" in s and "attach_type=CGROUP_INET_INGRESS" in s for s in msgs)
+    # the formatter itself, on bare attrs
+    assert "expected_attach_type" not in S._fmt_attr(A.ProgLoadAttr(prog_type=ProgType.XDP))
+    assert "attach_type=CGROUP_INET_INGRESS" in S._fmt_attr(A.ProgAttachAttr(attach_type=0))
+
+
 def test_no_log_records_when_disabled(caplog):
     with caplog.at_level(logging.INFO, logger="pyebpf.sys"):
         with B.map_create(MapType.HASH, 4, 4, 4) as m:
@@ -750,10 +773,71 @@ def test_fd_moves_off_stdio_numbers():
         os.close(saved)
 
 
-def test_bump_memlock_rlimit_never_fails():
-    from pyebpf.sys import bump_memlock_rlimit
+def test_memcg_accounting_means_load_leaves_memlock_alone(monkeypatch, caplog):
+    """libbpf's rule: bump RLIMIT_MEMLOCK only without FEAT_MEMCG_ACCOUNT. This 6.18
+    kernel charges BPF memory to the memory cgroup, so load() must not touch the rlimit."""
+    import resource
 
-    assert bump_memlock_rlimit() in (True, False)
+    import pyebpf
+    import pyebpf.sys as psys
+    from pyebpf.features import has_memcg_account
+
+    assert has_memcg_account()  # 5.11+ (bpf_ktime_get_coarse_ns loads)
+    calls: list[tuple[int, tuple[int, int]]] = []
+    monkeypatch.setattr(resource, "setrlimit", lambda *a: calls.append(a))
+    monkeypatch.setattr(psys, "_bumped", False)  # as in a fresh process
+    limit = resource.getrlimit(resource.RLIMIT_MEMLOCK)
+    fixture = os.path.join(os.path.dirname(__file__), "..", "fixtures", "minimal.bpf.o")
+    with caplog.at_level(logging.DEBUG, logger="pyebpf.sys"):
+        with pyebpf.load(fixture) as obj:
+            assert obj.programs
+    assert calls == []
+    assert resource.getrlimit(resource.RLIMIT_MEMLOCK) == limit
+    # load() did consult the rule (it is not just skipped)
+    assert any("RLIMIT_MEMLOCK left alone" in r.getMessage() for r in caplog.records)
+    assert psys._bumped
+
+
+def test_bump_memlock_rlimit_refused_returns_false(monkeypatch):
+    """Without memcg accounting and without CAP_SYS_RESOURCE, setrlimit fails with EPERM:
+    the bump reports False and never raises (map creation says ENOMEM if it matters)."""
+    import resource
+
+    import pyebpf.features as F
+    import pyebpf.sys as psys
+
+    def refuse(*a: object) -> None:
+        raise PermissionError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(F, "has_memcg_account", lambda: False)  # an old kernel
+    monkeypatch.setattr(resource, "setrlimit", refuse)
+    monkeypatch.setattr(psys, "_bumped", False)
+    assert psys.bump_memlock_rlimit() is False
+    assert psys._bumped is False  # a later call may try again
+
+    calls: list[tuple[int, tuple[int, int]]] = []
+    monkeypatch.setattr(resource, "setrlimit", lambda *a: calls.append(a))
+    assert psys.bump_memlock_rlimit() is True
+    inf = resource.RLIM_INFINITY
+    assert calls == [(resource.RLIMIT_MEMLOCK, (inf, inf))]
+    assert psys.bump_memlock_rlimit() is True and len(calls) == 1  # once per process
+
+
+def test_bump_memlock_rlimit_survives_a_broken_probe(monkeypatch):
+    import resource
+
+    import pyebpf.features as F
+    import pyebpf.sys as psys
+
+    def broken() -> bool:
+        raise RuntimeError("probe broke")
+
+    calls: list[tuple[int, tuple[int, int]]] = []
+    monkeypatch.setattr(F, "has_memcg_account", broken)
+    monkeypatch.setattr(resource, "setrlimit", lambda *a: calls.append(a))
+    monkeypatch.setattr(psys, "_bumped", False)
+    assert psys.bump_memlock_rlimit(1 << 30) is True
+    assert calls == [(resource.RLIMIT_MEMLOCK, (1 << 30, 1 << 30))]
 
 
 def test_syscall_error_is_oserror_and_pickles():

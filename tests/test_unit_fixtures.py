@@ -18,7 +18,8 @@ from pyebpf import ObjectSpec
 VMLINUX = "/sys/kernel/btf/vmlinux"
 
 # Loaded by `bpftool prog loadall` (libbpf 1.1) on this kernel.
-LIBBPF_LOADABLE = ["core_libbpf_amb_decision", "maps_hidden_global", "object_version_no_btf"]
+LIBBPF_LOADABLE = ["attach_counters", "core_libbpf_amb_decision", "maps_hidden_global",
+                   "object_version_no_btf"]
 
 
 def test_every_unit_source_has_a_committed_object() -> None:

@@ -68,7 +68,12 @@ def bump_memlock_rlimit(limit: int = resource.RLIM_INFINITY) -> bool:
         return True
     from ..features import has_memcg_account
 
-    if has_memcg_account():
+    try:
+        memcg = has_memcg_account()
+    except Exception as e:  # the probe itself broke: fall back to trying the bump, like an old kernel
+        _log.debug("FEAT_MEMCG_ACCOUNT probe failed (%s); trying setrlimit", e)
+        memcg = False
+    if memcg:
         _log.debug("RLIMIT_MEMLOCK left alone: the kernel charges BPF memory to the memory cgroup")
         _bumped = True
         return True

@@ -212,6 +212,12 @@ def _enum_fields() -> dict[str, Any]:
     return _ENUM_FIELDS
 
 
+# Enum fields whose 0 the command does not mean as a value: BPF_PROG_LOAD's
+# expected_attach_type is optional for most program types, so 0 there is "unset".
+# attach_type in BPF_PROG_ATTACH/LINK_CREATE/PROG_QUERY is always meant and keeps its name.
+_UNSET_WHEN_ZERO = frozenset({"expected_attach_type"})
+
+
 def _fmt_attr(attr: Any) -> str:
     """Non-zero fields of a ctypes attr, for the DEBUG trace."""
     parts = []
@@ -221,6 +227,8 @@ def _fmt_attr(attr: Any) -> str:
         if name.startswith("_"):
             continue
         v = getattr(attr, name)
+        if name in _UNSET_WHEN_ZERO and v == 0:
+            continue  # 0 is "not set" here, not the enum's first member (CGROUP_INET_INGRESS)
         if name in enums and isinstance(v, int):
             try:
                 parts.append(f"{name}={enums[name](v).name}")
