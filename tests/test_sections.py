@@ -104,6 +104,47 @@ CASES = [
     ("struct_ops/tcp_init", P.STRUCT_OPS, None, F.NONE, "tcp_init", None),
     ("struct_ops", P.STRUCT_OPS, None, F.NONE, None, None),
     ("struct_ops.s/dispatch", P.STRUCT_OPS, None, F.SLEEPABLE, "dispatch", None),
+    # the remaining rows, checked against libbpf's section_defs (SEC_DEF lines quoted
+    # in the comments; flags SEC_NONE = F.NONE)
+    # SEC_DEF("uretprobe.s+", KPROBE, 0, SEC_SLEEPABLE, attach_uprobe)
+    ("uretprobe.s//bin/bash:readline", P.KPROBE, None, F.SLEEPABLE, "/bin/bash:readline", "uprobe"),
+    # SEC_DEF("uretprobe.multi+", KPROBE, BPF_TRACE_UPROBE_MULTI, SEC_NONE, attach_uprobe_multi)
+    ("uretprobe.multi//bin/bash:read*", P.KPROBE, A.TRACE_UPROBE_MULTI, F.NONE, "/bin/bash:read*", "uprobe_multi"),
+    # SEC_DEF("uprobe.multi.s+", KPROBE, BPF_TRACE_UPROBE_MULTI, SEC_SLEEPABLE, attach_uprobe_multi)
+    ("uprobe.multi.s/x:y", P.KPROBE, A.TRACE_UPROBE_MULTI, F.SLEEPABLE, "x:y", "uprobe_multi"),
+    # SEC_DEF("uprobe.session.s+", KPROBE, BPF_TRACE_UPROBE_SESSION, SEC_SLEEPABLE, attach_uprobe_multi)
+    ("uprobe.session.s/x:y", P.KPROBE, A.TRACE_UPROBE_SESSION, F.SLEEPABLE, "x:y", "uprobe_multi"),
+    # SEC_DEF("tc/egress", SCHED_CLS, BPF_TCX_EGRESS, SEC_NONE) /* alias for tcx */
+    ("tc/egress", P.SCHED_CLS, A.TCX_EGRESS, F.NONE, None, None),
+    # sleepable tracepoints (bpf-next, late 2025): the corpus held no libbpf source with
+    # these rows, so they are checked against their non-sleepable rows plus SEC_SLEEPABLE
+    ("tracepoint.s/syscalls/sys_enter_read", P.TRACEPOINT, None, F.SLEEPABLE, "syscalls/sys_enter_read", "tracepoint"),
+    ("raw_tracepoint.s/sys_enter", P.RAW_TRACEPOINT, None, F.SLEEPABLE, "sys_enter", "raw_tp"),
+    ("raw_tp.s/sys_enter", P.RAW_TRACEPOINT, None, F.SLEEPABLE, "sys_enter", "raw_tp"),
+    ("tp_btf.s/sched_switch", P.TRACING, A.TRACE_RAW_TP, F.ATTACH_BTF | F.SLEEPABLE, "sched_switch", "trace"),
+    # SEC_DEF("fmod_ret.s+", TRACING, BPF_MODIFY_RETURN, SEC_ATTACH_BTF | SEC_SLEEPABLE, attach_trace)
+    ("fmod_ret.s/security_file_open", P.TRACING, A.MODIFY_RETURN, F.ATTACH_BTF | F.SLEEPABLE, "security_file_open", "trace"),
+    # SEC_DEF("fexit.s+", TRACING, BPF_TRACE_FEXIT, SEC_ATTACH_BTF | SEC_SLEEPABLE, attach_trace)
+    ("fexit.s/vfs_read", P.TRACING, A.TRACE_FEXIT, F.ATTACH_BTF | F.SLEEPABLE, "vfs_read", "trace"),
+    # SEC_DEF("fsession+", TRACING, BPF_TRACE_FSESSION, SEC_ATTACH_BTF, attach_trace)
+    ("fsession/do_nanosleep", P.TRACING, A.TRACE_FSESSION, F.ATTACH_BTF, "do_nanosleep", "trace"),
+    # SEC_DEF("fsession.s+", TRACING, BPF_TRACE_FSESSION, SEC_ATTACH_BTF | SEC_SLEEPABLE, attach_trace)
+    ("fsession.s/do_nanosleep", P.TRACING, A.TRACE_FSESSION, F.ATTACH_BTF | F.SLEEPABLE, "do_nanosleep", "trace"),
+    # SEC_DEF("lwt_out", LWT_OUT, 0, SEC_NONE), SEC_DEF("lwt_xmit", LWT_XMIT, 0, SEC_NONE)
+    ("lwt_out", P.LWT_OUT, None, F.NONE, None, None),
+    ("lwt_xmit", P.LWT_XMIT, None, F.NONE, None, None),
+    # SEC_DEF("cgroup/post_bind6", CGROUP_SOCK, BPF_CGROUP_INET6_POST_BIND, SEC_ATTACHABLE)
+    ("cgroup/post_bind6", P.CGROUP_SOCK, A.CGROUP_INET6_POST_BIND, F.ATTACHABLE, None, None),
+    # SEC_DEF("cgroup/<op>", CGROUP_SOCK_ADDR, BPF_CGROUP_<ATTACH>, SEC_ATTACHABLE)
+    ("cgroup/bind4", P.CGROUP_SOCK_ADDR, A.CGROUP_INET4_BIND, F.ATTACHABLE, None, None),
+    ("cgroup/sendmsg6", P.CGROUP_SOCK_ADDR, A.CGROUP_UDP6_SENDMSG, F.ATTACHABLE, None, None),
+    ("cgroup/sendmsg_unix", P.CGROUP_SOCK_ADDR, A.CGROUP_UNIX_SENDMSG, F.ATTACHABLE, None, None),
+    ("cgroup/recvmsg4", P.CGROUP_SOCK_ADDR, A.CGROUP_UDP4_RECVMSG, F.ATTACHABLE, None, None),
+    ("cgroup/recvmsg6", P.CGROUP_SOCK_ADDR, A.CGROUP_UDP6_RECVMSG, F.ATTACHABLE, None, None),
+    ("cgroup/getpeername4", P.CGROUP_SOCK_ADDR, A.CGROUP_INET4_GETPEERNAME, F.ATTACHABLE, None, None),
+    ("cgroup/getpeername_unix", P.CGROUP_SOCK_ADDR, A.CGROUP_UNIX_GETPEERNAME, F.ATTACHABLE, None, None),
+    ("cgroup/getsockname4", P.CGROUP_SOCK_ADDR, A.CGROUP_INET4_GETSOCKNAME, F.ATTACHABLE, None, None),
+    ("cgroup/getsockname6", P.CGROUP_SOCK_ADDR, A.CGROUP_INET6_GETSOCKNAME, F.ATTACHABLE, None, None),
 ]
 
 
@@ -140,6 +181,12 @@ def test_first_match_wins_and_plus_boundary():
     # exact rows do not match longer names
     assert match_section("xdp/devmap/extra") is None
     assert match_section("sk_lookup/x") is None
+
+
+def test_every_row_has_a_value_check():
+    # each SECTION_DEFS row is matched by at least one CASES entry above
+    covered = {match_section(c[0]).prefix for c in CASES}
+    assert [d.prefix for d in SECTION_DEFS if d.prefix not in covered] == []
 
 
 def test_table_is_complete():
