@@ -63,6 +63,25 @@ def test_btf_maps_fixture_every_attribute():
     assert maps["perf_events"].max_entries == 0  # libbpf fills in nr CPUs at create time
 
 
+@pytest.mark.parametrize("node", [1, 3, 0x7FFFFFFF])
+def test_btf_maps_nonzero_numa_node(node: int):
+    # no fixture declares __uint(numa_node, N) with N != 0 (maps_btf's lru_map uses 0),
+    # so rewrite lru_map's attribute in memory: __uint(numa_node, N) is `int (*numa_node)[N]`
+    from pyebpf.btf.types import Array, Ptr, Struct
+
+    elf, btf = fixture("maps_btf.bpf.o")
+    (st,) = [t for t in btf if isinstance(t, Struct)
+             and any(m.name == "numa_node" for m in t.members)]
+    member = next(m for m in st.members if m.name == "numa_node")
+    old = btf.type(btf.type(member.type).type)
+    assert isinstance(old, Array) and old.nelems == 0
+    # a fresh array/pointer pair: the old array type is shared with other zero attributes
+    member.type = btf.add(Ptr(btf.add(Array(old.type, old.index_type, node))))
+    maps = parse_btf_maps(elf, btf)
+    assert maps["lru_map"].numa_node == node
+    assert all(m.numa_node == 0 for name, m in maps.items() if name != "lru_map")
+
+
 def test_btf_maps_map_in_map_and_prog_array():
     elf, btf = fixture("maps_btf.bpf.o")
     maps = parse_btf_maps(elf, btf)
