@@ -239,19 +239,30 @@ class KernelBTF:
         if sys.byteorder != "little":  # pragma: no cover
             raise BTFError("kernel BTF indexing needs a little-endian host")
         data, st = _map_file(path)
-        hdr = _parse_header(data, path, split=base is not None)
-        btf = cls(path, data, base, hdr)
-        if cache:
-            apath = os.path.abspath(path)
-            btf._cache_key = (
-                *_file_identity(apath, st),
-                zlib.crc32(os.fsencode(apath)),
-                btf._sample_crc(hdr),
-            )
-            if btf._load_cache():
-                btf._cache_ok = True
-                return btf
-        btf._offsets = _walk(btf._words)
+        btf = None
+        try:
+            hdr = _parse_header(data, path, split=base is not None)
+            btf = cls(path, data, base, hdr)
+            if cache:
+                apath = os.path.abspath(path)
+                btf._cache_key = (
+                    *_file_identity(apath, st),
+                    zlib.crc32(os.fsencode(apath)),
+                    btf._sample_crc(hdr),
+                )
+                if btf._load_cache():
+                    btf._cache_ok = True
+                    return btf
+            btf._offsets = _walk(btf._words)
+        except BaseException:
+            # a rejected file must not stay mapped while the error (and its traceback,
+            # which holds these locals) lives on
+            if btf is not None:
+                btf._words.release()
+                btf._raw.release()
+            if isinstance(data, mmap.mmap):
+                data.close()
+            raise
         if cache:
             btf._cache_ok = btf._save_cache()
         return btf
