@@ -182,6 +182,7 @@ def _walk(words: memoryview) -> array:
                 i += step
     except IndexError:
         pass  # a truncated header word; reported below
+    info_words.release()  # the error's traceback keeps this frame: let the file unmap
     if i != n:
         last = offsets[-1]
         kind = (words[last + 1] >> 24) & 0x1F if last + 1 < n else -1
@@ -257,11 +258,14 @@ class KernelBTF:
         except BaseException:
             # a rejected file must not stay mapped while the error (and its traceback,
             # which holds these locals) lives on
-            if btf is not None:
-                btf._words.release()
-                btf._raw.release()
-            if isinstance(data, mmap.mmap):
-                data.close()
+            try:
+                if btf is not None:
+                    btf._words.release()
+                    btf._raw.release()
+                if isinstance(data, mmap.mmap):
+                    data.close()
+            except BufferError:
+                pass  # a view is still out (interrupted mid-walk): unmapped when collected
             raise
         if cache:
             btf._cache_ok = btf._save_cache()
