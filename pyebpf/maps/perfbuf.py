@@ -793,11 +793,16 @@ class PerfBuffer(Closing):
 
         loop.add_reader(fd, ready)
         try:
+            # A record that came after the caller last looked may have had its wake-up
+            # spent already (perf_poll() reports a wake-up once; the loop polls our
+            # epoll fd when it registers it): the record is in the ring, so look again.
+            if self._has_data():
+                return
             await fut
         finally:
             loop.remove_reader(fd)
-        assert self._ep is not None
-        self._ep.poll(0)  # take the events off the ready list
+            assert self._ep is not None
+            self._ep.poll(0)  # take the events off the ready list
 
     async def wait_async(self, timeout: float | None = None) -> bool:
         """:meth:`wait` on the running event loop (a reader on the epoll fd)."""
