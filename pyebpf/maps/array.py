@@ -11,7 +11,7 @@ from typing import Any
 from ..errors import OptionError, SyscallError
 from ..sys.mm import mmap_fd
 from ..uapi import BPF_F_MMAPABLE, MapType
-from .map import _MISSING, _RAW, BPF_ANY, IndexedMap, register_map_class
+from .map import _MISSING, _RAW, BPF_ANY, IndexedMap, NoDelete, register_map_class
 from .percpu import PerCpuMixin
 
 __all__ = ["Array", "PerCpuArray"]
@@ -20,13 +20,15 @@ _BO = sys.byteorder
 
 
 @register_map_class(MapType.ARRAY)
-class Array(IndexedMap):
+class Array(NoDelete, IndexedMap):
     """An array: every index 0..max_entries-1 exists; ``len()`` is max_entries.
 
     Created with BPF_F_MMAPABLE, elements are read and written through a shared
     mapping of the map's memory (no syscall; :attr:`mmapped` tells). The mapping is
     made on first element access, so a loader can still freeze the map before."""
 
+    _no_delete_why = ("array elements cannot be deleted (every index always exists); "
+                      "write zeros with update() or clear()")
     _mm: Any = _MISSING  # mmap.mmap, None when not mmapable, _MISSING before first use
 
     def _memory(self) -> Any:
@@ -55,21 +57,6 @@ class Array(IndexedMap):
             c, vs = self.value_codec, self.value_size
             self._mdec = c.decode if c is not None else (lambda b, o: b[o:o + vs])
         return self
-
-    # The kernel cannot delete array elements (EINVAL): say so, and keep the batch
-    # reads, which arrays do have, instead of falling back to a failing key walk.
-    def _no_delete(self, what: str) -> OptionError:
-        return OptionError(f"map {self.name!r}: {what}: array elements cannot be deleted "
-                           "(every index always exists); write zeros with update() or clear()")
-
-    def delete(self, key: Any) -> bool:
-        raise self._no_delete("delete")
-
-    def delete_batch(self, keys: Any) -> int:
-        raise self._no_delete("delete_batch")
-
-    def lookup_and_delete_batch(self, *, raw: bool = False) -> dict[Any, Any]:
-        raise self._no_delete("lookup_and_delete_batch")
 
     @property
     def mmapped(self) -> bool:

@@ -674,6 +674,26 @@ class Map:
                 f"max_entries={self.max_entries}, {state})")
 
 
+class NoDelete:
+    """For kinds whose elements the kernel refuses to delete (EINVAL): a clear error, and
+    no per-key fallback walk that would fail the same way (batch reads stay on)."""
+
+    name: str
+    _no_delete_why = "the kernel cannot delete its elements"
+
+    def _no_delete(self, what: str) -> OptionError:
+        return OptionError(f"map {self.name!r}: {what}: {self._no_delete_why}")
+
+    def delete(self, key: Any) -> bool:
+        raise self._no_delete("delete")
+
+    def delete_batch(self, keys: Any) -> int:
+        raise self._no_delete("delete_batch")
+
+    def lookup_and_delete_batch(self, *, raw: bool = False) -> dict[Any, Any]:
+        raise self._no_delete("lookup_and_delete_batch")
+
+
 class IndexedMap(Map):
     """Maps indexed 0..max_entries-1 (arrays and fd arrays): ``len()`` is max_entries."""
 

@@ -23,7 +23,7 @@ from typing import Any, NamedTuple
 
 from ..errors import OptionError
 from ..uapi import AttachType, MapType
-from .map import _RAW, BPF_ANY, Map, register_map_class
+from .map import _RAW, BPF_ANY, Map, NoDelete, register_map_class
 from .percpu import PerCpuMixin
 
 __all__ = ["CgroupStorage", "CgroupStorageKey", "CgrpStorage", "InodeStorage", "LocalStorage",
@@ -214,7 +214,7 @@ def cgroup_storage_key(path: str | os.PathLike[str],
 
 
 @register_map_class(MapType.CGROUP_STORAGE)
-class CgroupStorage(Map):
+class CgroupStorage(NoDelete, Map):
     """Cgroup storage read by ``bpf_get_local_storage()``: one value per (cgroup, attach
     type) a program using the map was attached to. The kernel creates an entry at the
     first attach and keeps it, across detach and re-attach, until the cgroup is freed
@@ -228,6 +228,8 @@ class CgroupStorage(Map):
 
     # the kernel has no batch ops for cgroup storage (saves a failing syscall)
     _batchable = False
+    # entries live as long as their cgroup: the kernel refuses deletes (EINVAL)
+    _no_delete_why = "cgroup storage entries cannot be deleted (the kernel frees them with their cgroup)"
 
     def key_for(self, path: str | os.PathLike[str],
                 attach_type: AttachType | int | None = None) -> CgroupStorageKey | int:
@@ -278,20 +280,6 @@ class CgroupStorage(Map):
         if len(raw) == 8:
             return int.from_bytes(raw, _BO)
         return super().decode_key(raw)
-
-    # Entries live as long as their cgroup: the kernel refuses deletes (EINVAL).
-    def _no_delete(self, what: str) -> OptionError:
-        return OptionError(f"map {self.name!r}: {what}: cgroup storage entries cannot be "
-                           "deleted (the kernel frees them with their cgroup)")
-
-    def delete(self, key: Any) -> bool:
-        raise self._no_delete("delete")
-
-    def delete_batch(self, keys: Any) -> int:
-        raise self._no_delete("delete_batch")
-
-    def lookup_and_delete_batch(self, *, raw: bool = False) -> dict[Any, Any]:
-        raise self._no_delete("lookup_and_delete_batch")
 
     def clear(self) -> None:
         raise self._no_delete("clear")
