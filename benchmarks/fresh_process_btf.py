@@ -48,8 +48,9 @@ print(json.dumps(dict(imp=t1 - t0, open=t2 - t1, find=t3 - t2, n=n)))
 
 def run(python: str, code: str, env: dict[str, str]) -> tuple[float, dict]:
     t = time.perf_counter()
+    # cwd "/": run from the checkout, "-c" would import ./pyebpf, not the installed package
     out = subprocess.run([python, "-c", code], env=env, capture_output=True, text=True,
-                         check=True).stdout
+                         check=True, cwd="/").stdout
     wall = time.perf_counter() - t
     return wall, (json.loads(out) if out.strip() else {})
 

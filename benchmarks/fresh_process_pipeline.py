@@ -34,7 +34,8 @@ CHILD = (
 
 def wall(python: str, code: str, env: dict[str, str]) -> float:
     t = time.perf_counter()
-    subprocess.run([python, "-c", code], env=env, check=True)
+    # cwd "/": run from the checkout, "-c" would import ./pyebpf, not the installed package
+    subprocess.run([python, "-c", code], env=env, check=True, cwd="/")
     return time.perf_counter() - t
 
 
