@@ -76,9 +76,10 @@ def new_links(before: dict[str, set[int]], names: Iterable[str]) -> list[tuple[i
 
 
 def wait_no_new_named(before: dict[str, set[int]], names: Iterable[str],
-                      timeout: float = 10.0) -> dict[str, list[tuple[int, str]]]:
+                      timeout: float = 30.0) -> dict[str, list[tuple[int, str]]]:
     """Like :func:`new_named`, polling until nothing is left (the kernel frees
-    programs and maps asynchronously after the last fd closes)."""
+    programs and maps asynchronously after the last fd closes: once in CI a prog_array
+    of a failed load, its fds all closed, was still listed after 10 s)."""
     names = list(names)
     deadline = time.monotonic() + timeout
     while True:
