@@ -21,7 +21,7 @@ from . import insn as I
 from .errors import ObjectError, OptionError, SyscallError, VerifierError
 from .maps.map import Map, StructOpsMap, map_class
 from .obj.object import ObjectSpec
-from .obj.program import MapRefKind, ProgramSpec
+from .obj.program import MapRefKind, ProgramSpec, RelocType
 from .obj.spec import MapSpec, PinType
 from .program import Program
 from .sys import bpf as _bpf
@@ -721,14 +721,10 @@ _KFUNC_NOT_ELIMINATED = "invalid kernel function call not eliminated"
 def _unresolved_kfunc_calls(p: ProgramSpec, spec: ObjectSpec) -> list[tuple[int, str]]:
     """(instruction index, kfunc name) of each ``call kfunc#0`` left by an unresolved weak
     kfunc in ``p``'s relocated code."""
-    from . import insn as I
-
-    names = {r.insn_idx: r.target for r in p.relocs
-             if getattr(r.type, "name", "") == "EXTERN_CALL"}
+    names = {r.insn_idx: r.target for r in p.relocs if r.type == RelocType.EXTERN_CALL}
     out = []
-    for idx in range(len(p.insns) // 8):
-        ins = I.get(p.insns, idx)
-        if ins.code == 0x85 and ins.src == 2 and ins.imm == 0:
+    for idx, ins in enumerate(I.iter_insns(p.insns)):
+        if ins.is_call and ins.src == I.BPF_PSEUDO_KFUNC_CALL and ins.imm == 0:
             ext = spec.externs.get(names.get(idx, ""))
             out.append((idx, ext.name if ext is not None else "<unknown kfunc>"))
     return out
