@@ -75,6 +75,46 @@ def new_links(before: dict[str, set[int]], names: Iterable[str]) -> list[tuple[i
     return out
 
 
+def _holders(kind: str) -> dict[int, set[int]]:
+    """For each ``kind`` id held through a file descriptor, the pids holding it
+    (from /proc/*/fdinfo, where the kernel prints ``map_id:``/``prog_id:``/``link_id:``)."""
+    tag = f"{kind}_id:"
+    out: dict[int, set[int]] = {}
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            fds = os.listdir(f"/proc/{pid}/fdinfo")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                with open(f"/proc/{pid}/fdinfo/{fd}") as f:
+                    text = f.read()
+            except OSError:
+                continue
+            for line in text.splitlines():
+                if line.startswith(tag):
+                    out.setdefault(int(line.split()[1]), set()).add(int(pid))
+    return out
+
+
+def _not_foreign(left: dict[str, list[tuple[int, str]]]) -> dict[str, list[tuple[int, str]]]:
+    """Drop leftovers that another process holds open and this one does not: the
+    machine is shared, and another test run may load the same fixture at the same time
+    (its objects carry the same names and appear after our snapshot)."""
+    me = os.getpid()
+    out: dict[str, list[tuple[int, str]]] = {}
+    for kind, items in left.items():
+        if not items:
+            out[kind] = items
+            continue
+        held = _holders(kind)
+        out[kind] = [(i, n) for i, n in items
+                     if me in held.get(i, ()) or not held.get(i)]
+    return out
+
+
 def wait_no_new_named(before: dict[str, set[int]], names: Iterable[str],
                       timeout: float = 30.0) -> dict[str, list[tuple[int, str]]]:
     """Like :func:`new_named`, polling until nothing is left (the kernel frees
@@ -85,6 +125,8 @@ def wait_no_new_named(before: dict[str, set[int]], names: Iterable[str],
     while True:
         left = new_named(before, names)
         left["link"] = new_links(before, names)
+        if any(left.values()):
+            left = _not_foreign(left)
         if not any(left.values()) or time.monotonic() > deadline:
             return left
         time.sleep(0.05)
