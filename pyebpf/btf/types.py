@@ -10,9 +10,10 @@ Every container of types implements :class:`BTFView`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from enum import IntEnum
-from typing import Protocol, runtime_checkable
+from typing import ClassVar, Protocol, runtime_checkable
+
+from .._record import Record
 
 
 class Kind(IntEnum):
@@ -54,201 +55,313 @@ class Linkage(IntEnum):
     EXTERN = 2
 
 
-@dataclass(slots=True)
-class Void:
+# The classes are hand-written, not @dataclass: see pyebpf._record for why. Each
+# kind's ``kind`` is a class attribute, the same for every instance.
+
+
+class Void(Record):
     """Type id 0. Never stored in a BTF blob."""
 
-    name: str = ""
-    kind: Kind = field(default=Kind.UNKN, init=False)
+    __slots__ = ("name",)
+    kind: ClassVar[Kind] = Kind.UNKN
+    name: str
+
+    def __init__(self, name: str = "") -> None:
+        self.name = name
 
 
-@dataclass(slots=True)
-class Int:
+class Int(Record):
+    __slots__ = ("name", "size", "encoding", "bits", "offset")
+    kind: ClassVar[Kind] = Kind.INT
     name: str
     size: int
-    encoding: int = 0  # INT_SIGNED | INT_CHAR | INT_BOOL
-    bits: int = 0  # 0 means size * 8
-    offset: int = 0
-    kind: Kind = field(default=Kind.INT, init=False)
+    encoding: int  # INT_SIGNED | INT_CHAR | INT_BOOL
+    bits: int  # 0 in the constructor means size * 8
+    offset: int
 
-    def __post_init__(self) -> None:
-        if not self.bits:
-            self.bits = self.size * 8
+    def __init__(self, name: str, size: int, encoding: int = 0, bits: int = 0, offset: int = 0) -> None:
+        self.name = name
+        self.size = size
+        self.encoding = encoding
+        self.bits = bits or size * 8
+        self.offset = offset
 
     @property
     def signed(self) -> bool:
         return bool(self.encoding & INT_SIGNED)
 
 
-@dataclass(slots=True)
-class Float:
+class Float(Record):
+    __slots__ = ("name", "size")
+    kind: ClassVar[Kind] = Kind.FLOAT
     name: str
     size: int
-    kind: Kind = field(default=Kind.FLOAT, init=False)
+
+    def __init__(self, name: str, size: int) -> None:
+        self.name = name
+        self.size = size
 
 
-@dataclass(slots=True)
-class Ptr:
+class Ptr(Record):
+    __slots__ = ("type", "name")
+    kind: ClassVar[Kind] = Kind.PTR
     type: int
-    name: str = ""
-    kind: Kind = field(default=Kind.PTR, init=False)
+    name: str
+
+    def __init__(self, type: int, name: str = "") -> None:
+        self.type = type
+        self.name = name
 
 
-@dataclass(slots=True)
-class Array:
+class Array(Record):
+    __slots__ = ("type", "index_type", "nelems", "name")
+    kind: ClassVar[Kind] = Kind.ARRAY
     type: int  # element type
     index_type: int
     nelems: int
-    name: str = ""
-    kind: Kind = field(default=Kind.ARRAY, init=False)
+    name: str
+
+    def __init__(self, type: int, index_type: int, nelems: int, name: str = "") -> None:
+        self.type = type
+        self.index_type = index_type
+        self.nelems = nelems
+        self.name = name
 
 
-@dataclass(slots=True)
-class Member:
+class Member(Record):
+    __slots__ = ("name", "type", "bit_offset", "bitfield_size")
     name: str
     type: int
     bit_offset: int
-    bitfield_size: int = 0
+    bitfield_size: int
+
+    def __init__(self, name: str, type: int, bit_offset: int, bitfield_size: int = 0) -> None:
+        self.name = name
+        self.type = type
+        self.bit_offset = bit_offset
+        self.bitfield_size = bitfield_size
 
 
-@dataclass(slots=True)
-class Struct:
+class Struct(Record):
+    __slots__ = ("name", "size", "members", "bitfield_encoding")
+    kind: ClassVar[Kind] = Kind.STRUCT
     name: str
     size: int
     members: list[Member]
     # kind_flag: member offsets carry bitfield sizes (bits 24..31)
-    bitfield_encoding: bool = False
-    kind: Kind = field(default=Kind.STRUCT, init=False)
+    bitfield_encoding: bool
+
+    def __init__(self, name: str, size: int, members: list[Member], bitfield_encoding: bool = False) -> None:
+        self.name = name
+        self.size = size
+        self.members = members
+        self.bitfield_encoding = bitfield_encoding
 
 
-@dataclass(slots=True)
-class Union_:
+class Union_(Record):
+    __slots__ = ("name", "size", "members", "bitfield_encoding")
+    kind: ClassVar[Kind] = Kind.UNION
     name: str
     size: int
     members: list[Member]
-    bitfield_encoding: bool = False
-    kind: Kind = field(default=Kind.UNION, init=False)
+    bitfield_encoding: bool
+
+    def __init__(self, name: str, size: int, members: list[Member], bitfield_encoding: bool = False) -> None:
+        self.name = name
+        self.size = size
+        self.members = members
+        self.bitfield_encoding = bitfield_encoding
 
 
-@dataclass(slots=True)
-class EnumValue:
+class EnumValue(Record):
+    __slots__ = ("name", "value")
     name: str
     value: int
 
+    def __init__(self, name: str, value: int) -> None:
+        self.name = name
+        self.value = value
 
-@dataclass(slots=True)
-class Enum:
+
+class Enum(Record):
+    __slots__ = ("name", "size", "values", "signed")
+    kind: ClassVar[Kind] = Kind.ENUM
     name: str
     size: int
     values: list[EnumValue]
-    signed: bool = False  # kind_flag
-    kind: Kind = field(default=Kind.ENUM, init=False)
+    signed: bool  # kind_flag
+
+    def __init__(self, name: str, size: int, values: list[EnumValue], signed: bool = False) -> None:
+        self.name = name
+        self.size = size
+        self.values = values
+        self.signed = signed
 
 
-@dataclass(slots=True)
-class Enum64:
+class Enum64(Record):
+    __slots__ = ("name", "size", "values", "signed")
+    kind: ClassVar[Kind] = Kind.ENUM64
     name: str
     size: int
     values: list[EnumValue]
-    signed: bool = False
-    kind: Kind = field(default=Kind.ENUM64, init=False)
+    signed: bool
+
+    def __init__(self, name: str, size: int, values: list[EnumValue], signed: bool = False) -> None:
+        self.name = name
+        self.size = size
+        self.values = values
+        self.signed = signed
 
 
-@dataclass(slots=True)
-class Fwd:
+class Fwd(Record):
+    __slots__ = ("name", "union")
+    kind: ClassVar[Kind] = Kind.FWD
     name: str
-    union: bool = False  # kind_flag: 1 = union, 0 = struct
-    kind: Kind = field(default=Kind.FWD, init=False)
+    union: bool  # kind_flag: 1 = union, 0 = struct
+
+    def __init__(self, name: str, union: bool = False) -> None:
+        self.name = name
+        self.union = union
 
 
-@dataclass(slots=True)
-class Typedef:
-    name: str
-    type: int
-    kind: Kind = field(default=Kind.TYPEDEF, init=False)
-
-
-@dataclass(slots=True)
-class Volatile:
-    type: int
-    name: str = ""
-    kind: Kind = field(default=Kind.VOLATILE, init=False)
-
-
-@dataclass(slots=True)
-class Const:
-    type: int
-    name: str = ""
-    kind: Kind = field(default=Kind.CONST, init=False)
-
-
-@dataclass(slots=True)
-class Restrict:
-    type: int
-    name: str = ""
-    kind: Kind = field(default=Kind.RESTRICT, init=False)
-
-
-@dataclass(slots=True)
-class TypeTag:
+class Typedef(Record):
+    __slots__ = ("name", "type")
+    kind: ClassVar[Kind] = Kind.TYPEDEF
     name: str
     type: int
-    attr: bool = False  # kind_flag: an __attribute__ tag, not a btf_type_tag
-    kind: Kind = field(default=Kind.TYPE_TAG, init=False)
+
+    def __init__(self, name: str, type: int) -> None:
+        self.name = name
+        self.type = type
 
 
-@dataclass(slots=True)
-class Func:
+class _Modifier(Record):
+    """const, volatile, restrict: a type id and an (always empty) name."""
+
+    __slots__ = ("type", "name")
+    type: int
+    name: str
+
+    def __init__(self, type: int, name: str = "") -> None:
+        self.type = type
+        self.name = name
+
+
+class Volatile(_Modifier):
+    __slots__ = ()
+    kind: ClassVar[Kind] = Kind.VOLATILE
+
+
+class Const(_Modifier):
+    __slots__ = ()
+    kind: ClassVar[Kind] = Kind.CONST
+
+
+class Restrict(_Modifier):
+    __slots__ = ()
+    kind: ClassVar[Kind] = Kind.RESTRICT
+
+
+class TypeTag(Record):
+    __slots__ = ("name", "type", "attr")
+    kind: ClassVar[Kind] = Kind.TYPE_TAG
+    name: str
+    type: int
+    attr: bool  # kind_flag: an __attribute__ tag, not a btf_type_tag
+
+    def __init__(self, name: str, type: int, attr: bool = False) -> None:
+        self.name = name
+        self.type = type
+        self.attr = attr
+
+
+class Func(Record):
+    __slots__ = ("name", "type", "linkage")
+    kind: ClassVar[Kind] = Kind.FUNC
     name: str
     type: int  # a FUNC_PROTO
-    linkage: int = Linkage.STATIC
-    kind: Kind = field(default=Kind.FUNC, init=False)
+    linkage: int
+
+    def __init__(self, name: str, type: int, linkage: int = Linkage.STATIC) -> None:
+        self.name = name
+        self.type = type
+        self.linkage = linkage
 
 
-@dataclass(slots=True)
-class Param:
+class Param(Record):
+    __slots__ = ("name", "type")
     name: str
     type: int  # 0 with an empty name marks a trailing "..." (varargs)
 
+    def __init__(self, name: str, type: int) -> None:
+        self.name = name
+        self.type = type
 
-@dataclass(slots=True)
-class FuncProto:
+
+class FuncProto(Record):
+    __slots__ = ("return_type", "params", "name")
+    kind: ClassVar[Kind] = Kind.FUNC_PROTO
     return_type: int
     params: list[Param]
-    name: str = ""
-    kind: Kind = field(default=Kind.FUNC_PROTO, init=False)
+    name: str
+
+    def __init__(self, return_type: int, params: list[Param], name: str = "") -> None:
+        self.return_type = return_type
+        self.params = params
+        self.name = name
 
 
-@dataclass(slots=True)
-class Var:
+class Var(Record):
+    __slots__ = ("name", "type", "linkage")
+    kind: ClassVar[Kind] = Kind.VAR
     name: str
     type: int
-    linkage: int = Linkage.STATIC
-    kind: Kind = field(default=Kind.VAR, init=False)
+    linkage: int
+
+    def __init__(self, name: str, type: int, linkage: int = Linkage.STATIC) -> None:
+        self.name = name
+        self.type = type
+        self.linkage = linkage
 
 
-@dataclass(slots=True)
-class VarSecinfo:
+class VarSecinfo(Record):
+    __slots__ = ("type", "offset", "size")
     type: int  # a VAR (or FUNC for .ksyms)
     offset: int
     size: int
 
+    def __init__(self, type: int, offset: int, size: int) -> None:
+        self.type = type
+        self.offset = offset
+        self.size = size
 
-@dataclass(slots=True)
-class Datasec:
+
+class Datasec(Record):
+    __slots__ = ("name", "size", "vars")
+    kind: ClassVar[Kind] = Kind.DATASEC
     name: str
     size: int
     vars: list[VarSecinfo]
-    kind: Kind = field(default=Kind.DATASEC, init=False)
+
+    def __init__(self, name: str, size: int, vars: list[VarSecinfo]) -> None:
+        self.name = name
+        self.size = size
+        self.vars = vars
 
 
-@dataclass(slots=True)
-class DeclTag:
+class DeclTag(Record):
+    __slots__ = ("name", "type", "component_idx", "attr")
+    kind: ClassVar[Kind] = Kind.DECL_TAG
     name: str
     type: int
-    component_idx: int = -1  # -1: the tag applies to the type itself
-    attr: bool = False  # kind_flag: an __attribute__ tag, not a btf_decl_tag
-    kind: Kind = field(default=Kind.DECL_TAG, init=False)
+    component_idx: int  # -1: the tag applies to the type itself
+    attr: bool  # kind_flag: an __attribute__ tag, not a btf_decl_tag
+
+    def __init__(self, name: str, type: int, component_idx: int = -1, attr: bool = False) -> None:
+        self.name = name
+        self.type = type
+        self.component_idx = component_idx
+        self.attr = attr
 
 
 Type = (
