@@ -6,7 +6,6 @@ part of pyebpf, e.g. the kernel BTF index, does not pay for the whole library.
 
 from __future__ import annotations
 
-import logging
 from typing import TYPE_CHECKING, Any
 
 from .errors import (
@@ -33,8 +32,8 @@ if TYPE_CHECKING:
     from .object import Object
     from .program import Program
 
-# Silent unless the application configures logging.
-logging.getLogger(__name__).addHandler(logging.NullHandler())
+# Silent unless the application configures logging: pyebpf._log adds a NullHandler
+# to the "pyebpf" logger when it first imports logging.
 
 _LAZY = {
     "ObjectSpec": ".obj.object",

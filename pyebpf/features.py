@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import errno as _errno
 import functools
-import logging
 import os
 import struct
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from ._log import get_logger
+from ._record import Frozen
 from .errors import SyscallError, VerifierError
 from .sys import bpf as B
 from .sys.fd import FD
@@ -57,7 +57,7 @@ __all__ = [
     "uprobe_multi_link",
 ]
 
-_log = logging.getLogger("pyebpf.features")
+_log = get_logger("pyebpf.features")
 
 F = TypeVar("F", bound=Callable[..., Any])
 _lock = threading.RLock()
@@ -85,12 +85,18 @@ def clear_cache() -> None:
             c.cache_clear()
 
 
-@dataclass(frozen=True)
-class Support:
+_set = object.__setattr__
+
+
+class Support(Frozen):
     """A probe result: truthy when supported; ``reason`` says why not (or a caveat)."""
 
     supported: bool
-    reason: str = ""
+    reason: str
+
+    def __init__(self, supported: bool, reason: str = "") -> None:
+        _set(self, "supported", supported)
+        _set(self, "reason", reason)
 
     def __bool__(self) -> bool:
         return self.supported

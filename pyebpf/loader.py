@@ -11,13 +11,13 @@ this load made before the error propagates.
 
 from __future__ import annotations
 
-import logging
 import os
 import struct
 from collections.abc import Mapping
 from typing import Any
 
 from . import insn as I
+from ._log import get_logger
 from .errors import ObjectError, OptionError, SyscallError, VerifierError
 from .maps.map import Map, StructOpsMap, map_class
 from .obj.object import ObjectSpec
@@ -38,7 +38,7 @@ from .uapi import (
 
 __all__ = ["DEFAULT_PIN_ROOT", "load"]
 
-log = logging.getLogger("pyebpf.loader")
+log = get_logger("pyebpf.loader")
 
 DEFAULT_PIN_ROOT = "/sys/fs/bpf"
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import os
 import weakref
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ._record import Frozen
 from .sys import bpf as _bpf
 from .sys.fd import FD
 from .uapi import AttachType, ProgType
@@ -17,8 +17,10 @@ if TYPE_CHECKING:
 __all__ = ["Program", "TestRunResult"]
 
 
-@dataclass(frozen=True)
-class TestRunResult:
+_set = object.__setattr__
+
+
+class TestRunResult(Frozen):
     """What BPF_PROG_TEST_RUN returned."""
 
     __test__ = False  # not a pytest test class
@@ -27,6 +29,12 @@ class TestRunResult:
     duration_ns: int
     data_out: bytes
     ctx_out: bytes
+
+    def __init__(self, retval: int, duration_ns: int, data_out: bytes, ctx_out: bytes) -> None:
+        _set(self, "retval", retval)
+        _set(self, "duration_ns", duration_ns)
+        _set(self, "data_out", data_out)
+        _set(self, "ctx_out", ctx_out)
 
 
 def _enum(cls: Any, v: int | None) -> Any:

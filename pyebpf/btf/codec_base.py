@@ -6,10 +6,10 @@ from __future__ import annotations
 import struct
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any
 
+from .._record import Record
 from ..errors import BTFError, OptionError
 
 _BO = sys.byteorder
@@ -44,8 +44,7 @@ def _diagnose(codec: Codec, value: Any, exc: BaseException) -> OptionError:
     return OptionError(f"{codec.type_name}: cannot encode {value!r}: {exc}")
 
 
-@dataclass(slots=True)
-class Flat:
+class Flat(Record):
     """How a value lies in a parent's ``struct`` format, relative to its own start.
 
     ``items``: (offset, format, number of unpacked items), sorted, not overlapping.
@@ -53,10 +52,18 @@ class Flat:
     ``enc(gen, v)``: argument expressions for ``pack`` from the value expression ``v``.
     """
 
+    __slots__ = ("items", "dec", "enc", "plain")
     items: list[tuple[int, str, int]]
     dec: Callable[[_Gen, int], str]
     enc: Callable[[_Gen, str], list[str]]
-    plain: bool = False  # one item, decoded as ``t[i]`` and packed as the value itself
+    plain: bool  # one item, decoded as ``t[i]`` and packed as the value itself
+
+    def __init__(self, items: list[tuple[int, str, int]], dec: Callable[[_Gen, int], str],
+                 enc: Callable[[_Gen, str], list[str]], plain: bool = False) -> None:
+        self.items = items
+        self.dec = dec
+        self.enc = enc
+        self.plain = plain
 
     @property
     def count(self) -> int:

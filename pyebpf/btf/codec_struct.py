@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
+from .._record import Record
 from ..errors import BTFError, OptionError
 from .codec_base import (
     _BO,
@@ -35,28 +35,45 @@ from .codec_values import StructValue, make_value_class, values_equal
 from .types import COMPOSITE_KINDS, Kind, skip_modifiers
 
 
-@dataclass(slots=True)
-class _Field:
+class _Field(Record):
+    __slots__ = ("name", "codec", "off", "bit", "bits", "tail")
     name: str
     codec: Codec
     off: int  # bytes; for bitfields, the bit offset is ``bit``
-    bit: int = 0
-    bits: int = 0  # non-zero: a bitfield
-    tail: bool = False  # a flexible array member: the rest of the buffer
+    bit: int
+    bits: int  # non-zero: a bitfield
+    tail: bool  # a flexible array member: the rest of the buffer
+
+    def __init__(self, name: str, codec: Codec, off: int, bit: int = 0, bits: int = 0,
+                 tail: bool = False) -> None:
+        self.name = name
+        self.codec = codec
+        self.off = off
+        self.bit = bit
+        self.bits = bits
+        self.tail = tail
 
 
 _INT_CODES = {1: "B", 2: "H", 4: "I", 8: "Q"}  # unsigned: a group's bits are already masked
 
 
-@dataclass(slots=True)
-class _Group:
+class _Group(Record):
     """Bitfields sharing bytes: read and written as one integer."""
 
+    __slots__ = ("start", "end", "fields", "item", "code")
     start: int
     end: int
-    fields: list[int] = field(default_factory=list)
-    item: int = -1  # index of its bytes in the unpacked tuple, -1 when not flat
-    code: str = ""  # an integer struct code when its width has one: packed without to_bytes
+    fields: list[int]
+    item: int  # index of its bytes in the unpacked tuple, -1 when not flat
+    code: str  # an integer struct code when its width has one: packed without to_bytes
+
+    def __init__(self, start: int, end: int, fields: list[int] | None = None, item: int = -1,
+                 code: str = "") -> None:
+        self.start = start
+        self.end = end
+        self.fields = [] if fields is None else fields
+        self.item = item
+        self.code = code
 
 
 def _bf_parts(f: _Field) -> tuple[bool, dict[str, Any] | None]:

@@ -14,11 +14,11 @@ module (candidate search and caching, ambiguity checks, the public API).
 from __future__ import annotations
 
 import errno
-import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 
 from .. import insn as _insn
+from .._log import get_logger
+from .._record import Record
 from ..errors import CORERelocationError
 from .core_patch import patch_insn
 from .core_spec import (
@@ -46,21 +46,32 @@ __all__ = [
     "CoreSpec", "parse_spec", "patch_insn",
 ]
 
-log = logging.getLogger("pyebpf.core")
+log = get_logger("pyebpf.core")
 
 
-@dataclass
-class CoreCandidate:
+class CoreCandidate(Record):
     """One candidate target type and the verdict on it."""
 
     target: int  # index into CoreRelocator.targets
     type_id: int
     name: str
     matched: bool
-    reason: str = ""
-    spec: CoreSpec | None = None
-    new_val: int | None = None
-    poison: bool = False
+    reason: str
+    spec: CoreSpec | None
+    new_val: int | None
+    poison: bool
+
+    def __init__(self, target: int, type_id: int, name: str, matched: bool, reason: str = "",
+                 spec: CoreSpec | None = None, new_val: int | None = None,
+                 poison: bool = False) -> None:
+        self.target = target
+        self.type_id = type_id
+        self.name = name
+        self.matched = matched
+        self.reason = reason
+        self.spec = spec
+        self.new_val = new_val
+        self.poison = poison
 
     def __str__(self) -> str:
         verdict = "matching" if self.matched else f"rejected ({self.reason})"
@@ -68,26 +79,49 @@ class CoreCandidate:
         return f"[{self.type_id}] {self.name} in target #{self.target}: {verdict}{spec}"
 
 
-@dataclass
-class CoreResult:
+class CoreResult(Record):
     """libbpf's bpf_core_relo_res plus the specs and an explanation."""
 
     relo: CoreRelo
     kind: int
     local_spec: CoreSpec
-    target_spec: CoreSpec | None = None
-    target: int | None = None  # index of the chosen target BTF
-    orig_val: int = 0
-    new_val: int = 0
-    orig_sz: int = 0
-    new_sz: int = 0
-    orig_type_id: int = 0
-    new_type_id: int = 0
-    poison: bool = False
-    validate: bool = True
-    fail_memsz_adjust: bool = False
-    candidates: list[CoreCandidate] = field(default_factory=list)
-    explain: list[str] = field(default_factory=list)
+    target_spec: CoreSpec | None
+    target: int | None  # index of the chosen target BTF
+    orig_val: int
+    new_val: int
+    orig_sz: int
+    new_sz: int
+    orig_type_id: int
+    new_type_id: int
+    poison: bool
+    validate: bool
+    fail_memsz_adjust: bool
+    candidates: list[CoreCandidate]
+    explain: list[str]
+
+    def __init__(self, relo: CoreRelo, kind: int, local_spec: CoreSpec,
+                 target_spec: CoreSpec | None = None, target: int | None = None,
+                 orig_val: int = 0, new_val: int = 0, orig_sz: int = 0, new_sz: int = 0,
+                 orig_type_id: int = 0, new_type_id: int = 0, poison: bool = False,
+                 validate: bool = True, fail_memsz_adjust: bool = False,
+                 candidates: list[CoreCandidate] | None = None,
+                 explain: list[str] | None = None) -> None:
+        self.relo = relo
+        self.kind = kind
+        self.local_spec = local_spec
+        self.target_spec = target_spec
+        self.target = target
+        self.orig_val = orig_val
+        self.new_val = new_val
+        self.orig_sz = orig_sz
+        self.new_sz = new_sz
+        self.orig_type_id = orig_type_id
+        self.new_type_id = new_type_id
+        self.poison = poison
+        self.validate = validate
+        self.fail_memsz_adjust = fail_memsz_adjust
+        self.candidates = [] if candidates is None else candidates
+        self.explain = [] if explain is None else explain
 
     def __str__(self) -> str:
         tgt = str(self.target_spec) if self.target_spec is not None else "no matching target"

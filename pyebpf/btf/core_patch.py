@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import logging
 from typing import TYPE_CHECKING
 
 from .. import insn as _insn
+from .._log import get_logger
 from ..errors import CORERelocationError
 from .core_spec import _SHRT_MAX, _U32, _U64, _sext
 
 if TYPE_CHECKING:
     from .core import CoreResult
 
-log = logging.getLogger("pyebpf.core")
+log = get_logger("pyebpf.core")
 
 def _poison_one(insns: bytearray, idx: int) -> None:
     _insn.put(insns, idx, _insn.Insn(_insn.BPF_JMP | _insn.BPF_CALL, 0, 0, 0,

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import errno
 import re
-from dataclasses import dataclass, field
 
+from .._record import Record
 from ..errors import CORERelocationError
 from .core_types import (
     CoreFail,
@@ -65,25 +65,39 @@ def _sext(v: int, bits: int) -> int:
     return v & _U64
 
 
-@dataclass(slots=True)
-class CoreAccessor:
+class CoreAccessor(Record):
     """One high-level step of a spec: a named field (``name``) or an array index."""
 
+    __slots__ = ("type_id", "idx", "name")
     type_id: int  # struct/union holding the field, or the array element type
     idx: int  # field index or array index
-    name: str | None = None
+    name: str | None
+
+    def __init__(self, type_id: int, idx: int, name: str | None = None) -> None:
+        self.type_id = type_id
+        self.idx = idx
+        self.name = name
 
 
-@dataclass
-class CoreSpec:
+class CoreSpec(Record):
     """libbpf's bpf_core_spec: a parsed access path in one BTF."""
 
     btf: BTFView
     root_type_id: int
     kind: int
-    accessors: list[CoreAccessor] = field(default_factory=list)
-    raw_spec: list[int] = field(default_factory=list)
-    bit_offset: int = 0
+    accessors: list[CoreAccessor]
+    raw_spec: list[int]
+    bit_offset: int
+
+    def __init__(self, btf: BTFView, root_type_id: int, kind: int,
+                 accessors: list[CoreAccessor] | None = None, raw_spec: list[int] | None = None,
+                 bit_offset: int = 0) -> None:
+        self.btf = btf
+        self.root_type_id = root_type_id
+        self.kind = kind
+        self.accessors = [] if accessors is None else accessors
+        self.raw_spec = [] if raw_spec is None else raw_spec
+        self.bit_offset = bit_offset
 
     @property
     def path(self) -> list[str | int]:

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any, NamedTuple
 
+from .._record import Record
 from ..errors import BTFError
 from .spec import BTF, BTF_MAGIC
 
@@ -56,25 +56,39 @@ class CoreReloKind(IntEnum):
     TYPE_MATCHES = 12
 
 
-@dataclass(slots=True)
-class FuncInfo:
+class FuncInfo(Record):
     """A function starts at instruction ``insn_off`` and has BTF FUNC ``type_id``."""
 
+    __slots__ = ("insn_off", "type_id")
     insn_off: int  # instruction index within the ELF section
     type_id: int
 
+    def __init__(self, insn_off: int, type_id: int) -> None:
+        self.insn_off = insn_off
+        self.type_id = type_id
 
-@dataclass(slots=True)
-class LineInfo:
+
+class LineInfo(Record):
     """Instruction ``insn_off`` comes from ``file_name``:``line``:``col`` (source text ``line_text``)."""
 
+    __slots__ = ("insn_off", "file_name_off", "line_off", "line", "col", "file_name", "line_text")
     insn_off: int  # instruction index within the ELF section
     file_name_off: int  # offsets into the object's BTF string section
     line_off: int
     line: int
     col: int
-    file_name: str = ""
-    line_text: str = ""
+    file_name: str
+    line_text: str
+
+    def __init__(self, insn_off: int, file_name_off: int, line_off: int, line: int, col: int,
+                 file_name: str = "", line_text: str = "") -> None:
+        self.insn_off = insn_off
+        self.file_name_off = file_name_off
+        self.line_off = line_off
+        self.line = line
+        self.col = col
+        self.file_name = file_name
+        self.line_text = line_text
 
     @property
     def line_col(self) -> int:
@@ -82,27 +96,48 @@ class LineInfo:
         return (self.line << 10) | self.col
 
 
-@dataclass(slots=True)
-class CoreRelo:
+class CoreRelo(Record):
     """One CO-RE relocation: patch instruction ``insn_off`` for ``access_str`` of ``type_id``."""
 
+    __slots__ = ("insn_off", "type_id", "access_str", "kind", "access_str_off")
     insn_off: int  # instruction index within the ELF section
     type_id: int  # local (object BTF) root type id
     access_str: str  # e.g. "0:1:2"
     kind: CoreReloKind | int  # an int when the kind is newer than this library
-    access_str_off: int = 0
+    access_str_off: int
+
+    def __init__(self, insn_off: int, type_id: int, access_str: str, kind: CoreReloKind | int,
+                 access_str_off: int = 0) -> None:
+        self.insn_off = insn_off
+        self.type_id = type_id
+        self.access_str = access_str
+        self.kind = kind
+        self.access_str_off = access_str_off
 
 
-@dataclass(slots=True)
-class BTFExt:
+class BTFExt(Record):
     """Parsed BTF.ext, records grouped by ELF section name, in file order."""
 
-    func_info: dict[str, list[FuncInfo]] = field(default_factory=dict)
-    line_info: dict[str, list[LineInfo]] = field(default_factory=dict)
-    core_relos: dict[str, list[CoreRelo]] = field(default_factory=dict)
-    func_info_rec_size: int = FUNC_INFO_SIZE  # as found in the file
-    line_info_rec_size: int = LINE_INFO_SIZE
-    core_relo_rec_size: int = CORE_RELO_SIZE
+    __slots__ = ("func_info", "line_info", "core_relos", "func_info_rec_size",
+                 "line_info_rec_size", "core_relo_rec_size")
+    func_info: dict[str, list[FuncInfo]]
+    line_info: dict[str, list[LineInfo]]
+    core_relos: dict[str, list[CoreRelo]]
+    func_info_rec_size: int  # as found in the file
+    line_info_rec_size: int
+    core_relo_rec_size: int
+
+    def __init__(self, func_info: dict[str, list[FuncInfo]] | None = None,
+                 line_info: dict[str, list[LineInfo]] | None = None,
+                 core_relos: dict[str, list[CoreRelo]] | None = None,
+                 func_info_rec_size: int = FUNC_INFO_SIZE, line_info_rec_size: int = LINE_INFO_SIZE,
+                 core_relo_rec_size: int = CORE_RELO_SIZE) -> None:
+        self.func_info = {} if func_info is None else func_info
+        self.line_info = {} if line_info is None else line_info
+        self.core_relos = {} if core_relos is None else core_relos
+        self.func_info_rec_size = func_info_rec_size
+        self.line_info_rec_size = line_info_rec_size
+        self.core_relo_rec_size = core_relo_rec_size
 
 
 def _sub_sections(

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, replace
 
+from .._record import Frozen, replace
 from ..errors import BTFError
 from .spec import BTF, BTF_MAGIC, BTF_VERSION, HEADER_SIZE
 from .types import (
@@ -51,23 +51,38 @@ __all__ = [
 ]
 
 _U32 = 0xFFFF_FFFF
+_set = object.__setattr__
 
 
-@dataclass(frozen=True, slots=True)
-class Features:
+class Features(Frozen):
     """Which BTF features the target kernel supports (libbpf's FEAT_BTF_*).
 
     The default is a modern kernel that supports everything, i.e. no rewriting.
     """
 
-    has_func: bool = True  # BTF_KIND_FUNC / FUNC_PROTO (4.20)
-    has_func_global: bool = True  # BTF_FUNC_GLOBAL linkage (5.6)
-    has_datasec: bool = True  # BTF_KIND_VAR / DATASEC (5.2)
-    has_float: bool = True  # BTF_KIND_FLOAT (5.13)
-    has_decl_tag: bool = True  # BTF_KIND_DECL_TAG (5.16)
-    has_type_tag: bool = True  # BTF_KIND_TYPE_TAG (5.17)
-    has_enum64: bool = True  # BTF_KIND_ENUM64 and signed ENUM kind_flag (6.0)
-    has_qmark_datasec: bool = True  # DATASEC names starting with '?' (6.8?)
+    __slots__ = ("has_func", "has_func_global", "has_datasec", "has_float", "has_decl_tag",
+                 "has_type_tag", "has_enum64", "has_qmark_datasec")
+    has_func: bool  # BTF_KIND_FUNC / FUNC_PROTO (4.20)
+    has_func_global: bool  # BTF_FUNC_GLOBAL linkage (5.6)
+    has_datasec: bool  # BTF_KIND_VAR / DATASEC (5.2)
+    has_float: bool  # BTF_KIND_FLOAT (5.13)
+    has_decl_tag: bool  # BTF_KIND_DECL_TAG (5.16)
+    has_type_tag: bool  # BTF_KIND_TYPE_TAG (5.17)
+    has_enum64: bool  # BTF_KIND_ENUM64 and signed ENUM kind_flag (6.0)
+    has_qmark_datasec: bool  # DATASEC names starting with '?' (6.8?)
+
+    def __init__(self, has_func: bool = True, has_func_global: bool = True,
+                 has_datasec: bool = True, has_float: bool = True, has_decl_tag: bool = True,
+                 has_type_tag: bool = True, has_enum64: bool = True,
+                 has_qmark_datasec: bool = True) -> None:
+        _set(self, "has_func", has_func)
+        _set(self, "has_func_global", has_func_global)
+        _set(self, "has_datasec", has_datasec)
+        _set(self, "has_float", has_float)
+        _set(self, "has_decl_tag", has_decl_tag)
+        _set(self, "has_type_tag", has_type_tag)
+        _set(self, "has_enum64", has_enum64)
+        _set(self, "has_qmark_datasec", has_qmark_datasec)
 
     @classmethod
     def none(cls) -> Features:
@@ -280,7 +295,7 @@ def sanitize_types(btf: BTF, types: list[Type], f: Features) -> list[Type]:
             ]
             out.append(Struct(name, t.size, members))
         elif k == Kind.DATASEC and not f.has_qmark_datasec and t.name.startswith("?"):
-            out.append(replace(t, name="_" + t.name[1:]))  # type: ignore[type-var]
+            out.append(replace(t, name="_" + t.name[1:]))
         elif k == Kind.FUNC_PROTO and not f.has_func:
             assert isinstance(t, FuncProto)
             # The kernel insists enums are 4 bytes; values carry the param type ids.

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import ctypes
 import errno as _errno
-import logging
-from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from .._log import get_logger
+from .._record import Record
 from ..errors import OptionError, PyebpfError, SyscallError
 from ..sys import bpf as _bpf
 from ..sys import perf as _perf
@@ -25,7 +25,7 @@ __all__ = [
     "prog_label",
 ]
 
-_log = logging.getLogger("pyebpf.links")
+_log = get_logger("pyebpf.links")
 
 
 class AttachError(PyebpfError):
@@ -78,8 +78,7 @@ def prog_label(prog: Any) -> str | None:
 # --- LinkInfo ----------------------------------------------------------------------------------
 
 
-@dataclass
-class LinkInfo:
+class LinkInfo(Record):
     """What BPF_OBJ_GET_INFO_BY_FD reports about a link, with the per-type fields decoded."""
 
     type: LinkType | int
@@ -87,7 +86,14 @@ class LinkInfo:
     prog_id: int
     # per-type details: tp_name, attach_type, target_btf_id, target_obj_id, target_name, map_id,
     # perf_event_type, ... (only the ones the link type has)
-    details: dict[str, Any] = field(default_factory=dict)
+    details: dict[str, Any]
+
+    def __init__(self, type: LinkType | int, id: int, prog_id: int,
+                 details: dict[str, Any] | None = None) -> None:
+        self.type = type
+        self.id = id
+        self.prog_id = prog_id
+        self.details = {} if details is None else details
 
     def __getattr__(self, name: str) -> Any:
         details = self.__dict__.get("details", {})

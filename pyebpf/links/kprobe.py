@@ -11,13 +11,13 @@ from __future__ import annotations
 import ctypes
 import errno as _errno
 import itertools
-import logging
 import os
 import re
 import threading
-from dataclasses import dataclass
 from typing import Any
 
+from .._log import get_logger
+from .._record import Record
 from ..errors import OptionError, SyscallError
 from ..sys import perf as _perf
 from ..sys.perf import PERF_FLAG_FD_CLOEXEC, PERF_TYPE_TRACEPOINT, PerfEventAttr, TracefsError
@@ -38,7 +38,7 @@ __all__ = [
     "syscall_function",
 ]
 
-_log = logging.getLogger("pyebpf.links")
+_log = get_logger("pyebpf.links")
 
 PMU_DIR = "/sys/bus/event_source/devices"
 MAX_EVENT_NAME_LEN = 64  # the kernel's limit on trace event names
@@ -80,12 +80,15 @@ def parse_kprobe_target(text: str) -> tuple[str, int]:
     return m.group(1), int(off, 8) if off.startswith("0") else int(off)
 
 
-@dataclass
-class ProbeAttr:
+class ProbeAttr(Record):
     """A perf_event_attr for the kprobe PMU plus the name buffer config1 points at."""
 
     attr: PerfEventAttr
     name: ctypes.Array[ctypes.c_char]
+
+    def __init__(self, attr: PerfEventAttr, name: ctypes.Array[ctypes.c_char]) -> None:
+        self.attr = attr
+        self.name = name
 
     def bytes(self) -> bytes:
         return ctypes.string_at(ctypes.addressof(self.attr), ctypes.sizeof(self.attr))

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import errno as _errno
-import logging
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+from .._log import get_logger
 from ..errors import OptionError, SyscallError
 from ..sys import bpf as _bpf
 from ..sys import perf as _perf
@@ -29,7 +29,7 @@ __all__ = [
     "sample_software_event",
 ]
 
-_log = logging.getLogger("pyebpf.links")
+_log = get_logger("pyebpf.links")
 
 def has_perf_link() -> bool:
     """Whether BPF_LINK_CREATE(BPF_PERF_EVENT) exists (libbpf's FEAT_PERF_LINK; cached per process)."""

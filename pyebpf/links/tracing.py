@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import errno as _errno
-import logging
 from typing import Any
 
+from .._log import get_logger
 from ..errors import OptionError, SyscallError
 from ..sys import bpf as _bpf
 from ..sys import perf as _perf
@@ -26,7 +26,7 @@ __all__ = [
     "tracepoint_id",
 ]
 
-_log = logging.getLogger("pyebpf.links")
+_log = get_logger("pyebpf.links")
 
 MOUNT_HINT = _perf.MOUNT_HINT
 tracefs_root = _perf.tracefs_path

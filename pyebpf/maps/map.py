@@ -15,7 +15,6 @@ stacktrace.py), each registering its classes with :func:`register_map_class`.
 from __future__ import annotations
 
 import errno as _errno
-import logging
 import os
 import struct
 import sys
@@ -904,9 +903,10 @@ _PIPELINE_CHUNKS = 8
 
 def _trace_batch(cmd: int, fd: int, n: int, err: int) -> None:
     """The pyebpf.sys DEBUG line of one batch walk syscall (made outside sys.bpf for speed)."""
+    from .._log import DEBUG
     from ..sys.syscall import cmd_name, log
 
-    if log.isEnabledFor(logging.DEBUG):
+    if log.isEnabledFor(DEBUG):
         res = f"-1 {_errno.errorcode.get(err, err)}" if err else "0"
         log.debug("bpf(%s, map_fd=%d) = %s, count=%d", cmd_name(cmd), fd, res, n)
 

@@ -50,7 +50,6 @@ from __future__ import annotations
 
 import array
 import itertools
-import logging
 import mmap
 import select
 import struct
@@ -58,6 +57,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
+from .._log import get_logger
 from ..errors import PyebpfError, SyscallError
 from ..sys import perf as P
 from ..sys.fd import Closing
@@ -80,7 +80,7 @@ _PAGE = mmap.PAGESIZE
 _HEAD_Q = 1024 // 8  # data_head in the metadata page, as a u64 index
 _TAIL_Q = 1032 // 8
 _SAMPLE_HDR = 12  # perf_event_header + u32 raw size
-_log = logging.getLogger("pyebpf.sys")
+_log = get_logger("pyebpf.sys")
 
 SampleCallback = Callable[[int, memoryview], Any]
 LostCallback = Callable[[int, int], Any]

@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import array
 import itertools
-import logging
 import mmap
 import select
 import struct
@@ -54,6 +53,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, Protocol
 
+from .._log import get_logger
 from ..errors import OptionError, PyebpfError, SyscallError
 from ..sys.fd import Closing
 from ..sys.mm import epoll_create, mmap_fd
@@ -75,7 +75,7 @@ _LEN_MASK = ~(BPF_RINGBUF_BUSY_BIT | BPF_RINGBUF_DISCARD_BIT) & 0xFFFFFFFF
 _PAGE = mmap.PAGESIZE
 # The mmaps and epoll registrations are logged with the syscall layer's
 # messages, so the "pyebpf.sys" log shows everything done to the kernel.
-_log = logging.getLogger("pyebpf.sys")
+_log = get_logger("pyebpf.sys")
 _MAP_TYPE_RINGBUF = 27
 _BYTEORDER = sys.byteorder
 

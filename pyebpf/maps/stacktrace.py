@@ -15,9 +15,9 @@ import struct
 import sys
 import threading
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+from .._record import Frozen
 from ..errors import OptionError
 from ..uapi import MapType
 from .map import Map, register_map_class
@@ -99,15 +99,24 @@ class StackTrace(Map):
         return UserSymbols(pid).resolve_all(frames)
 
 
-@dataclass(frozen=True, slots=True)
-class Symbol:
+_set = object.__setattr__
+
+
+class Symbol(Frozen):
     """Where an address lies: ``name+offset`` in ``module`` (kernel module, "" for the
     kernel image, or the mapped file's path). ``name`` is None if unresolved."""
 
+    __slots__ = ("address", "name", "offset", "module")
     address: int
     name: str | None
-    offset: int = 0
-    module: str = ""
+    offset: int
+    module: str
+
+    def __init__(self, address: int, name: str | None, offset: int = 0, module: str = "") -> None:
+        _set(self, "address", address)
+        _set(self, "name", name)
+        _set(self, "offset", offset)
+        _set(self, "module", module)
 
     def __str__(self) -> str:
         where = f" [{self.module}]" if self.module else ""

@@ -11,8 +11,8 @@ raises :class:`~pyebpf.errors.ObjectError` instead of an arbitrary exception.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass, field
 
+from .._record import Record
 from ..errors import ObjectError
 
 # e_ident / header values
@@ -78,8 +78,7 @@ _REL = struct.Struct("<QQ")
 _RELA = struct.Struct("<QQq")
 
 
-@dataclass
-class Section:
+class Section(Record):
     """One ELF section header plus its bytes (``b""`` for SHT_NOBITS)."""
 
     index: int
@@ -88,18 +87,30 @@ class Section:
     flags: int
     size: int
     data: bytes
-    link: int = 0
-    info: int = 0
-    addralign: int = 0
-    entsize: int = 0
+    link: int
+    info: int
+    addralign: int
+    entsize: int
+
+    def __init__(self, index: int, name: str, type: int, flags: int, size: int, data: bytes,
+                 link: int = 0, info: int = 0, addralign: int = 0, entsize: int = 0) -> None:
+        self.index = index
+        self.name = name
+        self.type = type
+        self.flags = flags
+        self.size = size
+        self.data = data
+        self.link = link
+        self.info = info
+        self.addralign = addralign
+        self.entsize = entsize
 
     @property
     def is_exec(self) -> bool:
         return self.type == SHT_PROGBITS and bool(self.flags & SHF_EXECINSTR)
 
 
-@dataclass
-class Symbol:
+class Symbol(Record):
     """One ``.symtab`` entry."""
 
     index: int
@@ -111,25 +122,47 @@ class Symbol:
     visibility: int
     shndx: int
 
+    def __init__(self, index: int, name: str, value: int, size: int, bind: int, type: int,
+                 visibility: int, shndx: int) -> None:
+        self.index = index
+        self.name = name
+        self.value = value
+        self.size = size
+        self.bind = bind
+        self.type = type
+        self.visibility = visibility
+        self.shndx = shndx
 
-@dataclass
-class Reloc:
+
+class Reloc(Record):
     """One REL entry: patch ``offset`` (inside the target section) with symbol ``sym``."""
 
     offset: int
     sym: int
     type: int
 
+    def __init__(self, offset: int, sym: int, type: int) -> None:
+        self.offset = offset
+        self.sym = sym
+        self.type = type
 
-@dataclass
-class ElfObject:
+
+class ElfObject(Record):
     """The parts of an eBPF object file the object layer needs."""
 
     path: str | None
     sections: list[Section]
     symbols: list[Symbol]
-    relocs: dict[int, list[Reloc]] = field(default_factory=dict)
-    symtab_index: int = 0
+    relocs: dict[int, list[Reloc]]
+    symtab_index: int
+
+    def __init__(self, path: str | None, sections: list[Section], symbols: list[Symbol],
+                 relocs: dict[int, list[Reloc]] | None = None, symtab_index: int = 0) -> None:
+        self.path = path
+        self.sections = sections
+        self.symbols = symbols
+        self.relocs = {} if relocs is None else relocs
+        self.symtab_index = symtab_index
 
     def section(self, name: str) -> Section | None:
         """The first section called ``name``, or None."""

@@ -81,13 +81,13 @@ rejects extern linkage in DATASECs): :func:`fixup_extern_btf`.
 from __future__ import annotations
 
 import gzip
-import logging
 import os
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
 from enum import IntEnum
+from typing import Any, ClassVar
 
+from .._log import get_logger
 from ..btf.types import (
     INT_BOOL,
     INT_SIGNED,
@@ -133,7 +133,7 @@ __all__ = [
     "resolve_externs",
 ]
 
-log = logging.getLogger("pyebpf")
+log = get_logger("pyebpf")
 
 KCONFIG_SECTION = ".kconfig"
 KSYMS_SECTION = ".ksyms"
@@ -161,19 +161,40 @@ class Tristate(IntEnum):
     MODULE = 2
 
 
-@dataclass(eq=False)
 class ExternDesc(ExternSpec):
     """An :class:`ExternSpec` plus what libbpf keeps in ``struct extern_desc``."""
 
-    index: int = 0  # position in libbpf's sorted extern array
-    sym_index: int = 0  # ELF symbol index (relocations refer to it)
-    sec_btf_id: int = 0  # the .kconfig/.ksyms DATASEC
-    type_id: int = 0  # ksym: VAR type (0 = typeless) or FUNC_PROTO, modifiers skipped
-    kcfg_type: KcfgType = KcfgType.UNKNOWN
-    signed: bool = False
-    align: int = 0
-    essential: str = ""  # kfunc lookup name (before '___')
-    raw: str | None = field(default=None, repr=False)  # kconfig text it was set from
+    # compared by identity and hashable (ExternSpec compares field-wise)
+    __eq__ = object.__eq__
+    __hash__ = object.__hash__
+    _norepr: ClassVar[frozenset[str]] = frozenset({"raw"})
+    index: int  # position in libbpf's sorted extern array
+    sym_index: int  # ELF symbol index (relocations refer to it)
+    sec_btf_id: int  # the .kconfig/.ksyms DATASEC
+    type_id: int  # ksym: VAR type (0 = typeless) or FUNC_PROTO, modifiers skipped
+    kcfg_type: KcfgType
+    signed: bool
+    align: int
+    essential: str  # kfunc lookup name (before '___')
+    raw: str | None  # kconfig text it was set from
+
+    def __init__(self, name: str, kind: ExternKind, weak: bool, btf_id: int, typed: bool = True,
+                 offset: int = 0, size: int = 0, resolved: bool = False, value: Any = None,
+                 kernel_btf_id: int = 0, kernel_btf_fd_idx: int = 0, index: int = 0,
+                 sym_index: int = 0, sec_btf_id: int = 0, type_id: int = 0,
+                 kcfg_type: KcfgType = KcfgType.UNKNOWN, signed: bool = False, align: int = 0,
+                 essential: str = "", raw: str | None = None) -> None:
+        ExternSpec.__init__(self, name, kind, weak, btf_id, typed, offset, size, resolved, value,
+                            kernel_btf_id, kernel_btf_fd_idx)
+        self.index = index
+        self.sym_index = sym_index
+        self.sec_btf_id = sec_btf_id
+        self.type_id = type_id
+        self.kcfg_type = kcfg_type
+        self.signed = signed
+        self.align = align
+        self.essential = essential
+        self.raw = raw
 
 
 # -- collection -------------------------------------------------------------------------

@@ -8,12 +8,11 @@ func_info and line_info records travel with the code they describe.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Generator, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from .. import insn as I
+from .._record import Record, replace
 from ..errors import ObjectError
 from .program import ProgramSpec, Reloc, RelocType
 from .reloc import find_prog
@@ -28,16 +27,25 @@ class CoreResultAt(NamedTuple):
     result: Any  # pyebpf.btf.core.CoreResult
 
 
-@dataclass
-class Linked:
+class Linked(Record):
     """The final instructions of one main program and everything indexed by them."""
 
     insns: bytearray
     relocs: list[Reloc]
     func_info: list[Any] | None
     line_info: list[Any] | None
-    core_results: list[CoreResultAt] = field(default_factory=list)
-    order: list[str] = field(default_factory=list)  # main, then subprograms as appended
+    core_results: list[CoreResultAt]
+    order: list[str]  # main, then subprograms as appended
+
+    def __init__(self, insns: bytearray, relocs: list[Reloc], func_info: list[Any] | None,
+                 line_info: list[Any] | None, core_results: list[CoreResultAt] | None = None,
+                 order: list[str] | None = None) -> None:
+        self.insns = insns
+        self.relocs = relocs
+        self.func_info = func_info
+        self.line_info = line_info
+        self.core_results = [] if core_results is None else core_results
+        self.order = [] if order is None else order
 
 
 def _is_subprog_call(ins: I.Insn) -> bool:
@@ -71,7 +79,7 @@ def _ext_slice(records: Sequence[Any] | None, start: int, end: int) -> list[Any]
 
 
 def _shift(rec: Any, delta: int) -> Any:
-    # direct construction: dataclasses.replace costs ~5x more on this hot path
+    # direct construction: replace() costs ~5x more on this hot path
     from ..btf.ext import FuncInfo, LineInfo  # lazy: keeps construct off `import pyebpf`
 
     if isinstance(rec, FuncInfo):
@@ -79,7 +87,7 @@ def _shift(rec: Any, delta: int) -> Any:
     if isinstance(rec, LineInfo):
         return LineInfo(rec.insn_off + delta, rec.file_name_off, rec.line_off, rec.line,
                         rec.col, rec.file_name, rec.line_text)
-    return dataclasses.replace(rec, insn_off=rec.insn_off + delta)
+    return replace(rec, insn_off=rec.insn_off + delta)
 
 
 def link_program(main: ProgramSpec, text_progs: Sequence[ProgramSpec],

@@ -18,11 +18,11 @@ kernel sees (at most 15 characters) is in ``MapSpec.extra["kernel_name"]``.
 
 from __future__ import annotations
 
-import logging
 import os
 import struct
 from collections.abc import Iterable
 
+from .._log import get_logger
 from ..btf.types import (
     Array,
     BTFView,
@@ -70,7 +70,7 @@ __all__ = [
     "parse_legacy_maps",
 ]
 
-log = logging.getLogger("pyebpf")
+log = get_logger("pyebpf")
 
 MAPS_SECTION = ".maps"
 LEGACY_MAPS_SECTION = "maps"

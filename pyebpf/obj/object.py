@@ -10,12 +10,12 @@ subprogram linking, then map/data/extern references.
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Mapping
 from typing import Any
 
 from .. import insn as I
+from .._log import get_logger
 from ..errors import BTFError, ObjectError
 from ..uapi import MapType, ProgType
 from .elf import (
@@ -36,7 +36,7 @@ from .reloc import RelocContext, apply_data_relocs, collect_relocs, find_prog
 from .sections import SecFlag, attach_target, match_section
 from .spec import ExternKind, ExternSpec, MapSpec, VariableSpec
 
-log = logging.getLogger("pyebpf.obj")
+log = get_logger("pyebpf.obj")
 
 _LICENSE_MAX = 64  # libbpf keeps char license[64]
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 
 from .. import insn as I
+from .._record import Record
 from ..errors import ObjectError
 from ..uapi import MapType
 from .elf import (
@@ -49,8 +49,7 @@ def sym_is_subprog(sym: Symbol, text_shndx: int) -> bool:
     return sym.bind == STB_GLOBAL and sym.type == STT_FUNC
 
 
-@dataclass
-class RelocContext:
+class RelocContext(Record):
     """What relocation recording needs to know about the object."""
 
     elf: ElfObject
@@ -58,14 +57,29 @@ class RelocContext:
     maps_shndx: int  # ".maps" section index, 0 when absent
     legacy_maps_shndx: int  # "maps" section index, 0 when absent
     # data section index -> global-data map name
-    data_maps: dict[int, str] = field(default_factory=dict)
+    data_maps: dict[int, str]
     # (section index, st_value) -> map name, for .maps / legacy maps symbols
-    map_syms: dict[tuple[int, int], str] = field(default_factory=dict)
-    externs: Mapping[str, ExternSpec] = field(default_factory=dict)
+    map_syms: dict[tuple[int, int], str]
+    externs: Mapping[str, ExternSpec]
     # ".addr_space.1" (global __arena variables) index, 0 when absent, and the
     # object's ARENA map those variables live in (None when there is none)
-    arena_shndx: int = 0
-    arena_map: str | None = None
+    arena_shndx: int
+    arena_map: str | None
+
+    def __init__(self, elf: ElfObject, text_shndx: int, maps_shndx: int, legacy_maps_shndx: int,
+                 data_maps: dict[int, str] | None = None,
+                 map_syms: dict[tuple[int, int], str] | None = None,
+                 externs: Mapping[str, ExternSpec] | None = None, arena_shndx: int = 0,
+                 arena_map: str | None = None) -> None:
+        self.elf = elf
+        self.text_shndx = text_shndx
+        self.maps_shndx = maps_shndx
+        self.legacy_maps_shndx = legacy_maps_shndx
+        self.data_maps = {} if data_maps is None else data_maps
+        self.map_syms = {} if map_syms is None else map_syms
+        self.externs = {} if externs is None else externs
+        self.arena_shndx = arena_shndx
+        self.arena_map = arena_map
 
 
 def _sym_name(ctx: RelocContext, sym: Symbol) -> str:

@@ -23,9 +23,9 @@ Differences from libbpf 1.1 (bpftool 7.1 on this machine) worth knowing:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from enum import IntFlag
 
+from .._record import Frozen
 from ..uapi import AttachType, ProgType
 
 __all__ = ["SECTION_DEFS", "SecDef", "SecFlag", "attach_target", "match_section"]
@@ -51,15 +51,26 @@ class SecFlag(IntFlag):
     USDT = 32
 
 
-@dataclass(frozen=True)
-class SecDef:
+_set = object.__setattr__
+
+
+class SecDef(Frozen):
     """One row of the SEC() table."""
 
+    __slots__ = ("prefix", "prog_type", "attach_type", "flags", "attach")
     prefix: str
     prog_type: ProgType
     attach_type: AttachType | None  # expected_attach_type; None means not set (0)
     flags: SecFlag
     attach: str | None  # auto-attach handler name, None when not auto-attachable
+
+    def __init__(self, prefix: str, prog_type: ProgType, attach_type: AttachType | None,
+                 flags: SecFlag, attach: str | None) -> None:
+        _set(self, "prefix", prefix)
+        _set(self, "prog_type", prog_type)
+        _set(self, "attach_type", attach_type)
+        _set(self, "flags", flags)
+        _set(self, "attach", attach)
 
     @property
     def base(self) -> str:

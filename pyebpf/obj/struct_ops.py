@@ -24,9 +24,9 @@ can spread struct_ops over several sections; ``.link`` variants get ``BPF_F_LINK
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
+from .._record import Record
 from ..btf.types import MODIFIER_KINDS, BTFView, Kind, Struct, essential_name, sizeof
 from ..errors import BTFError, ObjectError
 from ..uapi import BPF_F_LINK, MapType, ProgType
@@ -49,8 +49,7 @@ __all__ = [
 ]
 
 
-@dataclass
-class StructOpsMember:
+class StructOpsMember(Record):
     """One member of the local (object BTF) struct, captured at open."""
 
     name: str
@@ -61,9 +60,18 @@ class StructOpsMember:
     bitfield: bool
     func_ptr: bool  # a pointer to a FUNC_PROTO: may hold a program
 
+    def __init__(self, name: str, index: int, offset: int, size: int, kind: Kind, bitfield: bool,
+                 func_ptr: bool) -> None:
+        self.name = name
+        self.index = index
+        self.offset = offset
+        self.size = size
+        self.kind = kind
+        self.bitfield = bitfield
+        self.func_ptr = func_ptr
 
-@dataclass
-class StructOpsSpec:
+
+class StructOpsSpec(Record):
     """What a struct_ops map holds before load (``MapSpec.extra["struct_ops"]``)."""
 
     type_name: str  # local struct name, flavour included ("tcp_congestion_ops___v2")
@@ -71,9 +79,20 @@ class StructOpsSpec:
     data: bytearray  # the variable's initial bytes, local layout (function slots zero)
     members: list[StructOpsMember]
     # member name -> program name; edit to change or drop (del) a callback
-    programs: dict[str, str] = field(default_factory=dict)
-    section: str = ""
-    sec_offset: int = 0
+    programs: dict[str, str]
+    section: str
+    sec_offset: int
+
+    def __init__(self, type_name: str, type_id: int, data: bytearray,
+                 members: list[StructOpsMember], programs: dict[str, str] | None = None,
+                 section: str = "", sec_offset: int = 0) -> None:
+        self.type_name = type_name
+        self.type_id = type_id
+        self.data = data
+        self.members = members
+        self.programs = {} if programs is None else programs
+        self.section = section
+        self.sec_offset = sec_offset
 
     @property
     def kernel_name(self) -> str:
@@ -87,8 +106,7 @@ class StructOpsSpec:
         return None
 
 
-@dataclass
-class StructOpsPlan:
+class StructOpsPlan(Record):
     """A struct_ops map resolved against kernel BTF: what the loader submits."""
 
     map_name: str
@@ -106,6 +124,27 @@ class StructOpsPlan:
     prog_attach: dict[str, tuple[int, int]]
     skipped: list[str]  # members absent from the kernel struct, left out (they were zero)
     dropped_programs: list[str]  # programs of skipped members (libbpf sets autoload off)
+
+    def __init__(self, map_name: str, btf_index: int, kernel_type_id: int, value_type_id: int,
+                 value_size: int, data_offset: int, value: bytearray,
+                 member_offsets: dict[str, int], member_indexes: dict[str, int],
+                 func_offsets: dict[str, int], programs: dict[str, str],
+                 prog_attach: dict[str, tuple[int, int]], skipped: list[str],
+                 dropped_programs: list[str]) -> None:
+        self.map_name = map_name
+        self.btf_index = btf_index
+        self.kernel_type_id = kernel_type_id
+        self.value_type_id = value_type_id
+        self.value_size = value_size
+        self.data_offset = data_offset
+        self.value = value
+        self.member_offsets = member_offsets
+        self.member_indexes = member_indexes
+        self.func_offsets = func_offsets
+        self.programs = programs
+        self.prog_attach = prog_attach
+        self.skipped = skipped
+        self.dropped_programs = dropped_programs
 
 
 def is_struct_ops_section(name: str) -> bool:

@@ -8,9 +8,9 @@ perf_event_open/ioctls/tracefs/bpffs, ``fd`` the FD ownership class.
 from __future__ import annotations
 
 import errno as _errno
-import logging
 import resource
 
+from .._log import get_logger
 from .bpf import (
     MapOps,
     ProgLoadResult,
@@ -53,7 +53,7 @@ __all__ = [
     "raw_tracepoint_open",
 ]
 
-_log = logging.getLogger("pyebpf.sys")
+_log = get_logger("pyebpf.sys")
 _bumped = False
 
 

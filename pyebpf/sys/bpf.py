@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import ctypes
 import errno as _errno
-import logging
 import os
 import re
+import sys
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from typing import Any
 
+from .._log import DEBUG, logging_imported
+from .._record import Record
 from ..errors import OptionError, SyscallError, VerifierError
 from ..uapi import BPF_F_NO_PREALLOC, AttachType, MapType, ProgType
 from . import attrs as A
@@ -78,12 +79,36 @@ __all__ = [
     "token_create",
 ]
 
-_DEBUG = logging.DEBUG
-_debug_on = log.isEnabledFor  # bound once: the hot paths call it on every op
-# The logger's own level cache (cleared, never rebound, by setLevel/disable): one dict
-# probe answers "no debug" without a method call; a miss or True defers to isEnabledFor.
-_dcache = getattr(log, "_cache", None)
-_nodebug: Callable[..., Any] = (_dcache if isinstance(_dcache, dict) else {}).get
+_DEBUG = DEBUG
+_modules = sys.modules
+
+
+def _bind_debug_check() -> None:
+    """Point the hot paths' debug check at the real logger.
+
+    ``_debug_on`` is its isEnabledFor, bound once. ``_nodebug`` probes the logger's
+    own level cache (cleared, never rebound, by setLevel/disable): one dict probe
+    answers "no debug" without a method call; a miss or True defers to isEnabledFor."""
+    global _debug_on, _nodebug
+    real = log.real()
+    cache = getattr(real, "_cache", None)
+    _debug_on = real.isEnabledFor
+    _nodebug = (cache if isinstance(cache, dict) else {}).get
+
+
+def _nodebug_unbound(level: int, default: bool) -> bool:
+    """The debug check until something imports logging: nothing can have enabled
+    DEBUG before that (see pyebpf._log); afterwards, bind to the real logger."""
+    if "logging" not in _modules:
+        return False
+    _bind_debug_check()
+    return bool(_nodebug(level, default))
+
+
+_debug_on: Callable[[int], bool] = log.isEnabledFor
+_nodebug: Callable[..., Any] = _nodebug_unbound
+if logging_imported():
+    _bind_debug_check()
 _addressof = ctypes.addressof
 
 
@@ -617,13 +642,17 @@ def explain_log(log: str, explain: Callable[[int, int], str | None] | None = Non
     return notes
 
 
-@dataclass
-class ProgLoadResult:
+class ProgLoadResult(Record):
     """A loaded program's FD and the verifier log (empty unless a log level was requested)."""
 
     fd: FD
     log: str
     log_true_size: int
+
+    def __init__(self, fd: FD, log: str, log_true_size: int) -> None:
+        self.fd = fd
+        self.log = log
+        self.log_true_size = log_true_size
 
 
 _LOG_START = 64 * 1024

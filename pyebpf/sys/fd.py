@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import atexit
 import fcntl
-import logging
 import os
 import threading
 import weakref
 from typing import TypeVar
 
+from .._log import get_logger
+
 __all__ = ["FD", "open_fd_count"]
 
-_log = logging.getLogger("pyebpf.sys")
+_log = get_logger("pyebpf.sys")
 
 _lock = threading.Lock()
 _open = 0

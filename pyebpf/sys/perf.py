@@ -5,11 +5,11 @@ from __future__ import annotations
 import ctypes
 import errno as _errno
 import itertools
-import logging
 import os
 import threading
 from ctypes import c_int32, c_uint16, c_uint32, c_uint64
 
+from .._log import get_logger
 from ..errors import OptionError, PyebpfError, SyscallError
 from .fd import FD
 from .syscall import ioctl, sys_perf_event_open
@@ -40,7 +40,7 @@ __all__ = [
     "tracepoint_id",
 ]
 
-_log = logging.getLogger("pyebpf.sys")
+_log = get_logger("pyebpf.sys")
 
 PERF_TYPE_HARDWARE = 0
 PERF_TYPE_SOFTWARE = 1

@@ -11,11 +11,11 @@ from __future__ import annotations
 import ctypes
 import errno as _errno
 import fcntl
-import logging
 import os
 from enum import IntEnum
 from typing import Any
 
+from .._log import DEBUG, get_logger
 from ..errors import SyscallError
 
 __all__ = [
@@ -32,7 +32,7 @@ __all__ = [
     "sys_perf_event_open",
 ]
 
-log = logging.getLogger("pyebpf.sys")
+log = get_logger("pyebpf.sys")
 
 # (bpf, perf_event_open) per machine
 _NR = {
@@ -254,10 +254,10 @@ def bpf(cmd: int, attr: Any, size: int, *, hint: str | None = None, detail: str 
     ret = raw_syscall(NR_BPF, cmd, ctypes.byref(attr), size)
     if ret < 0:
         err = get_errno()
-        if log.isEnabledFor(logging.DEBUG):
+        if log.isEnabledFor(DEBUG):
             log.debug("bpf(%s, {%s}, %d) = -1 %s", cmd_name(cmd), _fmt_attr(attr), size, _errno.errorcode.get(err, err))
         raise SyscallError(err, cmd_name(cmd), errno_hint(err, cmd) if hint is None else hint, detail=detail)
-    if log.isEnabledFor(logging.DEBUG):
+    if log.isEnabledFor(DEBUG):
         log.debug("bpf(%s, {%s}, %d) = %d", cmd_name(cmd), _fmt_attr(attr), size, ret)
     return ret
 
@@ -266,7 +266,7 @@ def bpf_errno(cmd: int, attr: Any, size: int) -> tuple[int, int]:
     """bpf() without raising: (result, errno); errno is 0 on success. For probes and retry loops."""
     ret = raw_syscall(NR_BPF, cmd, ctypes.byref(attr), size)
     err = get_errno() if ret < 0 else 0
-    if log.isEnabledFor(logging.DEBUG):
+    if log.isEnabledFor(DEBUG):
         res = f"-1 {_errno.errorcode.get(err, err)}" if ret < 0 else str(ret)
         log.debug("bpf(%s, {%s}, %d) = %s", cmd_name(cmd), _fmt_attr(attr), size, res)
     return ret, err
@@ -280,11 +280,11 @@ def sys_perf_event_open(attr: Any, pid: int, cpu: int, group_fd: int, flags: int
     )
     if ret < 0:
         err = get_errno()
-        if log.isEnabledFor(logging.DEBUG):
+        if log.isEnabledFor(DEBUG):
             log.debug("perf_event_open({%s}, pid=%d, cpu=%d, group_fd=%d, flags=%#x) = -1 %s",
                       _fmt_attr(attr), pid, cpu, group_fd, flags, _errno.errorcode.get(err, err))
         raise SyscallError(err, "perf_event_open", _perf_hint(err, attr))
-    if log.isEnabledFor(logging.DEBUG):
+    if log.isEnabledFor(DEBUG):
         log.debug("perf_event_open({%s}, pid=%d, cpu=%d, group_fd=%d, flags=%#x) = %d",
                   _fmt_attr(attr), pid, cpu, group_fd, flags, ret)
     return ret
@@ -314,9 +314,9 @@ def ioctl(fd: int, request: int, arg: int = 0, *, name: str = "ioctl", hint: str
         ret = fcntl.ioctl(fd, request, arg)
     except OSError as e:
         err = e.errno or 0
-        if log.isEnabledFor(logging.DEBUG):
+        if log.isEnabledFor(DEBUG):
             log.debug("ioctl(%d, %s, %#x) = -1 %s", fd, name, arg, _errno.errorcode.get(err, err))
         raise SyscallError(err, name, hint or errno_hint(err, name)) from None
-    if log.isEnabledFor(logging.DEBUG):
+    if log.isEnabledFor(DEBUG):
         log.debug("ioctl(%d, %s, %#x) = %d", fd, name, arg, ret)
     return ret
