@@ -127,3 +127,38 @@ def test_logging_is_imported_only_when_used() -> None:
         assert "pyebpf.sys bpf.py bpf(BPF_MAP_LOOKUP_ELEM, map_fd=" in out.stdout, out.stdout
         assert "key=01000000) = 0" in out.stdout
         assert "key=00000000" not in out.stdout  # before logging was configured
+
+
+def test_map_kind_table_names_each_registering_module() -> None:
+    """map_class imports only the module of the asked type: the table must agree with
+    where each class registers itself."""
+    import importlib
+
+    from pyebpf.maps import map as M
+
+    for mod in set(M._KIND_MODULE.values()):
+        importlib.import_module(f"pyebpf.maps.{mod}")
+    for t, cls in M._CLASSES.items():
+        mod = cls.__module__.rpartition(".")[2]
+        if cls.__module__.startswith("pyebpf.maps.") and mod != "map":
+            assert M._KIND_MODULE.get(t) == mod, (t, cls)
+    for t, mod in M._KIND_MODULE.items():
+        assert M.map_class(t).__module__ == f"pyebpf.maps.{mod}", t
+
+
+def test_user_map_class_registration_wins() -> None:
+    """A class registered before the built-in kind module is imported still wins."""
+    code = (
+        "from pyebpf.maps.map import Map, map_class, register_map_class\n"
+        "from pyebpf.uapi import MapType\n"
+        "import sys\n"
+        "assert 'pyebpf.maps.queue' not in sys.modules\n"
+        "@register_map_class(MapType.QUEUE)\n"
+        "class MyQueue(Map): pass\n"
+        "assert map_class(MapType.QUEUE) is MyQueue, map_class(MapType.QUEUE)\n"
+        "assert map_class(MapType.STACK).__name__ == 'Stack'\n"
+    )
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                         cwd="/", timeout=60)
+    assert out.returncode == 0, out.stderr

@@ -851,11 +851,26 @@ _CLASSES: dict[int, type[Map]] = {
     MapType.STRUCT_OPS: StructOpsMap,
 }
 
-# Modules of pyebpf.maps that define map kinds; imported on the first map_class() call
-# so that `import pyebpf.maps.map` stays cheap. Missing ones are skipped.
-_KIND_MODULES = ("hash", "array", "lpm", "queue", "arena", "fdmaps", "storage", "netmaps",
-                 "stacktrace")
-_kinds_loaded = False
+# The module of pyebpf.maps that defines each map type's class, imported on the first
+# map_class() call for that type: a load pays only for the kinds its object has
+# (netmaps.py alone pulls in socket and selectors, lpm.py ipaddress: ~7 ms of start-up).
+_KIND_MODULE: dict[int, str] = {
+    MapType.HASH: "hash", MapType.LRU_HASH: "hash", MapType.PERCPU_HASH: "hash",
+    MapType.LRU_PERCPU_HASH: "hash",
+    MapType.ARRAY: "array", MapType.PERCPU_ARRAY: "array",
+    MapType.LPM_TRIE: "lpm",
+    MapType.QUEUE: "queue", MapType.STACK: "queue", MapType.BLOOM_FILTER: "queue",
+    MapType.ARENA: "arena",
+    MapType.PROG_ARRAY: "fdmaps", MapType.ARRAY_OF_MAPS: "fdmaps", MapType.HASH_OF_MAPS: "fdmaps",
+    MapType.SK_STORAGE: "storage", MapType.TASK_STORAGE: "storage",
+    MapType.INODE_STORAGE: "storage", MapType.CGRP_STORAGE: "storage",
+    MapType.CGROUP_STORAGE: "storage", MapType.PERCPU_CGROUP_STORAGE: "storage",
+    MapType.DEVMAP: "netmaps", MapType.DEVMAP_HASH: "netmaps", MapType.CPUMAP: "netmaps",
+    MapType.XSKMAP: "netmaps", MapType.CGROUP_ARRAY: "netmaps", MapType.SOCKMAP: "netmaps",
+    MapType.SOCKHASH: "netmaps", MapType.REUSEPORT_SOCKARRAY: "netmaps",
+    MapType.STACK_TRACE: "stacktrace",
+}
+_loaded_kinds: set[str] = set()
 
 _M = TypeVar("_M", bound=type[Map])
 
@@ -864,33 +879,27 @@ def register_map_class(*map_types: int) -> Callable[[_M], _M]:
     """Class decorator: make the class the one :func:`map_class` returns for ``map_types``."""
     def deco(cls: _M) -> _M:
         for t in map_types:
+            kind = _KIND_MODULE.get(int(t))
+            if kind is not None and kind not in _loaded_kinds:
+                _load_kind_module(kind)  # so its built-in class cannot override this one later
             _CLASSES[int(t)] = cls
         return cls
     return deco
 
 
-def _load_kind_modules() -> None:
-    global _kinds_loaded
-    if _kinds_loaded:
-        return
-    # set first: a kind module importing map.py and calling map_class must not recurse
-    _kinds_loaded = True
+def _load_kind_module(name: str) -> None:
+    # marked first: a kind module that imports map.py and calls map_class must not recurse
+    _loaded_kinds.add(name)
     import importlib
 
-    pkg = __name__.rpartition(".")[0]
-    for name in _KIND_MODULES:
-        full = f"{pkg}.{name}"
-        try:
-            importlib.import_module(full)
-        except ModuleNotFoundError as e:
-            if e.name != full:  # the module exists but one of its imports is missing
-                raise
+    importlib.import_module(f"{__name__.rpartition('.')[0]}.{name}")
 
 
 def map_class(map_type: int) -> type[Map]:
     """The Map subclass for a BPF_MAP_TYPE_* (plain :class:`Map` for the others)."""
-    if not _kinds_loaded:
-        _load_kind_modules()
+    kind = _KIND_MODULE.get(map_type)
+    if kind is not None and kind not in _loaded_kinds:
+        _load_kind_module(kind)
     return _CLASSES.get(map_type, Map)
 
 

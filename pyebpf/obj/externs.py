@@ -80,7 +80,6 @@ rejects extern linkage in DATASECs): :func:`fixup_extern_btf`.
 
 from __future__ import annotations
 
-import gzip
 import os
 import re
 from collections.abc import Iterable, Mapping
@@ -407,6 +406,8 @@ def read_kconfig(paths: Iterable[str] | None = None) -> dict[str, str]:
         except OSError:
             continue
         if raw[:2] == b"\x1f\x8b":
+            import gzip  # here, not at the top: only .kconfig externs need it
+
             try:
                 raw = gzip.decompress(raw)
             except (OSError, EOFError) as e:

@@ -30,8 +30,19 @@ def object_path() -> str:
     return os.path.join(os.path.dirname(os.path.abspath(__file__)), "opensnoop.bpf.o")
 
 
+def _formatter(prog: str) -> argparse.HelpFormatter:
+    # argparse's default formatter imports shutil (with bz2 and lzma, ~4 ms of start-up)
+    # just to read the terminal width; os answers the same question.
+    try:
+        width = int(os.environ.get("COLUMNS", "")) or os.get_terminal_size(sys.__stdout__.fileno()).columns
+    except (ValueError, OSError, AttributeError):
+        width = 80
+    return argparse.HelpFormatter(prog, width=max(width - 2, 11))
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="opensnoop", description="Trace openat() syscalls.")
+    p = argparse.ArgumentParser(prog="opensnoop", description="Trace openat() syscalls.",
+                                formatter_class=_formatter)
     p.add_argument("-p", "--pid", type=int, default=0, help="trace this process (tgid) only")
     p.add_argument("-t", "--tid", type=int, default=0, help="trace this thread only")
     p.add_argument("-u", "--uid", type=int, default=0, help="trace this user id only")
