@@ -86,9 +86,11 @@ _modules = sys.modules
 def _bind_debug_check() -> None:
     """Point the hot paths' debug check at the real logger.
 
-    ``_debug_on`` is its isEnabledFor, bound once. ``_nodebug`` probes the logger's
-    own level cache (cleared, never rebound, by setLevel/disable): one dict probe
-    answers "no debug" without a method call; a miss or True defers to isEnabledFor."""
+    Map operations test ``"logging" in _modules`` first: until something imports
+    logging nothing can have enabled DEBUG (see pyebpf._log), and a dict membership test
+    costs no call. Then ``_nodebug`` probes the logger's own level cache (cleared,
+    never rebound, by setLevel/disable): one dict probe answers "no debug" without a
+    method call; a miss or True defers to ``_debug_on``, its isEnabledFor."""
     global _debug_on, _nodebug
     real = log.real()
     cache = getattr(real, "_cache", None)
@@ -97,10 +99,7 @@ def _bind_debug_check() -> None:
 
 
 def _nodebug_unbound(level: int, default: bool) -> bool:
-    """The debug check until something imports logging: nothing can have enabled
-    DEBUG before that (see pyebpf._log); afterwards, bind to the real logger."""
-    if "logging" not in _modules:
-        return False
+    """The first check after logging was imported: bind, then answer."""
     _bind_debug_check()
     return bool(_nodebug(level, default))
 
@@ -109,6 +108,7 @@ _debug_on: Callable[[int], bool] = log.isEnabledFor
 _nodebug: Callable[..., Any] = _nodebug_unbound
 if logging_imported():
     _bind_debug_check()
+
 _addressof = ctypes.addressof
 
 
@@ -351,14 +351,14 @@ class MapOps:
         self._kmv[:] = key
         if raw_syscall(NR_BPF, 1, self._lk_p, 32) < 0:
             return self._lookup_failed(key)
-        if _nodebug(_DEBUG, True) and _debug_on(_DEBUG):
+        if "logging" in _modules and _nodebug(_DEBUG, True) and _debug_on(_DEBUG):
             self._trace(1, key, 0)
         return self._vmv.tobytes()
 
     def _lookup_failed(self, key: bytes) -> None:
         if get_errno() != _errno.ENOENT:
             self._fail(Cmd.MAP_LOOKUP_ELEM, self._lk)
-        if _nodebug(_DEBUG, True) and _debug_on(_DEBUG):
+        if "logging" in _modules and _nodebug(_DEBUG, True) and _debug_on(_DEBUG):
             self._trace(1, key, -1)
         return None
 
@@ -377,11 +377,11 @@ class MapOps:
             self._kmv[:] = key
         if raw_syscall(NR_BPF, 1, self._lk_p, 32) < 0:
             if get_errno() == _errno.ENOENT:
-                if _nodebug(_DEBUG, True) and _debug_on(_DEBUG):
+                if "logging" in _modules and _nodebug(_DEBUG, True) and _debug_on(_DEBUG):
                     self._trace(1, self._kmv.tobytes(), -1)
                 return None
             self._fail(Cmd.MAP_LOOKUP_ELEM, self._lk)
-        if _nodebug(_DEBUG, True) and _debug_on(_DEBUG):
+        if "logging" in _modules and _nodebug(_DEBUG, True) and _debug_on(_DEBUG):
             self._trace(1, self._kmv.tobytes(), 0)
         return self._vmv
 
@@ -393,7 +393,7 @@ class MapOps:
             self._up.flags = self._upflags = flags
         if raw_syscall(NR_BPF, 2, self._up_p, 32) < 0:
             self._fail(Cmd.MAP_UPDATE_ELEM, self._up)
-        if _nodebug(_DEBUG, True) and _debug_on(_DEBUG):
+        if "logging" in _modules and _nodebug(_DEBUG, True) and _debug_on(_DEBUG):
             self._trace(2, key, 0)
 
     def update_staged(self, key: bytes | None, flags: int = 0) -> None:
@@ -406,7 +406,7 @@ class MapOps:
             self._up.flags = self._upflags = flags
         if raw_syscall(NR_BPF, 2, self._up_p, 32) < 0:
             self._fail(Cmd.MAP_UPDATE_ELEM, self._up)
-        if _nodebug(_DEBUG, True) and _debug_on(_DEBUG):
+        if "logging" in _modules and _nodebug(_DEBUG, True) and _debug_on(_DEBUG):
             self._trace(2, self._kmv.tobytes(), 0)
 
     def push(self, value: bytes, flags: int = 0) -> None:
@@ -419,7 +419,7 @@ class MapOps:
                 self._fail(Cmd.MAP_UPDATE_ELEM, self._up)
         finally:
             self._up.key = self._kaddr
-        if _nodebug(_DEBUG, True) and _debug_on(_DEBUG):
+        if "logging" in _modules and _nodebug(_DEBUG, True) and _debug_on(_DEBUG):
             self._trace(2, None, 0)
 
     def delete(self, key: bytes) -> bool:
@@ -427,11 +427,11 @@ class MapOps:
         self._kmv[:] = key
         if raw_syscall(NR_BPF, 3, self._del_p, 32) < 0:
             if get_errno() == _errno.ENOENT:
-                if _nodebug(_DEBUG, True) and _debug_on(_DEBUG):
+                if "logging" in _modules and _nodebug(_DEBUG, True) and _debug_on(_DEBUG):
                     self._trace(3, key, -1)
                 return False
             self._fail(Cmd.MAP_DELETE_ELEM, self._del)
-        if _nodebug(_DEBUG, True) and _debug_on(_DEBUG):
+        if "logging" in _modules and _nodebug(_DEBUG, True) and _debug_on(_DEBUG):
             self._trace(3, key, 0)
         return True
 
@@ -446,7 +446,7 @@ class MapOps:
             if get_errno() == _errno.ENOENT:
                 return None
             self._fail(Cmd.MAP_GET_NEXT_KEY, self._nx)
-        if _nodebug(_DEBUG, True) and _debug_on(_DEBUG):
+        if "logging" in _modules and _nodebug(_DEBUG, True) and _debug_on(_DEBUG):
             self._trace(4, key, ret)
         return bytes(self._nbuf[: self.key_size])
 
@@ -470,7 +470,7 @@ class MapOps:
             if get_errno() == _errno.ENOENT:
                 return None
             self._fail(Cmd.MAP_LOOKUP_AND_DELETE_ELEM, ld)
-        if _nodebug(_DEBUG, True) and _debug_on(_DEBUG):
+        if "logging" in _modules and _nodebug(_DEBUG, True) and _debug_on(_DEBUG):
             self._trace(21, key, 0)
         return self._vmv.tobytes()
 
