@@ -163,9 +163,6 @@ class Tristate(IntEnum):
 class ExternDesc(ExternSpec):
     """An :class:`ExternSpec` plus what libbpf keeps in ``struct extern_desc``."""
 
-    # compared by identity and hashable (ExternSpec compares field-wise)
-    __eq__ = object.__eq__
-    __hash__ = object.__hash__
     _norepr: ClassVar[frozenset[str]] = frozenset({"raw"})
     index: int  # position in libbpf's sorted extern array
     sym_index: int  # ELF symbol index (relocations refer to it)
