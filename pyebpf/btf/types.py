@@ -142,9 +142,10 @@ class Member(Record):
         self.bitfield_size = bitfield_size
 
 
-class Struct(Record):
+class _Composite(Record):
+    """struct and union: the same record, told apart by ``kind``."""
+
     __slots__ = ("name", "size", "members", "bitfield_encoding")
-    kind: ClassVar[Kind] = Kind.STRUCT
     name: str
     size: int
     members: list[Member]
@@ -158,19 +159,14 @@ class Struct(Record):
         self.bitfield_encoding = bitfield_encoding
 
 
-class Union_(Record):
-    __slots__ = ("name", "size", "members", "bitfield_encoding")
-    kind: ClassVar[Kind] = Kind.UNION
-    name: str
-    size: int
-    members: list[Member]
-    bitfield_encoding: bool
+class Struct(_Composite):
+    __slots__ = ()
+    kind: ClassVar[Kind] = Kind.STRUCT
 
-    def __init__(self, name: str, size: int, members: list[Member], bitfield_encoding: bool = False) -> None:
-        self.name = name
-        self.size = size
-        self.members = members
-        self.bitfield_encoding = bitfield_encoding
+
+class Union_(_Composite):
+    __slots__ = ()
+    kind: ClassVar[Kind] = Kind.UNION
 
 
 class EnumValue(Record):
@@ -183,9 +179,10 @@ class EnumValue(Record):
         self.value = value
 
 
-class Enum(Record):
+class _EnumBase(Record):
+    """enum and enum64: the same record, told apart by ``kind`` (and value width)."""
+
     __slots__ = ("name", "size", "values", "signed")
-    kind: ClassVar[Kind] = Kind.ENUM
     name: str
     size: int
     values: list[EnumValue]
@@ -198,19 +195,14 @@ class Enum(Record):
         self.signed = signed
 
 
-class Enum64(Record):
-    __slots__ = ("name", "size", "values", "signed")
-    kind: ClassVar[Kind] = Kind.ENUM64
-    name: str
-    size: int
-    values: list[EnumValue]
-    signed: bool
+class Enum(_EnumBase):
+    __slots__ = ()
+    kind: ClassVar[Kind] = Kind.ENUM
 
-    def __init__(self, name: str, size: int, values: list[EnumValue], signed: bool = False) -> None:
-        self.name = name
-        self.size = size
-        self.values = values
-        self.signed = signed
+
+class Enum64(_EnumBase):
+    __slots__ = ()
+    kind: ClassVar[Kind] = Kind.ENUM64
 
 
 class Fwd(Record):
