@@ -35,11 +35,6 @@ def _real_logger(name: str) -> Any:
     return logging.getLogger(name)
 
 
-def logging_imported() -> bool:
-    """Whether anything in the process has imported :mod:`logging`."""
-    return "logging" in _modules
-
-
 class LazyLogger:
     """A stand-in for ``logging.getLogger(name)`` that binds on first real use."""
 

@@ -51,14 +51,13 @@ def new_named(before: dict[str, set[int]], names: Iterable[str],
     """Programs/maps created since ``before`` whose kernel name is one of ``names``
     (compared on the 15 characters the kernel keeps).
 
-    ``map_ids`` limits which new maps are opened by id to learn their names: see
-    :func:`wait_no_new_named` for why a map being torn down must not be opened."""
+    ``map_ids``, when given, are the new maps to open by id and name, in place of all
+    of them: see :func:`wait_no_new_named` for why a map being torn down must not be
+    opened."""
     wanted = {n[:15] for n in names}
     out: dict[str, list[tuple[int, str]]] = {"prog": [], "map": []}
     for kind in out:
-        new = ids(kind) - before[kind]
-        if kind == "map" and map_ids is not None:
-            new &= set(map_ids)
+        new = set(map_ids) if kind == "map" and map_ids is not None else ids(kind) - before[kind]
         for i in sorted(new):
             n = _name(kind, i)
             if n is not None and n in wanted:
@@ -120,8 +119,9 @@ def wait_no_new_named(before: dict[str, set[int]], names: Iterable[str],
       ``kernel_timeout``; one this process holds is reported after ``timeout``.
     - A new map that no process holds is never opened by id until ``kernel_timeout``
       has passed. On this kernel, opening a prog_array by id while it is being torn down
-      (its clear work still pending) and closing it again leaks the map for good. The
-      reference taken for the second clear is never dropped. An earlier version of
+      (its clear work still pending) and closing it again can leak the map for good,
+      seemingly because a second clear is asked for while the first is pending and its
+      reference is never dropped. An earlier version of
       this check did exactly that, in about half of the failed loads of maps_btf, and
       left empty ``jump_table`` maps behind.
     """

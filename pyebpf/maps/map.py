@@ -22,6 +22,7 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
+from .._log import DEBUG
 from ..errors import OptionError, PyebpfError, SyscallError
 from ..sys import bpf as _bpf
 from ..sys.fd import FD
@@ -912,7 +913,6 @@ _PIPELINE_CHUNKS = 8
 
 def _trace_batch(cmd: int, fd: int, n: int, err: int) -> None:
     """The pyebpf.sys DEBUG line of one batch walk syscall (made outside sys.bpf for speed)."""
-    from .._log import DEBUG
     from ..sys.syscall import cmd_name, log
 
     if log.isEnabledFor(DEBUG):

@@ -15,7 +15,7 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from .._log import DEBUG, logging_imported
+from .._log import DEBUG
 from .._record import Record
 from ..errors import OptionError, SyscallError, VerifierError
 from ..uapi import BPF_F_NO_PREALLOC, AttachType, MapType, ProgType
@@ -106,8 +106,6 @@ def _nodebug_unbound(level: int, default: bool) -> bool:
 
 _debug_on: Callable[[int], bool] = log.isEnabledFor
 _nodebug: Callable[..., Any] = _nodebug_unbound
-if logging_imported():
-    _bind_debug_check()
 
 _addressof = ctypes.addressof
 
