@@ -147,6 +147,111 @@ class Program:
 
         return attach_program(self, *args, **kw)
 
+    # --- attach, one method per hook (libbpf's bpf_program__attach_* family) ----------------
+    # Each is thin: the work is in pyebpf.links.<hook>, one module per hook.
+
+    def attach_tracepoint(self, category: str, name: str | None = None, **opts: Any) -> Any:
+        """Attach to tracepoint ``category:name`` (perf event + bpf link)."""
+        from .links.tracing import attach_tracepoint
+
+        return attach_tracepoint(self, category, name, **opts)
+
+    def attach_raw_tracepoint(self, name: str, **opts: Any) -> Any:
+        """Attach a raw_tp program to raw tracepoint ``name``."""
+        from .links.tracing import attach_raw_tracepoint
+
+        return attach_raw_tracepoint(self, name, **opts)
+
+    def attach_trace(self, **opts: Any) -> Any:
+        """Attach a tp_btf/fentry/fexit/fmod_ret/freplace program to its load-time target."""
+        from .links.tracing import attach_trace
+
+        return attach_trace(self, **opts)
+
+    def attach_perf_event(self, perf_fd: Any, **opts: Any) -> Any:
+        """Attach to an open perf event fd; the link takes the fd over."""
+        from .links.perf_event import attach_perf_event
+
+        return attach_perf_event(self, perf_fd, **opts)
+
+    def attach_uprobe(self, binary: str, func: str | None = None, *, pid: int | None = None,
+                      retprobe: bool = False, offset: int = 0, cookie: int = 0,
+                      **opts: Any) -> Any:
+        """Attach a uprobe (``retprobe``: uretprobe) to ``func`` (+``offset``) in ``binary``,
+        a path or a library name; ``func`` None means ``offset`` is a file offset."""
+        from .links.uprobe import attach_uprobe
+
+        return attach_uprobe(self, binary, func, pid=pid, retprobe=retprobe, offset=offset,
+                             cookie=cookie, **opts)
+
+    def attach_uprobe_multi(self, binary: str, pattern: str | None = None, **opts: Any) -> Any:
+        """Attach one uprobe_multi link to every function of ``binary`` matching the glob
+        ``pattern`` (or to ``funcs=``/``offsets=``), with optional ``cookies=``."""
+        from .links.uprobe import attach_uprobe_multi
+
+        return attach_uprobe_multi(self, binary, pattern, **opts)
+
+    def attach_usdt(self, binary: str, provider: str, name: str, *, pid: int | None = None,
+                    cookie: int = 0, **opts: Any) -> Any:
+        """Attach to USDT probe ``provider:name`` in ``binary`` (a program using usdt.bpf.h)."""
+        from .links.usdt import attach_usdt
+
+        return attach_usdt(self, binary, provider, name, pid=pid, cookie=cookie, **opts)
+
+    def attach_xdp(self, iface: str | int, **opts: Any) -> Any:
+        """Attach an XDP program to interface ``iface`` (name or index)."""
+        from .links.xdp import attach_xdp
+
+        return attach_xdp(self, iface, **opts)
+
+    def attach_tcx(self, iface: str | int, direction: str | None = None, **opts: Any) -> Any:
+        """Attach a tc program to ``iface`` through a tcx link (``"ingress"``/``"egress"``)."""
+        from .links.tc import attach_tcx
+
+        return attach_tcx(self, iface, direction, **opts)
+
+    def attach_tc(self, iface: str | int, direction: str | None = None, **opts: Any) -> Any:
+        """Attach a tc program as a legacy cls_bpf direct-action filter (netlink)."""
+        from .links.tc import attach_tc
+
+        return attach_tc(self, iface, direction, **opts)
+
+    def attach_cgroup(self, cgroup: str | int | Any, **opts: Any) -> Any:
+        """Attach to a cgroup v2 (path or fd); the attach type comes from SEC() by default."""
+        from .links.cgroup import attach_cgroup
+
+        return attach_cgroup(self, cgroup, **opts)
+
+    def attach_netns(self, netns: str | int | None = None, **opts: Any) -> Any:
+        """Attach an sk_lookup or flow_dissector program to a network namespace."""
+        from .links.netns import attach_netns
+
+        return attach_netns(self, netns, **opts)
+
+    def attach_netfilter(self, **opts: Any) -> Any:
+        """Attach a netfilter program (``pf``, ``hook``, ``priority``, ``flags``)."""
+        from .links.netfilter import attach_netfilter
+
+        return attach_netfilter(self, **opts)
+
+    def attach_socket(self, sock: Any, **opts: Any) -> Any:
+        """Attach a socket filter (or sk_reuseport program) to a Python socket."""
+        from .links.socket import attach_socket
+
+        return attach_socket(self, sock, **opts)
+
+    def attach_sockmap(self, sockmap: Any, attach_type: Any = None, **opts: Any) -> Any:
+        """Attach an sk_msg/sk_skb program to a sockmap or sockhash."""
+        from .links.socket import attach_sockmap
+
+        return attach_sockmap(self, sockmap, attach_type, **opts)
+
+    def attach_iter(self, map: Any = None, **opts: Any) -> Any:
+        """Create an iterator link (``map=``, ``cgroup=``/``order=``, ``tid=``/``pid=``)."""
+        from .links.iter import attach_iter
+
+        return attach_iter(self, map, **opts)
+
     def pin(self, path: str) -> None:
         """Pin the program at ``path``, which must be inside a bpffs (:mod:`pyebpf.pin`)."""
         from .pin import pin_fd
