@@ -120,8 +120,8 @@ def _u64(b: bytes, off: int) -> int:
     return int.from_bytes(b[off : off + 8], "little")
 
 
-def _info_with_string(fd: int, ptr_off: int, len_off: int, size: int = 512) -> tuple[bytes, str]:
-    """Re-query link info with a string buffer at extra[ptr_off] (len at extra[len_off])."""
+def _info_with_string(fd: int, ptr_off: int, len_off: int, size: int = 4096) -> tuple[bytes, str]:
+    """Re-query link info with a string buffer at extra[ptr_off] (its length at extra[len_off])."""
     buf = ctypes.create_string_buffer(size)
     info = _RawLinkInfo()
     extra = bytearray(48)
@@ -132,41 +132,87 @@ def _info_with_string(fd: int, ptr_off: int, len_off: int, size: int = 512) -> t
     return bytes(info.extra), buf.value.decode("utf-8", "replace")
 
 
-def link_info(fd: int | FD) -> LinkInfo:
-    """Decode BPF_OBJ_GET_INFO_BY_FD for a link fd."""
-    raw = _bpf.link_info(fd)
+def _enum(cls: Any, v: int) -> Any:
     try:
-        ltype: LinkType | int = LinkType(raw.type)
+        return cls(v)
     except ValueError:
-        ltype = raw.type
-    ex = bytes(raw.extra)
+        return v
+
+
+def _attach_type(ex: bytes, off: int) -> AttachType | int:
+    return _enum(AttachType, _u32(ex, off))
+
+
+def _perf_event_details(n: int, ex: bytes, d: dict[str, Any]) -> None:
+    # struct bpf_link_info.perf_event: u32 type, pad, then a union at +8
+    pet = _u32(ex, 0)
+    d["perf_event_type"] = PERF_EVENT_TYPES.get(pet, pet)
+    if pet in (1, 2):  # uprobe: file_name, name_len, offset, cookie, ref_ctr_offset
+        ex, d["file_name"] = _info_with_string(n, 8, 16)
+        d["offset"], d["cookie"] = _u32(ex, 20), _u64(ex, 24)
+        d["ref_ctr_offset"] = _u64(ex, 32)
+    elif pet in (3, 4):  # kprobe: func_name, name_len, offset, addr, missed, cookie
+        ex, d["func_name"] = _info_with_string(n, 8, 16)
+        d["offset"], d["addr"] = _u32(ex, 20), _u64(ex, 24)
+        d["missed"], d["cookie"] = _u64(ex, 32), _u64(ex, 40)
+    elif pet == 5:  # tracepoint: tp_name, name_len, pad, cookie
+        ex, d["tp_name"] = _info_with_string(n, 8, 16)
+        d["cookie"] = _u64(ex, 24)
+    elif pet == 6:  # plain perf event: config, type, cookie
+        d["config"], d["event_type"], d["cookie"] = _u64(ex, 8), _u32(ex, 16), _u64(ex, 24)
+
+
+def _details(n: int, ltype: LinkType | int, ex: bytes) -> dict[str, Any]:
+    """The per-type part of struct bpf_link_info (the union after type/id/prog_id)."""
     d: dict[str, Any] = {}
-    n = int(fd)
+    if ltype == LinkType.RAW_TRACEPOINT:
+        ex, d["tp_name"] = _info_with_string(n, 0, 8)
+        d["cookie"] = _u64(ex, 16)
+    elif ltype == LinkType.TRACING:
+        d["attach_type"] = _attach_type(ex, 0)
+        d["target_obj_id"] = _u32(ex, 4)
+        d["target_btf_id"] = _u32(ex, 8)
+        d["cookie"] = _u64(ex, 16)
+    elif ltype == LinkType.CGROUP:
+        d["cgroup_id"], d["attach_type"] = _u64(ex, 0), _attach_type(ex, 8)
+    elif ltype == LinkType.ITER:
+        ex, d["target_name"] = _info_with_string(n, 0, 8)
+        if _u32(ex, 12):  # map_id of bpf_map_elem/sockmap/sk_storage iterators
+            d["map_id"] = _u32(ex, 12)
+    elif ltype == LinkType.NETNS:
+        d["netns_ino"], d["attach_type"] = _u32(ex, 0), _attach_type(ex, 4)
+    elif ltype == LinkType.XDP:
+        d["ifindex"] = _u32(ex, 0)
+    elif ltype == LinkType.PERF_EVENT:
+        _perf_event_details(n, ex, d)
+    elif ltype == LinkType.KPROBE_MULTI:
+        d["count"], d["flags"], d["missed"] = _u32(ex, 8), _u32(ex, 12), _u64(ex, 16)
+    elif ltype == LinkType.STRUCT_OPS:
+        d["map_id"] = _u32(ex, 0)
+    elif ltype == LinkType.NETFILTER:
+        d["pf"], d["hooknum"] = _u32(ex, 0), _u32(ex, 4)
+        d["priority"] = int.from_bytes(ex[8:12], "little", signed=True)
+        d["flags"] = _u32(ex, 12)
+    elif ltype in (LinkType.TCX, LinkType.NETKIT):
+        d["ifindex"], d["attach_type"] = _u32(ex, 0), _attach_type(ex, 4)
+    elif ltype == LinkType.UPROBE_MULTI:
+        # path, offsets, ref_ctr_offsets, cookies (pointers), path_size, count, flags, pid
+        ex, d["path"] = _info_with_string(n, 0, 32)
+        d["count"], d["flags"], d["pid"] = _u32(ex, 36), _u32(ex, 40), _u32(ex, 44)
+    elif ltype == LinkType.SOCKMAP:
+        d["map_id"], d["attach_type"] = _u32(ex, 0), _attach_type(ex, 4)
+    return d
+
+
+def link_info(fd: int | FD) -> LinkInfo:
+    """Decode BPF_OBJ_GET_INFO_BY_FD for a link fd: the common part and the per-type details."""
+    raw = _bpf.link_info(fd)
+    ltype: LinkType | int = _enum(LinkType, raw.type)
     try:
-        if ltype == LinkType.RAW_TRACEPOINT:
-            _, d["tp_name"] = _info_with_string(n, 0, 8)
-        elif ltype == LinkType.TRACING:
-            at = _u32(ex, 0)
-            try:
-                d["attach_type"] = AttachType(at)
-            except ValueError:
-                d["attach_type"] = at
-            d["target_obj_id"] = _u32(ex, 4)
-            d["target_btf_id"] = _u32(ex, 8)
-        elif ltype == LinkType.ITER:
-            ex, d["target_name"] = _info_with_string(n, 0, 8)
-            if _u32(ex, 12):  # map_id of bpf_map_elem/sockmap/sk_storage iterators
-                d["map_id"] = _u32(ex, 12)
-        elif ltype == LinkType.PERF_EVENT:
-            pet = _u32(ex, 0)
-            d["perf_event_type"] = PERF_EVENT_TYPES.get(pet, pet)
-            if pet == 5:  # tracepoint: name buffer at +8, length at +16, cookie at +24
-                ex, d["tp_name"] = _info_with_string(n, 8, 16)
-                d["cookie"] = _u64(ex, 24)
-            elif pet == 6:  # plain perf event: config, type, cookie
-                d["config"], d["event_type"], d["cookie"] = _u64(ex, 8), _u32(ex, 16), _u64(ex, 24)
+        d = _details(int(fd), ltype, bytes(raw.extra))
     except SyscallError as e:  # older kernels reject some name queries; the common part is enough
         _log.debug("link info details unavailable: %s", e)
+        d = {}
     return LinkInfo(ltype, raw.id, raw.prog_id, d)
 
 
