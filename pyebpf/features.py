@@ -18,13 +18,14 @@ from typing import Any, TypeVar
 
 from ._log import get_logger
 from ._record import Frozen
-from .errors import SyscallError, VerifierError
+from .errors import PyebpfError, SyscallError, VerifierError
 from .sys import bpf as B
 from .sys.fd import FD
 from .uapi import BPF_F_MMAPABLE, BPF_F_NO_PREALLOC, AttachType, MapType, ProgType
 
 __all__ = [
     "Support",
+    "arena",
     "arg_ctx_tag",
     "array_mmap",
     "bpf_cookie",
@@ -55,6 +56,7 @@ __all__ = [
     "syscall_wrapper",
     "trampolines",
     "uprobe_multi_link",
+    "xdp_live_frames",
 ]
 
 _log = get_logger("pyebpf.features")
@@ -64,9 +66,30 @@ _lock = threading.RLock()
 _caches: list[Callable[..., Any]] = []
 
 
+def _guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """A probe that cannot crash: a kernel refusal the probe itself did not expect
+    (EPERM from a security policy, a new errno on a changed kernel, a missing file)
+    becomes a cached "not supported" instead of an exception in the caller."""
+    wants_support = fn.__annotations__.get("return") in ("Support", Support)
+
+    @functools.wraps(fn)
+    def guarded(*args: Any) -> Any:
+        try:
+            return fn(*args)
+        except (OSError, PyebpfError) as e:
+            err = getattr(e, "errno", 0) or 0
+            _log.debug("feature probe %s%s failed: %s", fn.__name__, args or "", e)
+            if wants_support:
+                return Support(False, f"probe {fn.__name__} failed: {e}", err)
+            return False
+
+    return guarded
+
+
 def _cached(fn: F) -> F:
-    """functools.cache plus a lock, so each probe runs once even with threads."""
-    cached = functools.cache(fn)
+    """functools.cache plus a lock, so each probe runs once even with threads; every
+    failure of the probe itself is a (cached) "not supported", see :func:`_guarded`."""
+    cached = functools.cache(_guarded(fn))
 
     @functools.wraps(fn)
     def wrapper(*args: Any) -> Any:
@@ -89,17 +112,37 @@ _set = object.__setattr__
 
 
 class Support(Frozen):
-    """A probe result: truthy when supported; ``reason`` says why not (or a caveat)."""
+    """A probe result: truthy when supported; ``reason`` says why not (or a caveat).
+
+    ``errno`` is the kernel's refusal (EPERM, EINVAL, ...) when there was one, else 0,
+    so a test can skip with ``f"{feature}: {errname}"``.
+    """
 
     supported: bool
     reason: str
+    errno: int
 
-    def __init__(self, supported: bool, reason: str = "") -> None:
+    def __init__(self, supported: bool, reason: str = "", errno: int = 0) -> None:
         _set(self, "supported", supported)
         _set(self, "reason", reason)
+        _set(self, "errno", errno)
 
     def __bool__(self) -> bool:
         return self.supported
+
+    @property
+    def errname(self) -> str:
+        """``"EPERM"`` etc. for :attr:`errno` ("" when there is none)."""
+        return _errname(self.errno) if self.errno else ""
+
+
+def _errname(err: int) -> str:
+    return _errno.errorcode.get(err, {524: "ENOTSUPP"}.get(err, f"errno {err}"))
+
+
+def _refused(what: str, err: int) -> Support:
+    """A 'not supported' result naming the kernel's errno."""
+    return Support(False, f"{what} failed with {_errname(err)}", err)
 
 
 # --- tiny encoders ---------------------------------------------------------------------------
@@ -451,8 +494,54 @@ def trampolines() -> Support:
         return Support(True)
     if err == _errno.EPERM:
         return Support(False, "this kernel refuses BPF trampolines: fentry/fexit/fmod_ret/lsm/freplace "
-                              "loads fail with EPERM before verification (unsupported here)")
-    return Support(False, f"probe load failed with {_errno.errorcode.get(err, err)}")
+                              "loads fail with EPERM before verification (unsupported here)", err)
+    return _refused("probe load", err)
+
+
+BPF_F_TEST_XDP_LIVE_FRAMES = 1 << 1
+_ETH_FRAME = bytes(6) + bytes([2, 0, 0, 0, 0, 1]) + b"\x08\x00" + bytes(50)  # 64-byte Ethernet frame
+
+
+@_cached
+def xdp_live_frames() -> Support:
+    """Whether BPF_PROG_TEST_RUN runs XDP programs on live frames (BPF_F_TEST_XDP_LIVE_FRAMES).
+
+    Runs an XDP_DROP program once on one frame, so nothing reaches any stack. A kernel
+    without the flag answers EINVAL; this machine's kernel has refused it with EPERM
+    since 2026-12-07. ``errno`` carries the refusal.
+    """
+    fd, err, _ = _try_prog(ProgType.XDP, _ins(0xB7, 0, 0, 0, 1) + EXIT, name="pyebpf_live")
+    if fd is None:
+        return _refused("XDP probe program load", err)
+    with fd:
+        try:
+            B.prog_test_run(fd, data_in=_ETH_FRAME, repeat=1, flags=BPF_F_TEST_XDP_LIVE_FRAMES)
+        except SyscallError as e:
+            return _refused("BPF_PROG_TEST_RUN with BPF_F_TEST_XDP_LIVE_FRAMES", e.errno)
+    return Support(True)
+
+
+@_cached
+def arena() -> Support:
+    """Whether arena maps (BPF_MAP_TYPE_ARENA, 6.9+) can be created and mmap'ed.
+
+    This machine's kernel has refused arena creation with EPERM since 2026-12-07;
+    ``errno`` carries the refusal (EINVAL on kernels without arenas).
+    """
+    page = os.sysconf("SC_PAGESIZE")
+    try:
+        m = B.map_create(MapType.ARENA, 0, 0, 1, BPF_F_MMAPABLE, name="pyebpf_arena")
+    except SyscallError as e:
+        return _refused("arena map create", e.errno)
+    with m:
+        import mmap
+
+        try:
+            mem = mmap.mmap(int(m), page, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        except OSError as e:
+            return _refused("arena mmap", e.errno or 0)
+        mem.close()  # pages are only allocated on first touch; mapping is what can be refused
+    return Support(True)
 
 
 FEATURES: dict[str, Callable[[], Any]] = {
@@ -534,6 +623,9 @@ def _prog_opts(prog_type: int) -> tuple[dict[str, Any], int]:
 
 
 _TRAMPOLINE_TYPES = (ProgType.TRACING, ProgType.EXT, ProgType.LSM)
+# errnos that refuse a probe outright (policy, missing support), unlike a verifier
+# rejection (EACCES/EINVAL with a log) that a helper probe expects
+_POLICY_REFUSALS = frozenset((_errno.EPERM, _errno.EOPNOTSUPP, 524, _errno.E2BIG))
 
 
 @_cached
@@ -560,8 +652,8 @@ def prog_type_supported(prog_type: int) -> Support:
                 fd2.close()
             if fd2 is not None or err2 == _errno.EINVAL:
                 return Support(True, "only tp_btf/iter/struct_ops forms: " + why)
-        return Support(False, why)
-    return Support(False, f"probe load failed with {_errno.errorcode.get(err, err)}")
+        return Support(False, why, err)
+    return _refused("probe load", err)
 
 
 def _local_storage_btf() -> FD:
@@ -589,7 +681,7 @@ def map_type_supported(map_type: int) -> Support:
             try:
                 bfd = _local_storage_btf()
             except SyscallError as e:
-                return Support(False, f"needs BTF, which failed to load ({e.errname})")
+                return Support(False, f"needs BTF, which failed to load ({e.errname})", e.errno)
             closers.append(bfd)
             value, entries, flags = 8, 0, BPF_F_NO_PREALLOC
             extra.update(btf_fd=bfd, btf_key_type_id=1, btf_value_type_id=3)
@@ -605,7 +697,7 @@ def map_type_supported(map_type: int) -> Support:
             try:
                 inner = B.map_create(MapType.ARRAY, 4, 4, 1, name="pyebpf_inner")
             except SyscallError as e:
-                return Support(False, f"inner array map failed ({e.errname})")
+                return Support(False, f"inner array map failed ({e.errname})", e.errno)
             closers.append(inner)
             extra["inner_map_fd"] = inner
         elif mt == MapType.STRUCT_OPS:
@@ -614,7 +706,7 @@ def map_type_supported(map_type: int) -> Support:
             B.map_create(mt, key, value, entries, flags, **extra).close()
             return Support(True)
         except SyscallError as e:
-            return Support(False, f"map create failed with {e.errname}")
+            return _refused("map create", e.errno)
     finally:
         for c in closers:
             c.close()
@@ -642,8 +734,8 @@ def helper_supported(prog_type: int, helper_id: int) -> Support:
         return Support(False, f"the kernel does not know helper #{helper_id}")
     if "program of this type cannot use helper " in text:
         return Support(False, f"helper #{helper_id} is not allowed in this program type")
-    if err == _errno.EPERM and not text:
-        return Support(False, "probe load failed with EPERM")
-    if not text:
-        return Support(False, f"cannot probe: load failed with {_errno.errorcode.get(err, err)} and no log")
+    if err in _POLICY_REFUSALS or not text:
+        # a refusal before or instead of verification says nothing about the helper,
+        # and "supported" would be a guess: report the refusal
+        return _refused("probe load", err)
     return Support(True)

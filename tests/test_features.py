@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import gc
 import logging
 import os
@@ -9,6 +10,7 @@ import os
 import pytest
 
 from pyebpf import features as F
+from pyebpf.errors import SyscallError
 from pyebpf.sys import open_fd_count
 from pyebpf.uapi import MapType, ProgType
 
@@ -129,3 +131,88 @@ def test_helpers(fresh):
 def test_support_is_truthy():
     assert F.Support(True)
     assert not F.Support(False, "x")
+
+
+# --- features the kernel may refuse from one build to the next -------------------------------
+
+
+def test_xdp_live_frames_probe(fresh):
+    s = F.xdp_live_frames()
+    assert s is F.xdp_live_frames()  # cached
+    if s:
+        assert s.errno == 0 and s.errname == ""
+        return
+    # refused: the result names the feature and the kernel's errno, for a test's skip message
+    assert s.errno in (errno.EPERM, errno.EINVAL, errno.EOPNOTSUPP, 524, errno.E2BIG), s
+    assert "BPF_F_TEST_XDP_LIVE_FRAMES" in s.reason and s.errname in s.reason
+
+
+def test_arena_probe(fresh):
+    s = F.arena()
+    assert s is F.arena()
+    assert bool(s) == bool(F.map_type_supported(MapType.ARENA))
+    if not s:
+        assert s.errno and s.errname in s.reason and "arena" in s.reason
+
+
+def test_refusals_carry_errno():
+    s = F.map_type_supported(200)
+    assert s.errno == errno.EINVAL and s.errname == "EINVAL"
+    assert F.Support(False, "x", 524).errname == "ENOTSUPP"
+    assert F.Support(True).errname == ""
+
+
+def test_a_probe_that_breaks_is_cached_as_unsupported(monkeypatch):
+    """A kernel refusal a probe did not expect (here: EPERM from BPF_MAP_CREATE inside
+    global_data's helper) must not escape to the caller, and is cached like any result."""
+    calls = []
+
+    def refuse(*a, **kw):
+        calls.append(a)
+        raise SyscallError(errno.EPERM, "BPF_PROG_LOAD")
+
+    F.clear_cache()
+    try:
+        monkeypatch.setattr(F.B, "prog_load_with_log", refuse)
+        monkeypatch.setattr(F.B, "prog_test_run", refuse)
+        assert F.prog_name() is False
+        live = F.xdp_live_frames()
+        assert not live and live.errno == errno.EPERM
+        h = F.helper_supported(ProgType.KPROBE, 1)
+        assert not h and h.errno == errno.EPERM  # a refusal is not "assume supported"
+        n = len(calls)
+        assert F.prog_name() is False and not F.xdp_live_frames()
+        assert len(calls) == n
+
+        def crash(*a, **kw):
+            raise FileNotFoundError(errno.ENOENT, "gone")
+
+        monkeypatch.setattr(F.B, "btf_load", crash)
+        assert F.module_btf() is False  # an unexpected OSError inside a probe
+        monkeypatch.setattr(F.B, "map_create", crash)
+        a = F.arena()
+        assert not a and a.errno == errno.ENOENT
+    finally:
+        monkeypatch.undo()
+        F.clear_cache()
+
+
+def test_memlock_bump_never_fails(monkeypatch):
+    """libbpf's memlock bump: a refused setrlimit (no CAP_SYS_RESOURCE) or a broken
+    memcg probe is never fatal to a load."""
+    import resource
+
+    import pyebpf.sys as S
+
+    def refuse(*a):
+        raise PermissionError(errno.EPERM, "setrlimit")
+
+    def broken():
+        raise SyscallError(errno.EPERM, "BPF_PROG_LOAD")
+
+    monkeypatch.setattr(S, "_bumped", False)
+    monkeypatch.setattr(resource, "setrlimit", refuse)
+    monkeypatch.setattr(F, "has_memcg_account", broken)
+    assert S.bump_memlock_rlimit() is False
+    monkeypatch.setattr(F, "has_memcg_account", lambda: False)
+    assert S.bump_memlock_rlimit() is False
