@@ -660,7 +660,6 @@ def _fake(section: str, **kw) -> SimpleNamespace:
     ("socket", "not auto-attachable"),
     ("struct_ops/init", "struct_ops map"),
     ("iter/bpf_map_elem", "needs a map"),
-    ("uprobe//bin/true:main", "not implemented in pyebpf yet"),
 ])
 def test_skip_reasons(section: str, fragment: str) -> None:
     prog = _fake(section)
@@ -675,6 +674,8 @@ def test_skip_reasons(section: str, fragment: str) -> None:
     "raw_tp.w/bpf_test_finish", "tp_btf/sys_enter", "fentry/do_nanosleep", "fexit/vfs_read",
     "fmod_ret/security_file_open", "lsm/file_open", "iter/task", "kprobe/do_nanosleep",
     "kretprobe/do_nanosleep", "ksyscall/openat", "kretsyscall/openat",
+    "uprobe//bin/true:main", "uretprobe/libc.so.6:getpid", "usdt/libc.so.6:libc:setjmp",
+    "uprobe.multi//bin/true:ma*", "kprobe.multi/do_*",
 ])
 def test_auto_attachable(section: str) -> None:
     assert links.skip_reason(_fake(section)) is None
@@ -693,10 +694,10 @@ def test_autoattach_off_and_malformed_targets() -> None:
 
 
 def test_section_table_attach_names_are_handled() -> None:
-    from pyebpf.links.autoattach import _HANDLERS, _NOT_YET
+    from pyebpf.links.autoattach import _HANDLERS
     from pyebpf.obj.sections import SECTION_DEFS
 
     names = {d.attach for d in SECTION_DEFS if d.attach}
-    assert names <= set(_HANDLERS) | _NOT_YET
+    assert names <= set(_HANDLERS)
     assert ProgType.TRACING == match_section("iter/task").prog_type
     assert match_section("iter/task").attach_type == AttachType.TRACE_ITER

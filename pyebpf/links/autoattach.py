@@ -21,8 +21,9 @@ from .tracing import attach_lsm, attach_raw_tracepoint, attach_trace, attach_tra
 
 __all__ = ["attach_program", "auto_attach", "skip_reason"]
 
-# handlers of SEC() rows that belong to other issues (uprobes, multi-kprobes, USDT)
-_NOT_YET = {"uprobe", "uprobe_multi", "usdt", "kprobe_multi", "kprobe_session"}
+# handlers whose target string (after the section prefix) is parsed by their own module,
+# as libbpf's attach_uprobe/attach_usdt/attach_*_multi parse theirs
+_PARSED_BY_MODULE = {"uprobe", "uprobe_multi", "usdt", "kprobe_multi", "kprobe_session"}
 
 
 def _section(prog: Any) -> tuple[str, Any, str | None]:
@@ -54,10 +55,12 @@ def _plan(prog: Any, explicit: bool = False
             return None, (), {}, "struct_ops programs are attached through their struct_ops map"
         return None, (), {}, (f"SEC({section!r}) is not auto-attachable (libbpf has no attach "
                               "handler for it); attach it explicitly")
-    if handler in _NOT_YET:
+    if handler in _PARSED_BY_MODULE:
         if target is None:
-            return None, (), {}, f"SEC({section!r}) names no target to attach to"
-        return None, (), {}, f"{handler} attach is not implemented in pyebpf yet"
+            # libbpf's handlers return no link for a bare section: nothing to skip loudly
+            return None, (), {}, (f"SEC({section!r}) names no target to attach to; attach it "
+                                  "explicitly")
+        return handler, (section, target), {}, None
     if handler == "tracepoint":
         if target is None:
             return None, (), {}, (f"SEC({section!r}) names no tracepoint (use "
@@ -95,7 +98,40 @@ def _plan(prog: Any, explicit: bool = False
     return None, (), {}, f"no pyebpf attach handler {handler!r} for SEC({section!r})"
 
 
+def _auto_uprobe(prog: Any, section: str, target: str) -> Link:
+    from .uprobe import auto_attach_uprobe
+
+    return auto_attach_uprobe(prog, section, target)
+
+
+def _auto_uprobe_multi(prog: Any, section: str, target: str) -> Link:
+    from .uprobe import auto_attach_uprobe_multi
+
+    return auto_attach_uprobe_multi(prog, section, target)
+
+
+def _auto_usdt(prog: Any, section: str, target: str) -> Link:
+    from .usdt import auto_attach_usdt
+
+    return auto_attach_usdt(prog, section, target)
+
+
+def _auto_kprobe_multi(prog: Any, section: str, target: str) -> Link:
+    from .kprobe import auto_attach_kprobe_multi
+
+    return auto_attach_kprobe_multi(prog, section, target)
+
+
+_AUTO: dict[str, Any] = {
+    "uprobe": _auto_uprobe,
+    "uprobe_multi": _auto_uprobe_multi,
+    "usdt": _auto_usdt,
+    "kprobe_multi": _auto_kprobe_multi,
+    "kprobe_session": _auto_kprobe_multi,
+}
+
 _HANDLERS = {
+    **_AUTO,
     "tracepoint": attach_tracepoint,
     "raw_tp": attach_raw_tracepoint,
     "trace": attach_trace,
@@ -122,20 +158,67 @@ def auto_attach(prog: Any) -> Link:
     return _HANDLERS[handler](prog, *args, **kw)
 
 
+# Program types that libbpf attaches only through an explicit bpf_program__attach_*():
+# (module under pyebpf.links, function) taking (prog, *args, **kw).
+_P = ProgType
+_BY_TYPE: dict[int, tuple[str, str]] = {
+    _P.XDP: ("xdp", "attach_xdp"),
+    _P.SCHED_CLS: ("tc", "attach_tcx"),
+    **{t: ("cgroup", "attach_cgroup") for t in (
+        _P.CGROUP_SKB, _P.CGROUP_SOCK, _P.CGROUP_SOCK_ADDR, _P.SOCK_OPS, _P.CGROUP_DEVICE,
+        _P.CGROUP_SYSCTL, _P.CGROUP_SOCKOPT)},
+    _P.SK_LOOKUP: ("netns", "attach_netns"),
+    _P.FLOW_DISSECTOR: ("netns", "attach_netns"),
+    _P.NETFILTER: ("netfilter", "attach_netfilter"),
+    _P.SOCKET_FILTER: ("socket", "attach_socket"),
+    _P.SK_REUSEPORT: ("socket", "attach_socket"),
+    _P.SK_MSG: ("socket", "attach_sockmap"),
+    _P.SK_SKB: ("socket", "attach_sockmap"),
+    **{t: ("lwt", "attach_lwt") for t in (_P.LWT_IN, _P.LWT_OUT, _P.LWT_XMIT, _P.LWT_SEG6LOCAL)},
+}
+
+# SEC() handlers whose explicit form takes a target in arguments
+_EXPLICIT: dict[str, tuple[str, str]] = {
+    "uprobe": ("uprobe", "attach_uprobe"),
+    "uprobe_multi": ("uprobe", "attach_uprobe_multi"),
+    "usdt": ("usdt", "attach_usdt"),
+    "kprobe_multi": ("kprobe", "attach_kprobe_multi"),
+    "kprobe_session": ("kprobe", "attach_kprobe_multi"),
+}
+
+
+def _lazy(module: str, func: str) -> Any:
+    # hook modules are imported on first use: start-up pays only for what it attaches
+    import importlib
+
+    return getattr(importlib.import_module(f"{__package__}.{module}"), func)
+
+
 def attach_program(prog: Any, *args: Any, **kw: Any) -> Link | PerfEventLinks:
     """Attach ``prog``: from its SEC() name, or to the target given in ``args``/``kw``.
 
     tracepoint: ``("cat", "name")`` or ``("cat/name",)``; raw_tp: ``("name",)``;
     kprobe: ``(func, offset=0, retprobe=False)``; ksyscall: ``(name, retprobe=False)``;
+    uprobe: ``(binary, func)``; usdt: ``(binary, provider, name)``;
     iter: ``(map=..., tid=..., cgroup_fd=...)``; perf_event programs: a perf fd or a
     PerfEventAttr (with ``pid``/``cpu``), or ``freq=``/``period=`` to sample on every CPU;
     tp_btf/fentry/fexit/fmod_ret/freplace/lsm take no target (it was fixed at load).
+    Programs that libbpf never auto-attaches take their target here: xdp and tc an
+    interface (tc through a tcx link), cgroup programs a cgroup, sk_lookup/flow_dissector
+    a network namespace (default: our own), socket filters a socket, sk_msg/sk_skb a
+    sockmap, netfilter its hook options, lwt a route.
     """
     section, sd, target = _section(prog)
     ptype = getattr(prog, "type", None)
     handler = sd.attach if sd is not None else None
     if ptype == ProgType.PERF_EVENT or (sd is not None and sd.prog_type == ProgType.PERF_EVENT):
         return _attach_perf_program(prog, *args, **kw)
+    if ptype == ProgType.STRUCT_OPS:
+        raise AttachError("struct_ops programs are attached through their struct_ops map: "
+                          "Object.attach_struct_ops(map_name) or Object.attach()",
+                          program=prog_label(prog))
+    if handler is None and ptype in _BY_TYPE:
+        return _lazy(*_BY_TYPE[ptype])(prog, *args, **kw)  # type: ignore[no-any-return]
     if handler is None and ptype is not None:
         handler = {ProgType.TRACEPOINT: "tracepoint", ProgType.RAW_TRACEPOINT: "raw_tp",
                    ProgType.RAW_TRACEPOINT_WRITABLE: "raw_tp", ProgType.LSM: "lsm",
@@ -147,21 +230,25 @@ def attach_program(prog: Any, *args: Any, **kw: Any) -> Link | PerfEventLinks:
             handler = "iter" if eat == AttachType.TRACE_ITER else "trace"
     if handler is None or handler not in _HANDLERS:
         raise AttachError(f"pyebpf.links cannot attach SEC({section!r}) programs "
-                          f"(type {getattr(ptype, 'name', ptype)}) yet", program=prog_label(prog))
-    if not args and handler in ("tracepoint", "raw_tp", "kprobe", "ksyscall"):
+                          f"(type {getattr(ptype, 'name', ptype)})", program=prog_label(prog))
+    if args and handler in _EXPLICIT:
+        if handler == "uprobe" and "retprobe" not in kw:
+            kw["retprobe"] = section.startswith("uretprobe")
+        return _lazy(*_EXPLICIT[handler])(prog, *args, **kw)  # type: ignore[no-any-return]
+    if not args and handler in ("tracepoint", "raw_tp", "kprobe", "ksyscall", *_EXPLICIT):
         # the target comes from the section name; keyword options (cookie, ...) still apply
         h, pargs, pkw, reason = _plan(prog, explicit=True)
         if h is None:
             raise AttachError(f"{reason}; pass the attach target explicitly", program=prog_label(prog))
         if "retprobe" in kw and h in ("kprobe", "ksyscall"):
             pargs = pargs[:-1]
-        return _HANDLERS[h](prog, *pargs, **{**pkw, **kw})
+        return _HANDLERS[h](prog, *pargs, **{**pkw, **kw})  # type: ignore[no-any-return]
     # an explicit target keeps the section's entry/return flavour unless told otherwise
     if handler == "kprobe" and "retprobe" not in kw and len(args) < 3:
         kw["retprobe"] = section.startswith("kretprobe")
     elif handler == "ksyscall" and "retprobe" not in kw and len(args) < 2:
         kw["retprobe"] = section.startswith("kretsyscall")
-    return _HANDLERS[handler](prog, *args, **kw)
+    return _HANDLERS[handler](prog, *args, **kw)  # type: ignore[no-any-return]
 
 
 def _attach_perf_program(prog: Any, event: Any = None, *, pid: int = -1, cpu: int = 0,
