@@ -174,12 +174,17 @@ FRAME = bytes.fromhex("ffffffffffff" "020000000001" "88b5") + bytes(50)  # local
 
 @pytest.fixture
 def netns() -> Iterator[str]:
-    """A private network namespace holding the veth pair vc <-> vd (both up)."""
+    """A private network namespace holding the veth pairs vc <-> vd and va <-> vb (all up,
+    IPv6 off so that no neighbour discovery adds frames)."""
     name = f"pyebpf_{os.getpid()}_{uuid.uuid4().hex[:8]}"
     subprocess.run(["ip", "netns", "add", name], check=True)
     try:
+        subprocess.run(["ip", "netns", "exec", name, "sysctl", "-qw",
+                        "net.ipv6.conf.default.disable_ipv6=1"], check=True, capture_output=True)
         for args in (["link", "add", "vc", "type", "veth", "peer", "name", "vd"],
-                     ["link", "set", "vc", "up"], ["link", "set", "vd", "up"]):
+                     ["link", "add", "va", "type", "veth", "peer", "name", "vb"],
+                     ["link", "set", "vc", "up"], ["link", "set", "vd", "up"],
+                     ["link", "set", "va", "up"], ["link", "set", "vb", "up"]):
             subprocess.run(["ip", "-n", name, *args], check=True, capture_output=True)
         yield name
     finally:
@@ -227,6 +232,51 @@ def live_frames() -> None:
     if not s:
         pytest.skip(f"the kernel refuses BPF_PROG_TEST_RUN with BPF_F_TEST_XDP_LIVE_FRAMES: "
                     f"{errno.errorcode.get(s.errno, s.errno)} ({s.reason})")
+
+
+def _send_frames(ifname: str, n: int) -> None:
+    """Transmit ``n`` copies of FRAME on ``ifname`` (an AF_PACKET socket; call in the netns)."""
+    with socket.socket(socket.AF_PACKET, socket.SOCK_RAW) as s:
+        s.bind((ifname, 0))
+        for _ in range(n):
+            s.send(FRAME)
+
+
+def test_cpumap_redirect_real_traffic(net: pyebpf.Object, netns: str) -> None:
+    """Frames arriving on a veth go through XDP into the cpumap and its program."""
+    cpus, p = net.maps["cpus"], net.programs
+    cpus[0] = (256, p["on_cpumap"])
+
+    def body() -> None:
+        vd = socket.if_nametoindex("vd")
+        with B.link_create(p["redir_cpu"].fd, vd, AttachType.XDP, XDP_FLAGS_DRV_MODE):
+            _send_frames("vc", 20)
+            assert _wait(lambda: net.globals["cpumap_runs"] >= 20), net.globals["cpumap_runs"]
+
+    try:
+        in_netns(netns, body)
+    finally:
+        del cpus[0]
+
+
+def test_devmap_redirect_real_traffic(net: pyebpf.Object, netns: str) -> None:
+    """Frames sent on va arrive on vb, whose XDP program redirects them through the devmap
+    (and its devmap program) out of vc, so they arrive on vd."""
+    dm, p = net.maps["tx_dev"], net.programs
+
+    def body() -> None:
+        vb, vd = socket.if_nametoindex("vb"), socket.if_nametoindex("vd")
+        with B.link_create(p["count_rx"].fd, vd, AttachType.XDP, XDP_FLAGS_DRV_MODE), \
+                B.link_create(p["redir_dev"].fd, vb, AttachType.XDP, XDP_FLAGS_DRV_MODE):
+            dm[0] = ("vc", p["on_devmap"])
+            try:
+                _send_frames("va", 10)
+                assert _wait(lambda: net.globals["rx_count"] >= 10), net.globals["rx_count"]
+                assert net.globals["devmap_runs"] >= 10
+            finally:
+                del dm[0]
+
+    in_netns(netns, body)
 
 
 def test_cpumap_redirect(net: pyebpf.Object, live_frames: None) -> None:
