@@ -13,6 +13,7 @@ from .uapi import AttachType, ProgType
 
 if TYPE_CHECKING:
     from .obj.program import ProgramSpec
+    from .proginfo import ProgInfo
 
 __all__ = ["Program", "TestRunResult"]
 
@@ -61,18 +62,20 @@ class Program:
         self._obj = weakref.ref(obj) if obj is not None else None
         self.log = log  # the verifier log when a log level was requested
         self.pin_path: str | None = None
-        self._info: Any = None
+        self._info: ProgInfo | None = None
 
     @classmethod
     def from_fd(cls, fd: FD | int, *, name: str | None = None) -> Program:
         """Wrap an open program fd (an int is duplicated, an FD is taken over)."""
+        from .proginfo import prog_info
+
         owned = fd if isinstance(fd, FD) else FD(os.dup(int(fd)), "prog")
         try:
-            info = _bpf.prog_info(owned)
+            info = prog_info(owned)
         except BaseException:
             owned.close()
             raise
-        p = cls(owned, name=name or info.name.decode("latin-1"), type=info.type,
+        p = cls(owned, name=name or info.name, type=info.type,
                 attach_btf_id=info.attach_btf_id or None)
         p._info = info
         return p
@@ -94,25 +97,30 @@ class Program:
         """The :class:`pyebpf.object.Object` that loaded this program (None if gone)."""
         return self._obj() if self._obj is not None else None
 
-    def info(self) -> Any:
-        """BPF_OBJ_GET_INFO_BY_FD, fresh (a :class:`pyebpf.sys.attrs.ProgInfo`)."""
-        self._info = _bpf.prog_info(self.fd)
+    def info(self) -> ProgInfo:
+        """BPF_OBJ_GET_INFO_BY_FD, fresh, decoded (:class:`pyebpf.proginfo.ProgInfo`):
+        type, id, tag, name, map_ids, run_cnt/run_time_ns, BTF ids, ...; its methods
+        fetch the translated and JIT-ed instructions, func_info and line_info."""
+        from .proginfo import prog_info
+
+        self._info = prog_info(self.fd)
         return self._info
 
-    def _cached_info(self) -> Any:
+    def _cached_info(self) -> ProgInfo:
+        # id and tag never change after load: one query serves both
         if self._info is None:
-            self.info()
+            return self.info()
         return self._info
 
     @property
     def id(self) -> int:
         """The kernel's program id."""
-        return int(self._cached_info().id)
+        return self._cached_info().id
 
     @property
     def tag(self) -> str:
         """The kernel's program tag (16 hex digits)."""
-        return bytes(self._cached_info().tag).hex()
+        return self._cached_info().tag
 
     def test_run(self, data_in: bytes = b"", ctx_in: bytes | None = None, repeat: int = 0, *,
                  data_size_out: int | None = None, ctx_size_out: int = 0,
