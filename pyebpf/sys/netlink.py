@@ -1,0 +1,812 @@
+"""A small NETLINK_ROUTE client: XDP on interfaces, clsact qdiscs, cls_bpf filters.
+
+No dependency beyond the stdlib ``socket`` module. :class:`Message` builds a request
+(fixed header + nested rtattrs), :class:`NetlinkSocket` sends it and collects the
+replies (multipart dumps, echoes, the ACK). A failed request raises
+:class:`NetlinkError` (a :class:`~pyebpf.errors.SyscallError`) with the errno, the
+kernel's extended-ack message when it gives one, and a hint. Every request is traced at
+DEBUG under ``pyebpf.sys`` like ``bpf()``.
+
+A socket belongs to the network namespace it was created in: interface indices,
+qdiscs and filters resolve there, whichever namespace the thread is in later. Links
+that must undo a netlink attachment keep their socket for that reason.
+
+Other rtnetlink requests build on the same pieces. A route with an LWT bpf encap::
+
+    m = Message(RTM_NEWROUTE, NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
+                rtmsg(AF_INET, dst_len=24))
+    m.add(RTA_DST, socket.inet_aton("10.1.2.0")).add_u32(RTA_OIF, ifindex)
+    m.add_u16(RTA_ENCAP_TYPE, LWTUNNEL_ENCAP_BPF)
+    with m.nest(RTA_ENCAP), m.nest(LWT_BPF_IN):
+        m.add_u32(LWT_BPF_PROG_FD, prog_fd).add_str(LWT_BPF_PROG_NAME, "name")
+    with NetlinkSocket() as s:
+        s.request(m, "add route")
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno as _errno
+import itertools
+import socket
+import struct
+from collections.abc import Iterator
+
+from .._log import DEBUG
+from .._record import Record
+from ..errors import SyscallError
+from .syscall import PERM_HINT, log
+
+__all__ = [
+    "Attrs",
+    "Message",
+    "NetlinkError",
+    "NetlinkSocket",
+    "NlMsg",
+    "Qdisc",
+    "TcFilter",
+    "XdpState",
+    "clsact_add",
+    "clsact_del",
+    "filter_add_bpf",
+    "filter_del",
+    "filter_list",
+    "ifinfomsg",
+    "link_index",
+    "link_name",
+    "qdisc_list",
+    "rtmsg",
+    "tc_parent",
+    "tcmsg",
+    "xdp_query",
+    "xdp_set",
+]
+
+NETLINK_ROUTE = 0
+SOL_NETLINK = 270
+NETLINK_CAP_ACK = 10
+NETLINK_EXT_ACK = 11
+
+# nlmsghdr flags
+NLM_F_REQUEST = 0x1
+NLM_F_MULTI = 0x2
+NLM_F_ACK = 0x4
+NLM_F_ECHO = 0x8
+NLM_F_DUMP_INTR = 0x10
+NLM_F_ROOT = 0x100
+NLM_F_MATCH = 0x200
+NLM_F_DUMP = NLM_F_ROOT | NLM_F_MATCH
+NLM_F_REPLACE = 0x100
+NLM_F_EXCL = 0x200
+NLM_F_CREATE = 0x400
+NLM_F_APPEND = 0x800
+# flags of an NLMSG_ERROR reply
+NLM_F_CAPPED = 0x100
+NLM_F_ACK_TLVS = 0x200
+
+NLMSG_NOOP, NLMSG_ERROR, NLMSG_DONE = 1, 2, 3
+NLMSGERR_ATTR_MSG, NLMSGERR_ATTR_OFFS = 1, 2
+
+RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK, RTM_SETLINK = 16, 17, 18, 19
+RTM_NEWROUTE, RTM_DELROUTE, RTM_GETROUTE = 24, 25, 26
+RTM_NEWQDISC, RTM_DELQDISC, RTM_GETQDISC = 36, 37, 38
+RTM_NEWTFILTER, RTM_DELTFILTER, RTM_GETTFILTER = 44, 45, 46
+
+NLA_F_NESTED = 1 << 15
+NLA_F_NET_BYTEORDER = 1 << 14
+NLA_TYPE_MASK = ~(NLA_F_NESTED | NLA_F_NET_BYTEORDER) & 0xFFFF
+
+# if_link.h
+IFLA_IFNAME = 3
+IFLA_XDP = 43
+IFLA_XDP_FD, IFLA_XDP_ATTACHED, IFLA_XDP_FLAGS, IFLA_XDP_PROG_ID = 1, 2, 3, 4
+IFLA_XDP_DRV_PROG_ID, IFLA_XDP_SKB_PROG_ID, IFLA_XDP_HW_PROG_ID, IFLA_XDP_EXPECTED_FD = 5, 6, 7, 8
+XDP_FLAGS_UPDATE_IF_NOEXIST = 1 << 0
+XDP_FLAGS_SKB_MODE = 1 << 1
+XDP_FLAGS_DRV_MODE = 1 << 2
+XDP_FLAGS_HW_MODE = 1 << 3
+XDP_FLAGS_REPLACE = 1 << 4
+XDP_FLAGS_MODES = XDP_FLAGS_SKB_MODE | XDP_FLAGS_DRV_MODE | XDP_FLAGS_HW_MODE
+XDP_ATTACHED_NONE, XDP_ATTACHED_DRV, XDP_ATTACHED_SKB, XDP_ATTACHED_HW, XDP_ATTACHED_MULTI = range(5)
+
+# rtnetlink.h / pkt_sched.h / pkt_cls.h
+TCA_KIND, TCA_OPTIONS = 1, 2
+TCA_BPF_FD, TCA_BPF_NAME, TCA_BPF_FLAGS, TCA_BPF_FLAGS_GEN, TCA_BPF_TAG, TCA_BPF_ID = 6, 7, 8, 9, 10, 11
+TCA_BPF_FLAG_ACT_DIRECT = 1 << 0
+TC_H_CLSACT = 0xFFFFFFF1
+TC_H_MIN_INGRESS, TC_H_MIN_EGRESS = 0xFFF2, 0xFFF3
+ETH_P_ALL = 0x0003
+
+# routes, for LWT bpf encaps (see the module docstring)
+RTA_DST, RTA_OIF, RTA_GATEWAY, RTA_ENCAP_TYPE, RTA_ENCAP = 1, 4, 5, 21, 22
+LWTUNNEL_ENCAP_BPF = 6
+LWT_BPF_IN, LWT_BPF_OUT, LWT_BPF_XMIT = 1, 2, 3
+LWT_BPF_PROG_FD, LWT_BPF_PROG_NAME = 1, 2
+RT_TABLE_MAIN, RTPROT_BOOT, RT_SCOPE_UNIVERSE, RTN_UNICAST = 254, 3, 0, 1
+
+_HDR = struct.Struct("=IHHII")  # nlmsghdr: len, type, flags, seq, pid
+_RTA = struct.Struct("=HH")  # rtattr / nlattr: len, type
+_IFINFO = struct.Struct("=BxHiII")  # ifinfomsg: family, type, index, flags, change
+_TCMSG = struct.Struct("=BxxxiIII")  # tcmsg: family, ifindex, handle, parent, info
+_RTMSG = struct.Struct("=BBBBBBBBI")  # rtmsg
+
+_MSG_NAMES = {
+    RTM_NEWLINK: "RTM_NEWLINK", RTM_DELLINK: "RTM_DELLINK", RTM_GETLINK: "RTM_GETLINK",
+    RTM_SETLINK: "RTM_SETLINK", RTM_NEWROUTE: "RTM_NEWROUTE", RTM_DELROUTE: "RTM_DELROUTE",
+    RTM_GETROUTE: "RTM_GETROUTE", RTM_NEWQDISC: "RTM_NEWQDISC", RTM_DELQDISC: "RTM_DELQDISC",
+    RTM_GETQDISC: "RTM_GETQDISC", RTM_NEWTFILTER: "RTM_NEWTFILTER",
+    RTM_DELTFILTER: "RTM_DELTFILTER", RTM_GETTFILTER: "RTM_GETTFILTER",
+}
+
+
+def _align(n: int) -> int:
+    return (n + 3) & ~3
+
+
+def msg_name(msg_type: int) -> str:
+    return _MSG_NAMES.get(msg_type, f"RTM_{msg_type}")
+
+
+# --- fixed headers -----------------------------------------------------------------------------
+
+
+def ifinfomsg(index: int = 0, family: int = socket.AF_UNSPEC, *, type: int = 0, flags: int = 0,
+              change: int = 0) -> bytes:
+    """struct ifinfomsg."""
+    return _IFINFO.pack(family, type, index, flags, change)
+
+
+def tcmsg(ifindex: int, *, handle: int = 0, parent: int = 0, info: int = 0,
+          family: int = socket.AF_UNSPEC) -> bytes:
+    """struct tcmsg (``info`` is priority << 16 | protocol in network order for filters)."""
+    return _TCMSG.pack(family, ifindex, handle, parent, info)
+
+
+def rtmsg(family: int, *, dst_len: int = 0, src_len: int = 0, tos: int = 0,
+          table: int = RT_TABLE_MAIN, protocol: int = RTPROT_BOOT, scope: int = RT_SCOPE_UNIVERSE,
+          type: int = RTN_UNICAST, flags: int = 0) -> bytes:
+    """struct rtmsg, with the defaults ``ip route add`` uses for a unicast route."""
+    return _RTMSG.pack(family, dst_len, src_len, tos, table, protocol, scope, type, flags)
+
+
+# --- building ----------------------------------------------------------------------------------
+
+
+class Message:
+    """One request: a message type, flags, a fixed header and rtattrs (nesting with :meth:`nest`).
+
+    The ``add*`` methods return the message, so calls chain.
+    """
+
+    def __init__(self, msg_type: int, flags: int, header: bytes = b"") -> None:
+        self.type = msg_type
+        self.flags = flags
+        self.header = bytes(header)
+        self.body = bytearray(self.header)
+        while len(self.body) % 4:
+            self.body.append(0)
+
+    def add(self, attr_type: int, data: bytes = b"") -> Message:
+        """An attribute with raw payload ``data`` (padded to 4 bytes)."""
+        if not 0 <= attr_type <= 0xFFFF or _RTA.size + len(data) > 0xFFFF:
+            raise ValueError(f"netlink attribute {attr_type} does not fit ({len(data)} bytes)")
+        self.body += _RTA.pack(_RTA.size + len(data), attr_type) + data
+        self.body += bytes(_align(len(data)) - len(data))
+        return self
+
+    def add_u8(self, attr_type: int, v: int) -> Message:
+        return self.add(attr_type, struct.pack("=B", v))
+
+    def add_u16(self, attr_type: int, v: int) -> Message:
+        return self.add(attr_type, struct.pack("=H", v))
+
+    def add_u32(self, attr_type: int, v: int) -> Message:
+        return self.add(attr_type, struct.pack("=I", v))
+
+    def add_s32(self, attr_type: int, v: int) -> Message:
+        return self.add(attr_type, struct.pack("=i", v))
+
+    def add_u64(self, attr_type: int, v: int) -> Message:
+        return self.add(attr_type, struct.pack("=Q", v))
+
+    def add_str(self, attr_type: int, s: str | bytes) -> Message:
+        """A NUL-terminated string."""
+        b = s.encode() if isinstance(s, str) else bytes(s)
+        return self.add(attr_type, b + b"\0")
+
+    @contextlib.contextmanager
+    def nest(self, attr_type: int) -> Iterator[Message]:
+        """``with m.nest(IFLA_XDP): m.add_s32(...)``: attributes added inside are nested."""
+        start = len(self.body)
+        self.body += _RTA.pack(0, attr_type | NLA_F_NESTED)
+        yield self
+        size = len(self.body) - start
+        if size > 0xFFFF:
+            raise ValueError(f"nested netlink attribute {attr_type} too large ({size} bytes)")
+        self.body[start : start + _RTA.size] = _RTA.pack(size, attr_type | NLA_F_NESTED)
+
+    def encode(self, seq: int = 0, pid: int = 0) -> bytes:
+        """The wire bytes: nlmsghdr + body."""
+        return _HDR.pack(_HDR.size + len(self.body), self.type, self.flags, seq, pid) + bytes(self.body)
+
+    def describe(self) -> str:
+        """The request for the DEBUG trace: type, flags, header fields, attributes."""
+        attrs = Attrs.parse(bytes(self.body), _align(len(self.header)))
+        return f"{msg_name(self.type)} flags={_flag_names(self.flags)} {_hdr_repr(self.type, self.header)}{attrs.render()}"
+
+
+def _flag_names(flags: int) -> str:
+    names = [n for bit, n in ((NLM_F_REQUEST, "REQUEST"), (NLM_F_ACK, "ACK"), (NLM_F_ECHO, "ECHO"))
+             if flags & bit]
+    if flags & NLM_F_DUMP == NLM_F_DUMP:
+        names.append("DUMP")
+    else:
+        names += [n for bit, n in ((NLM_F_REPLACE, "REPLACE"), (NLM_F_EXCL, "EXCL"),
+                                   (NLM_F_CREATE, "CREATE"), (NLM_F_APPEND, "APPEND")) if flags & bit]
+    return "|".join(names) or "0"
+
+
+def _hdr_repr(msg_type: int, header: bytes) -> str:
+    try:
+        if len(header) == _IFINFO.size and RTM_NEWLINK <= msg_type <= RTM_SETLINK:
+            fam, _t, idx, _f, _c = _IFINFO.unpack(header)
+            return f"ifindex={idx} family={fam}"
+        if len(header) == _TCMSG.size and RTM_NEWQDISC <= msg_type <= RTM_GETTFILTER + 3:
+            fam, idx, handle, parent, info = _TCMSG.unpack(header)
+            return f"ifindex={idx} handle={handle:#x} parent={parent:#x} info={info:#x}"
+    except struct.error:
+        pass
+    return f"hdr={header.hex()}" if header else ""
+
+
+# --- parsing -----------------------------------------------------------------------------------
+
+
+class Attrs:
+    """Parsed rtattrs: ``attrs[type]`` is the payload of the last attribute of that type
+    (flag bits masked off); ``items`` keeps them all in order."""
+
+    __slots__ = ("items", "_by_type")
+
+    def __init__(self, items: list[tuple[int, bytes]]) -> None:
+        self.items = items
+        self._by_type = {t & NLA_TYPE_MASK: v for t, v in items}
+
+    @classmethod
+    def parse(cls, buf: bytes, offset: int = 0) -> Attrs:
+        """Attributes from ``buf[offset:]``; a truncated trailing attribute is ignored."""
+        items: list[tuple[int, bytes]] = []
+        n = len(buf)
+        while offset + _RTA.size <= n:
+            length, atype = _RTA.unpack_from(buf, offset)
+            if length < _RTA.size or offset + length > n:
+                break
+            items.append((atype, buf[offset + _RTA.size : offset + length]))
+            offset += _align(length)
+        return cls(items)
+
+    def __contains__(self, attr_type: int) -> bool:
+        return attr_type in self._by_type
+
+    def __getitem__(self, attr_type: int) -> bytes:
+        return self._by_type[attr_type]
+
+    def get(self, attr_type: int, default: bytes | None = None) -> bytes | None:
+        return self._by_type.get(attr_type, default)
+
+    def uint(self, attr_type: int, default: int = 0) -> int:
+        """An unsigned integer attribute of 1, 2, 4 or 8 bytes (host order)."""
+        v = self._by_type.get(attr_type)
+        if v is None or len(v) not in (1, 2, 4, 8):
+            return default
+        return int.from_bytes(v, "little" if _LE else "big")
+
+    def str(self, attr_type: int, default: str = "") -> str:
+        v = self._by_type.get(attr_type)
+        return default if v is None else v.split(b"\0", 1)[0].decode("utf-8", "replace")
+
+    def nested(self, attr_type: int) -> Attrs:
+        """The attributes inside a nested attribute (empty if it is absent)."""
+        return Attrs.parse(self._by_type.get(attr_type, b""))
+
+    def render(self) -> str:
+        """Compact text for the DEBUG trace: ``{43:{1:7 3:0x2}}``."""
+        if not self.items:
+            return ""
+        parts = []
+        for t, v in self.items:
+            if t & NLA_F_NESTED:
+                parts.append(f"{t & NLA_TYPE_MASK}:{Attrs.parse(v).render() or '{}'}")
+            elif len(v) in (1, 2, 4, 8):
+                x = int.from_bytes(v, "little" if _LE else "big")
+                parts.append(f"{t}:{x:#x}" if x > 0xFFFF else f"{t}:{x}")
+            elif v.endswith(b"\0") and v[:-1].isascii() and b"\0" not in v[:-1]:
+                parts.append(f"{t}:{v[:-1].decode()!r}")
+            else:
+                parts.append(f"{t}:{v.hex()}")
+        return " {" + " ".join(parts) + "}"
+
+    def __repr__(self) -> str:
+        return f"Attrs({self.render().strip()})"
+
+
+_LE = struct.pack("=H", 1) == b"\x01\0"
+
+
+class NlMsg(Record):
+    """One reply message: its type, flags and payload (fixed header + attributes)."""
+
+    type: int
+    flags: int
+    seq: int
+    payload: bytes
+
+    def __init__(self, type: int, flags: int, seq: int, payload: bytes) -> None:
+        self.type = type
+        self.flags = flags
+        self.seq = seq
+        self.payload = payload
+
+    def attrs(self, header_size: int) -> Attrs:
+        """The attributes after a fixed header of ``header_size`` bytes."""
+        return Attrs.parse(self.payload, _align(header_size))
+
+
+def split_messages(data: bytes) -> list[NlMsg]:
+    """The messages of one netlink datagram; a truncated tail is dropped."""
+    out = []
+    off, n = 0, len(data)
+    while off + _HDR.size <= n:
+        length, mtype, flags, seq, _pid = _HDR.unpack_from(data, off)
+        if length < _HDR.size or off + length > n:
+            break
+        out.append(NlMsg(mtype, flags, seq, data[off + _HDR.size : off + length]))
+        off += _align(length)
+    return out
+
+
+def parse_error(msg: NlMsg) -> tuple[int, str, int | None]:
+    """(errno, extended-ack message, bad attribute offset) of an NLMSG_ERROR (errno 0: an ACK)."""
+    p = msg.payload
+    if len(p) < 4:
+        return _errno.EPROTO, "truncated NLMSG_ERROR", None
+    err = -struct.unpack_from("=i", p)[0]
+    text, offs = "", None
+    if msg.flags & NLM_F_ACK_TLVS and len(p) >= 4 + _HDR.size:
+        orig_len = _HDR.unpack_from(p, 4)[0]
+        # the request is echoed whole on errors unless capped (NETLINK_CAP_ACK)
+        tlv = 4 + (_HDR.size if msg.flags & NLM_F_CAPPED or err == 0 else _align(orig_len))
+        a = Attrs.parse(p, tlv)
+        text = a.str(NLMSGERR_ATTR_MSG)
+        if NLMSGERR_ATTR_OFFS in a:
+            offs = a.uint(NLMSGERR_ATTR_OFFS)
+    return err, text, offs
+
+
+# --- errors ------------------------------------------------------------------------------------
+
+
+class NetlinkError(SyscallError):
+    """A netlink request failed. ``extack`` is the kernel's own explanation (may be empty)."""
+
+    def __init__(self, errno: int, command: str, hint: str = "", *, detail: str = "",
+                 extack: str = "") -> None:
+        super().__init__(errno, command, hint, detail=detail)
+        self.extack = extack
+
+
+def netlink_hint(err: int, msg_type: int) -> str:
+    """What ``err`` usually means for a request of ``msg_type``."""
+    if err == _errno.EPERM:
+        return "changing network configuration needs CAP_NET_ADMIN; " + PERM_HINT
+    if err == _errno.ENODEV:
+        return "no network interface with that name or index in this network namespace"
+    if err == _errno.ENOENT:
+        if msg_type in (RTM_DELTFILTER, RTM_GETTFILTER, RTM_NEWTFILTER):
+            return "no such filter, or no clsact qdisc on the interface"
+        if msg_type in (RTM_DELQDISC, RTM_GETQDISC):
+            return "no such qdisc on the interface"
+        return "not found"
+    if err == _errno.EEXIST:
+        if msg_type == RTM_SETLINK:
+            return "an XDP program is already attached (or the expected program is not the current one)"
+        return "it already exists"
+    if err == _errno.EBUSY:
+        return "busy: another program or a bpf link holds the hook"
+    if err == _errno.EOPNOTSUPP:
+        return "the interface's driver or the kernel does not support this"
+    if err == _errno.EINVAL:
+        return "the kernel rejected the request's attributes"
+    if err == _errno.ENOBUFS:
+        return "the netlink socket's receive buffer overflowed"
+    return ""
+
+
+# --- the socket --------------------------------------------------------------------------------
+
+
+class NetlinkSocket:
+    """A NETLINK_ROUTE socket in the current thread's network namespace."""
+
+    def __init__(self, protocol: int = NETLINK_ROUTE) -> None:
+        try:
+            s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, protocol)
+        except OSError as e:
+            err = e.errno or _errno.EIO
+            raise NetlinkError(err, "socket(AF_NETLINK)", netlink_hint(err, 0)) from None
+        try:
+            for opt in (NETLINK_EXT_ACK, NETLINK_CAP_ACK):
+                try:
+                    s.setsockopt(SOL_NETLINK, opt, 1)
+                except OSError:  # old kernels: plain errors without a message
+                    pass
+            s.bind((0, 0))
+        except BaseException:
+            s.close()
+            raise
+        self._sock: socket.socket | None = s
+        self._seq = itertools.count(1)
+
+    @property
+    def closed(self) -> bool:
+        return self._sock is None
+
+    def fileno(self) -> int:
+        if self._sock is None:
+            raise ValueError("netlink socket is closed")
+        return self._sock.fileno()
+
+    def close(self) -> None:
+        s, self._sock = self._sock, None
+        if s is not None:
+            s.close()
+
+    def __enter__(self) -> NetlinkSocket:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    def __repr__(self) -> str:
+        return f"<NetlinkSocket {'closed' if self._sock is None else self._sock.fileno()}>"
+
+    def _recv(self, s: socket.socket) -> bytes:
+        # peek the size first (MSG_TRUNC returns the datagram's real length on netlink):
+        # a datagram larger than the buffer would be cut short
+        n = s.recv_into(bytearray(1), 1, socket.MSG_PEEK | socket.MSG_TRUNC)
+        return s.recv(max(n, 16))
+
+    def request(self, msg: Message, what: str = "", *, hint: str | None = None) -> list[NlMsg]:
+        """Send ``msg``, return the replies (dump parts, echoes), raise :class:`NetlinkError`.
+
+        A dump (NLM_F_DUMP) ends at NLMSG_DONE and is restarted if the kernel says it
+        was interrupted by a concurrent change; other requests end at their ACK.
+        """
+        for _attempt in range(5):
+            replies, interrupted = self._request_once(msg, what, hint)
+            if not interrupted:
+                return replies
+            log.debug("netlink %s: dump interrupted by a concurrent change, restarting", msg_name(msg.type))
+        return replies
+
+    def _request_once(self, msg: Message, what: str, hint: str | None) -> tuple[list[NlMsg], bool]:
+        s = self._sock
+        if s is None:
+            raise ValueError("netlink socket is closed")
+        seq = next(self._seq)
+        dump = msg.flags & NLM_F_DUMP == NLM_F_DUMP
+        data = msg.encode(seq)
+        try:
+            s.send(data)
+        except OSError as e:
+            self._fail(e.errno or _errno.EIO, "", msg, what, hint)
+        replies: list[NlMsg] = []
+        interrupted = False
+        while True:
+            try:
+                chunk = self._recv(s)
+            except OSError as e:
+                self._fail(e.errno or _errno.EIO, "", msg, what, hint)
+            for m in split_messages(chunk):
+                if m.seq != seq:
+                    continue  # a stale reply to an earlier request on this socket
+                if m.flags & NLM_F_DUMP_INTR:
+                    interrupted = True
+                if m.type == NLMSG_ERROR:
+                    err, text, _offs = parse_error(m)
+                    if err:
+                        self._fail(err, text, msg, what, hint)
+                    self._trace(msg, what, f"0 ({len(replies)} replies){_said(text)}")
+                    return replies, interrupted
+                if m.type == NLMSG_DONE:
+                    err = -struct.unpack_from("=i", m.payload)[0] if len(m.payload) >= 4 else 0
+                    if err > 0:
+                        self._fail(err, parse_error(NlMsg(m.type, m.flags, m.seq, m.payload))[1],
+                                   msg, what, hint)
+                    self._trace(msg, what, f"{len(replies)} messages")
+                    return replies, interrupted
+                if m.type == NLMSG_NOOP:
+                    continue
+                replies.append(m)
+                if not dump and not msg.flags & NLM_F_ACK and not m.flags & NLM_F_MULTI:
+                    self._trace(msg, what, "1 reply")
+                    return replies, interrupted
+
+    def _trace(self, msg: Message, what: str, result: str) -> None:
+        if log.isEnabledFor(DEBUG):
+            log.debug("netlink(%s%s) = %s", msg.describe(), f" [{what}]" if what else "", result)
+
+    def _fail(self, err: int, text: str, msg: Message, what: str, hint: str | None) -> None:
+        if log.isEnabledFor(DEBUG):
+            self._trace(msg, what, f"-1 {_errno.errorcode.get(err, err)}{_said(text)}")
+        h = netlink_hint(err, msg.type) if hint is None else hint
+        if text:
+            h = f"kernel says: {text}" + (f"; {h}" if h else "")
+        raise NetlinkError(err, msg_name(msg.type), h, detail=what, extack=text)
+
+
+def _said(text: str) -> str:
+    return f" ({text})" if text else ""
+
+
+@contextlib.contextmanager
+def _socket(sock: NetlinkSocket | None) -> Iterator[NetlinkSocket]:
+    if sock is not None:
+        yield sock
+        return
+    with NetlinkSocket() as s:
+        yield s
+
+
+# --- interfaces --------------------------------------------------------------------------------
+
+
+IFNAMSIZ = 16
+
+
+def _getlink(index: int, name: str | None, sock: NetlinkSocket | None, what: str) -> NlMsg:
+    m = Message(RTM_GETLINK, NLM_F_REQUEST | NLM_F_ACK, ifinfomsg(index))
+    if name is not None:
+        m.add_str(IFLA_IFNAME, name)
+    with _socket(sock) as s:
+        replies = [r for r in s.request(m, what) if r.type == RTM_NEWLINK]
+    if not replies:
+        raise NetlinkError(_errno.ENODEV, "RTM_GETLINK", netlink_hint(_errno.ENODEV, RTM_GETLINK),
+                           detail=what)
+    return replies[0]
+
+
+def link_index(name: str, sock: NetlinkSocket | None = None) -> int:
+    """The ifindex of interface ``name`` (ENODEV NetlinkError if there is none)."""
+    what = f"interface {name!r}"
+    if not name or len(name.encode()) >= IFNAMSIZ or "/" in name or "\0" in name:
+        # no interface can have this name; the kernel would only say EINVAL
+        raise NetlinkError(_errno.ENODEV, "RTM_GETLINK", "not a valid interface name", detail=what)
+    r = _getlink(0, name, sock, what)
+    return _IFINFO.unpack_from(r.payload)[2]
+
+
+def link_name(ifindex: int, sock: NetlinkSocket | None = None) -> str:
+    """The name of the interface with index ``ifindex``."""
+    r = _getlink(ifindex, None, sock, f"ifindex {ifindex}")
+    return r.attrs(_IFINFO.size).str(IFLA_IFNAME)
+
+
+# --- XDP ---------------------------------------------------------------------------------------
+
+
+class XdpState(Record):
+    """What IFLA_XDP reports for an interface (bpf_xdp_query): the attach mode and the
+    program id per mode (0: none). ``prog_id`` is the one program when a single mode is used."""
+
+    ifindex: int
+    attach_mode: int
+    prog_id: int
+    drv_prog_id: int
+    skb_prog_id: int
+    hw_prog_id: int
+
+    def __init__(self, ifindex: int, attach_mode: int = XDP_ATTACHED_NONE, prog_id: int = 0,
+                 drv_prog_id: int = 0, skb_prog_id: int = 0, hw_prog_id: int = 0) -> None:
+        self.ifindex = ifindex
+        self.attach_mode = attach_mode
+        self.prog_id = prog_id
+        self.drv_prog_id = drv_prog_id
+        self.skb_prog_id = skb_prog_id
+        self.hw_prog_id = hw_prog_id
+
+
+def xdp_set(ifindex: int, prog_fd: int, flags: int = 0, expected_fd: int | None = None,
+            sock: NetlinkSocket | None = None) -> None:
+    """Attach (``prog_fd`` >= 0) or detach (-1) the XDP program of ``ifindex`` (bpf_xdp_attach).
+
+    ``expected_fd`` (sets XDP_FLAGS_REPLACE): act only if that program is the current one.
+    """
+    m = Message(RTM_SETLINK, NLM_F_REQUEST | NLM_F_ACK, ifinfomsg(ifindex))
+    if expected_fd is not None:
+        flags |= XDP_FLAGS_REPLACE
+    with m.nest(IFLA_XDP):
+        m.add_s32(IFLA_XDP_FD, prog_fd)
+        if flags & XDP_FLAGS_REPLACE:
+            m.add_s32(IFLA_XDP_EXPECTED_FD, -1 if expected_fd is None else expected_fd)
+        if flags:
+            m.add_u32(IFLA_XDP_FLAGS, flags)
+    verb = "attach XDP program" if prog_fd >= 0 else "detach XDP program"
+    with _socket(sock) as s:
+        s.request(m, f"{verb} on ifindex {ifindex}")
+
+
+def parse_xdp(ifindex: int, link_attrs: Attrs) -> XdpState:
+    """XdpState from the attributes of an RTM_NEWLINK message."""
+    x = link_attrs.nested(IFLA_XDP)
+    return XdpState(ifindex, x.uint(IFLA_XDP_ATTACHED), x.uint(IFLA_XDP_PROG_ID),
+                    x.uint(IFLA_XDP_DRV_PROG_ID), x.uint(IFLA_XDP_SKB_PROG_ID),
+                    x.uint(IFLA_XDP_HW_PROG_ID))
+
+
+def xdp_query(ifindex: int, sock: NetlinkSocket | None = None) -> XdpState:
+    """The XDP programs attached to ``ifindex``."""
+    r = _getlink(ifindex, None, sock, f"query XDP on ifindex {ifindex}")
+    return parse_xdp(ifindex, r.attrs(_IFINFO.size))
+
+
+# --- tc: clsact qdisc and cls_bpf filters ------------------------------------------------------
+
+
+def tc_parent(direction: str) -> int:
+    """The clsact parent handle of ``"ingress"`` or ``"egress"``."""
+    minor = {"ingress": TC_H_MIN_INGRESS, "egress": TC_H_MIN_EGRESS}[direction]
+    return (TC_H_CLSACT & 0xFFFF0000) | minor
+
+
+def _clsact_msg(msg_type: int, flags: int, ifindex: int) -> Message:
+    m = Message(msg_type, flags, tcmsg(ifindex, handle=TC_H_CLSACT & 0xFFFF0000, parent=TC_H_CLSACT))
+    return m.add_str(TCA_KIND, "clsact")
+
+
+def clsact_add(ifindex: int, sock: NetlinkSocket | None = None) -> bool:
+    """Add a clsact qdisc to ``ifindex``; False (no change) if one is already there."""
+    m = _clsact_msg(RTM_NEWQDISC, NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL, ifindex)
+    with _socket(sock) as s:
+        try:
+            s.request(m, f"add clsact qdisc to ifindex {ifindex}")
+        except NetlinkError as e:
+            if e.errno == _errno.EEXIST:
+                return False
+            raise
+    return True
+
+
+def clsact_del(ifindex: int, sock: NetlinkSocket | None = None) -> None:
+    """Remove the clsact qdisc of ``ifindex`` (and with it every tc filter under it)."""
+    m = _clsact_msg(RTM_DELQDISC, NLM_F_REQUEST | NLM_F_ACK, ifindex)
+    with _socket(sock) as s:
+        s.request(m, f"delete clsact qdisc of ifindex {ifindex}")
+
+
+class Qdisc(Record):
+    """One qdisc of an interface."""
+
+    ifindex: int
+    kind: str
+    handle: int
+    parent: int
+
+    def __init__(self, ifindex: int, kind: str, handle: int, parent: int) -> None:
+        self.ifindex = ifindex
+        self.kind = kind
+        self.handle = handle
+        self.parent = parent
+
+
+def qdisc_list(ifindex: int, sock: NetlinkSocket | None = None) -> list[Qdisc]:
+    """The qdiscs of ``ifindex`` (the kernel dumps all interfaces; the others are dropped)."""
+    m = Message(RTM_GETQDISC, NLM_F_REQUEST | NLM_F_DUMP, tcmsg(ifindex))
+    with _socket(sock) as s:
+        replies = s.request(m, f"list qdiscs of ifindex {ifindex}")
+    out = []
+    for r in replies:
+        if r.type != RTM_NEWQDISC or len(r.payload) < _TCMSG.size:
+            continue
+        _fam, idx, handle, parent, _info = _TCMSG.unpack_from(r.payload)
+        if idx == ifindex:
+            out.append(Qdisc(idx, r.attrs(_TCMSG.size).str(TCA_KIND), handle, parent))
+    return out
+
+
+class TcFilter(Record):
+    """A tc filter as the kernel reports it (cls_bpf fields filled for ``kind == "bpf"``)."""
+
+    ifindex: int
+    parent: int
+    handle: int
+    priority: int
+    protocol: int
+    kind: str
+    prog_id: int
+    name: str
+    direct_action: bool
+    tag: str
+
+    def __init__(self, ifindex: int, parent: int, handle: int, priority: int, protocol: int,
+                 kind: str, prog_id: int = 0, name: str = "", direct_action: bool = False,
+                 tag: str = "") -> None:
+        self.ifindex = ifindex
+        self.parent = parent
+        self.handle = handle
+        self.priority = priority
+        self.protocol = protocol
+        self.kind = kind
+        self.prog_id = prog_id
+        self.name = name
+        self.direct_action = direct_action
+        self.tag = tag
+
+
+def parse_filter(msg: NlMsg) -> TcFilter | None:
+    """A TcFilter from an RTM_NEWTFILTER message; None for the per-priority header entries
+    a dump interleaves (they carry no handle)."""
+    if msg.type != RTM_NEWTFILTER or len(msg.payload) < _TCMSG.size:
+        return None
+    _fam, idx, handle, parent, info = _TCMSG.unpack_from(msg.payload)
+    if not handle:
+        return None
+    a = msg.attrs(_TCMSG.size)
+    opts = a.nested(TCA_OPTIONS)
+    tag = opts.get(TCA_BPF_TAG)
+    return TcFilter(idx, parent, handle, info >> 16, socket.ntohs(info & 0xFFFF), a.str(TCA_KIND),
+                    opts.uint(TCA_BPF_ID), opts.str(TCA_BPF_NAME),
+                    bool(opts.uint(TCA_BPF_FLAGS) & TCA_BPF_FLAG_ACT_DIRECT),
+                    tag.hex() if tag else "")
+
+
+def _filter_info(priority: int, protocol: int) -> int:
+    return (priority & 0xFFFF) << 16 | socket.htons(protocol)
+
+
+def filter_add_bpf(ifindex: int, parent: int, prog_fd: int, *, name: str, handle: int = 0,
+                   priority: int = 0, protocol: int = ETH_P_ALL, direct_action: bool = True,
+                   replace: bool = False, sock: NetlinkSocket | None = None) -> TcFilter:
+    """Add (or with ``replace`` replace) a cls_bpf filter; the kernel's echo tells the
+    handle and priority it chose when they were 0."""
+    flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_ECHO | NLM_F_CREATE
+    flags |= NLM_F_REPLACE if replace else NLM_F_EXCL
+    m = Message(RTM_NEWTFILTER, flags,
+                tcmsg(ifindex, handle=handle, parent=parent, info=_filter_info(priority, protocol)))
+    m.add_str(TCA_KIND, "bpf")
+    with m.nest(TCA_OPTIONS):
+        m.add_u32(TCA_BPF_FD, prog_fd).add_str(TCA_BPF_NAME, name)
+        if direct_action:
+            m.add_u32(TCA_BPF_FLAGS, TCA_BPF_FLAG_ACT_DIRECT)
+    with _socket(sock) as s:
+        replies = s.request(m, f"{'replace' if replace else 'add'} bpf filter on ifindex {ifindex}")
+    for r in replies:
+        f = parse_filter(r)
+        if f is not None:
+            return f
+    # no echo (a kernel that does not echo to the requester): report what was asked
+    return TcFilter(ifindex, parent, handle, priority, protocol, "bpf", 0, name, direct_action)
+
+
+def filter_del(ifindex: int, parent: int, handle: int, priority: int, protocol: int = ETH_P_ALL,
+               sock: NetlinkSocket | None = None) -> None:
+    """Delete one filter, named by handle and priority (bpf_tc_detach)."""
+    m = Message(RTM_DELTFILTER, NLM_F_REQUEST | NLM_F_ACK,
+                tcmsg(ifindex, handle=handle, parent=parent, info=_filter_info(priority, protocol)))
+    with _socket(sock) as s:
+        s.request(m, f"delete filter {handle:#x} prio {priority} on ifindex {ifindex}")
+
+
+def filter_list(ifindex: int, parent: int, sock: NetlinkSocket | None = None) -> list[TcFilter]:
+    """Every filter under ``parent`` of ``ifindex`` (all kinds; bpf ones decoded)."""
+    m = Message(RTM_GETTFILTER, NLM_F_REQUEST | NLM_F_DUMP, tcmsg(ifindex, parent=parent))
+    with _socket(sock) as s:
+        replies = s.request(m, f"list filters of ifindex {ifindex} parent {parent:#x}")
+    return [f for f in map(parse_filter, replies) if f is not None]
+
