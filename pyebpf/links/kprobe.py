@@ -14,26 +14,35 @@ import itertools
 import os
 import re
 import threading
+from collections.abc import Sequence
 from typing import Any
 
 from .._log import get_logger
 from .._record import Record
 from ..errors import OptionError, SyscallError
+from ..sys import bpf as _bpf
 from ..sys import perf as _perf
 from ..sys.perf import PERF_FLAG_FD_CLOEXEC, PERF_TYPE_TRACEPOINT, PerfEventAttr, TracefsError
-from .base import AttachError, prog_label
+from ..uapi import BPF_F_KPROBE_MULTI_RETURN, AttachType, ProgType
+from .base import AttachError, AttachSkipped, Link, prog_fd, prog_label
 from .perf_event import PerfEventLink, attach_perf_event, has_perf_link
 from .tracing import tracefs_root, tracepoint_id
 
 __all__ = [
     "KprobeLink",
+    "KprobeMultiLink",
     "KprobeUnavailable",
     "attach_kprobe",
+    "attach_kprobe_multi",
     "attach_ksyscall",
+    "auto_attach_kprobe_multi",
+    "kallsyms_matching",
     "kprobe_perf_attr",
     "legacy_kprobe_add_command",
     "legacy_kprobe_event_name",
     "legacy_kprobe_remove_command",
+    "parse_kallsyms",
+    "parse_kprobe_multi_section",
     "parse_kprobe_target",
     "syscall_function",
 ]
@@ -333,3 +342,181 @@ def attach_ksyscall(prog: Any, name: str, retprobe: bool = False, *, cookie: int
         # nothing could be attached anyway
         raise _unavailable(func, _events_file(tracefs)[1], pmu_dir, prog_label(prog))
     return attach_kprobe(prog, func, 0, retprobe, cookie=cookie, pmu_dir=pmu_dir, tracefs=tracefs)
+
+
+# --- kprobe_multi / kprobe_session ------------------------------------------------------------
+
+
+class KprobeMultiLink(Link):
+    """Many kernel functions on one BPF link (BPF_TRACE_KPROBE_MULTI / BPF_TRACE_KPROBE_SESSION)."""
+
+    kind = "kprobe_multi"
+    syms: tuple[str, ...] = ()
+    addrs: tuple[int, ...] = ()
+    retprobe: bool = False
+    session: bool = False
+
+
+KALLSYMS = "/proc/kallsyms"
+_NOT_FUNCTIONS = frozenset({"_text", "_stext", "_etext", "_sinittext", "_einittext"})
+_MULTI_PATTERN = re.compile(r"[a-zA-Z0-9_.*?]+")
+
+
+def parse_kallsyms(text: str) -> list[tuple[int, str, str, str | None]]:
+    """(address, type letter, name, module or None) of each line of a /proc/kallsyms text."""
+    out = []
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) < 3:
+            continue
+        try:
+            addr = int(parts[0], 16)
+        except ValueError:
+            continue
+        mod = parts[3].strip("[]") if len(parts) > 3 else None
+        out.append((addr, parts[1], parts[2], mod))
+    return out
+
+
+def kallsyms_matching(pattern: str, text: str) -> list[str]:
+    """Names of kernel text symbols in a kallsyms ``text`` matching glob ``pattern``, each once.
+
+    What libbpf does when available_filter_functions cannot be read (here it is EPERM under
+    lockdown), minus what can never be probed: text symbols (``t``/``T``) only, without the
+    ``__pfx_`` padding symbols, the ``.cold`` split-off parts and the section markers.
+    Without available_filter_functions a matched name may still be untraceable (notrace); the
+    kernel then refuses the whole link with ESRCH.
+    """
+    from ..obj.elfsym import glob_match
+
+    seen: set[str] = set()
+    out: list[str] = []
+    for _, kind, name, _ in parse_kallsyms(text):
+        if kind not in ("t", "T") or name in seen or name.startswith("__pfx_") \
+                or ".cold" in name or name in _NOT_FUNCTIONS:
+            continue
+        if glob_match(name, pattern):
+            seen.add(name)
+            out.append(name)
+    return out
+
+
+def parse_kprobe_multi_section(section: str) -> tuple[str, bool, bool] | None:
+    """``kprobe.multi/PATTERN``, ``kretprobe.multi/PATTERN``, ``kprobe.session/PATTERN`` ->
+    (pattern, retprobe, session); None for a bare section; OptionError if the pattern is bad."""
+    for prefix, retprobe, session in (("kprobe.multi", False, False),
+                                      ("kretprobe.multi", True, False),
+                                      ("kprobe.session", False, True)):
+        if section == prefix:
+            return None
+        if section.startswith(prefix + "/"):
+            spec = section[len(prefix) + 1 :]
+            # libbpf: sscanf(spec, "%m[a-zA-Z0-9_.*?]") takes the longest valid prefix
+            m = _MULTI_PATTERN.match(spec)
+            if not m:
+                raise OptionError(f"kprobe multi pattern is invalid: {spec!r} (letters, digits, "
+                                  "'_', '.', '*' and '?' only)")
+            return m.group(0), retprobe, session
+    raise OptionError(f"{section!r} is not a kprobe.multi, kretprobe.multi or kprobe.session section")
+
+
+def attach_kprobe_multi(prog: Any, pattern: str | None = None, *, syms: Sequence[str] | None = None,
+                        addrs: Sequence[int] | None = None, cookies: Sequence[int] | None = None,
+                        retprobe: bool | None = None, session: bool = False) -> Link:
+    """Attach one kprobe_multi link to many kernel functions: those matching glob ``pattern``
+    (resolved from /proc/kallsyms), or ``syms``, or ``addrs``, with optional ``cookies``.
+
+    ``retprobe`` defaults from the section (``kretprobe.multi``); ``session`` attaches a
+    kprobe.session program. Needs a kernel with fprobe (CONFIG_FPROBE).
+    """
+    label = prog_label(prog)
+    ptype = getattr(prog, "type", None)
+    if ptype is not None and ptype != ProgType.KPROBE:
+        raise AttachError(f"kprobe_multi needs a program of type KPROBE (SEC(\"kprobe.multi/...\")), "
+                          f"but this one is {getattr(ptype, 'name', ptype)}", program=label)
+    if pattern is not None and (syms is not None or addrs is not None or cookies is not None):
+        raise OptionError("kprobe_multi takes a pattern, or syms=/addrs= (with cookies=), not both")
+    if pattern is None and syms is None and addrs is None:
+        raise OptionError("kprobe_multi needs a pattern, syms= or addrs=")
+    if syms is not None and addrs is not None:
+        raise OptionError("kprobe_multi takes syms= or addrs=, not both")
+    spec = getattr(prog, "spec", None)
+    section = getattr(spec, "section", "") or ""
+    if retprobe is None:
+        retprobe = section.startswith("kretprobe.multi")
+    if retprobe and session:
+        raise OptionError("a kprobe session program cannot also be a return probe")
+    if pattern is not None:
+        if not pattern:
+            raise OptionError("empty kprobe_multi pattern")
+        try:
+            with open(KALLSYMS) as f:
+                names = kallsyms_matching(pattern, f.read())
+        except OSError as e:
+            raise AttachError(f"cannot read {KALLSYMS} to resolve pattern {pattern!r}: {e}",
+                              program=label, cause=e) from e
+        if not names:
+            raise AttachError(f"no kernel function matches pattern {pattern!r} "
+                              f"(looked in {KALLSYMS})", program=label)
+        sym_list: list[str] = names
+        addr_list: list[int] = []
+    else:
+        sym_list = list(syms or [])
+        addr_list = [int(a) for a in addrs or []]
+        if not sym_list and not addr_list:
+            raise OptionError("kprobe_multi needs at least one symbol or address")
+    cnt = len(sym_list) or len(addr_list)
+    cookie_list = list(cookies) if cookies is not None else []
+    if cookies is not None and len(cookie_list) != cnt:
+        raise OptionError(f"cookies has {len(cookie_list)} entries for {cnt} functions")
+    attach_type = AttachType.TRACE_KPROBE_SESSION if session else AttachType.TRACE_KPROBE_MULTI
+    flags = BPF_F_KPROBE_MULTI_RETURN if retprobe else 0
+    what = (f"{'kprobe.session' if session else 'kretprobe.multi' if retprobe else 'kprobe.multi'} "
+            f"on {cnt} function{'s' * (cnt != 1)}"
+            + (f" ({pattern})" if pattern else f" ({', '.join(sym_list[:3])}{', ...' * (cnt > 3)})"
+               if sym_list else ""))
+    try:
+        fd = _bpf.link_create(prog_fd(prog), None, attach_type, kprobe_multi={
+            "flags": flags, "syms": sym_list, "addrs": addr_list, "cookies": cookie_list})
+    except SyscallError as e:
+        if e.errno in (_errno.EOPNOTSUPP, 524):
+            msg = (f"cannot attach {what}: this kernel cannot do kprobe_multi (BPF_LINK_CREATE "
+                   f"gave {e.errname}): it was built without fprobe (CONFIG_FPROBE). Use a "
+                   "kprobe per function (attach_kprobe) where kprobes exist, fentry/fexit "
+                   "programs, or a tracepoint / raw_tp / tp_btf program instead")
+        else:
+            msg = f"failed to attach {what}: {e}{_multi_hint(e)}"
+        raise AttachError(msg, program=label, cause=e) from e
+    link = KprobeMultiLink(fd, prog, target=what)
+    link.syms, link.addrs = tuple(sym_list), tuple(addr_list)
+    link.retprobe, link.session = bool(retprobe), session
+    return link
+
+
+def _multi_hint(e: SyscallError) -> str:
+    if e.errno == _errno.ESRCH:
+        return " (a function or address is not in the kernel, or cannot be probed)"
+    if e.errno == _errno.EINVAL:
+        return (" (a bad symbol or address, or the program was not loaded for kprobe_multi: "
+                "it needs a SEC(\"kprobe.multi\") or SEC(\"kprobe.session\") section)")
+    if e.errno in (_errno.EPERM, _errno.EACCES):
+        return " (no permission: needs root, or CAP_PERFMON and CAP_BPF)"
+    return ""
+
+
+def auto_attach_kprobe_multi(prog: Any, section: str, target: str | None = None) -> Link:
+    """Attach from ``kprobe.multi/PATTERN``, ``kretprobe.multi/PATTERN`` or ``kprobe.session/PATTERN``
+    as libbpf's attach_kprobe_multi/attach_kprobe_session. AttachSkipped for a bare section."""
+    label = prog_label(prog)
+    if "/" not in section and target:
+        section = f"{section}/{target}"
+    try:
+        parsed = parse_kprobe_multi_section(section)
+    except OptionError as e:
+        raise AttachError(str(e), program=label, cause=e) from e
+    if parsed is None:
+        raise AttachSkipped(f"SEC({section!r}) names no function pattern to attach to "
+                            "(use SEC(\"kprobe.multi/PATTERN\") or attach_kprobe_multi())",
+                            program=label)
+    pattern, retprobe, session = parsed
+    return attach_kprobe_multi(prog, pattern, retprobe=retprobe, session=session)
