@@ -5,15 +5,17 @@ from __future__ import annotations
 import mmap
 from collections.abc import Iterator, Mapping
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .errors import OptionError, PyebpfError, SyscallError
+from .errors import OptionError, PyebpfError
 from .maps.map import Map, StructOpsMap
 from .program import Program
-from .sys import bpf as _bpf
 from .sys.fd import FD
 from .sys.mm import mmap_fd
-from .uapi import BPF_F_LINK, BPF_F_MMAPABLE, AttachType
+from .uapi import BPF_F_MMAPABLE
+
+if TYPE_CHECKING:
+    from .links.struct_ops import StructOpsLink
 
 __all__ = ["Globals", "Object", "StructOpsLink"]
 
@@ -99,11 +101,17 @@ class Object:
         return made
 
     def attach_struct_ops(self, map_name: str, *, _record: bool = True) -> StructOpsLink:
-        """Register a struct_ops map with the kernel (libbpf's bpf_map__attach_struct_ops)."""
+        """Register a struct_ops map with the kernel (libbpf's bpf_map__attach_struct_ops).
+
+        A map from SEC(".struct_ops.link") gets a bpf link (pin, ``update_map``, ``info``);
+        a plain SEC(".struct_ops") map is registered by its value and unregistered on close.
+        """
+        from .links.struct_ops import attach_struct_ops
+
         m = self._maps.get(map_name)
         if not isinstance(m, StructOpsMap) or not m.value_bytes:
             raise OptionError(f"{map_name!r} is not a loaded struct_ops map")
-        link = StructOpsLink(m)
+        link = attach_struct_ops(m)
         if _record:
             self.links[map_name] = link
         return link
@@ -146,45 +154,6 @@ class Object:
         state = " closed" if self._closed else ""
         return (f"<Object {self.name!r}{state} programs={list(self._programs)} "
                 f"maps={list(self._maps)} links={len(self.links)}>")
-
-
-class StructOpsLink:
-    """A registered struct_ops map: a BPF_F_LINK map gets a bpf link (``fd``); any
-    other is registered by its map update and unregistered on ``close()``."""
-
-    def __init__(self, m: StructOpsMap) -> None:
-        self.map = m
-        self.fd: FD | None = None
-        m.ops.update(b"\0\0\0\0", m.value_bytes, 0)
-        if m.flags & BPF_F_LINK:
-            self.fd = _bpf.link_create(m.fd, None, AttachType.STRUCT_OPS)
-        self._closed = False
-
-    @property
-    def id(self) -> int | None:
-        return _bpf.link_info(self.fd).id if self.fd is not None and not self.fd.closed else None
-
-    def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        if self.fd is not None:
-            self.fd.close()
-        elif not self.map.closed:
-            try:
-                self.map.ops.delete(b"\0\0\0\0")
-            except SyscallError:
-                pass
-
-    def __enter__(self) -> StructOpsLink:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __repr__(self) -> str:
-        kind = "link" if self.map.flags & BPF_F_LINK else "registration"
-        return f"<StructOpsLink {self.map.name!r} {kind}{' closed' if self._closed else ''}>"
 
 
 class Globals(Mapping[str, Any]):
@@ -308,3 +277,13 @@ class Globals(Mapping[str, Any]):
 def _frozen(m: Map) -> bool:
     spec = m.spec
     return spec is not None and spec.extra.get("libbpf_type") in ("rodata", "kconfig")
+
+
+def __getattr__(name: str) -> Any:
+    # StructOpsLink moved to pyebpf.links.struct_ops; imported on demand so that loading
+    # an object does not import the links package
+    if name == "StructOpsLink":
+        from .links.struct_ops import StructOpsLink
+
+        return StructOpsLink
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -107,6 +107,7 @@ def test_enable_stats_bad_kind() -> None:
 @pytest.fixture
 def leakcheck():
     names = kobjects.object_names(pyebpf.ObjectSpec.from_file(FIXTURE))
+    pyebpf.kernel_btf()  # the process-wide kernel BTF keeps its file open: open it first
     before = kobjects.snapshot()
     fds = kobjects.fd_state()
     yield
