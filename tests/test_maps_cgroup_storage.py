@@ -17,9 +17,10 @@ import pytest
 
 import pyebpf
 from pyebpf.errors import OptionError, SyscallError
+from pyebpf.links.cgroup import CgroupLink
 from pyebpf.maps.map import Map, StructOpsMap, cstr, map_class
 from pyebpf.sys import bpf as B
-from pyebpf.sys.fd import FD, open_fd_count
+from pyebpf.sys.fd import open_fd_count
 from pyebpf.uapi import AttachType, MapType
 
 try:
@@ -75,14 +76,11 @@ def cgroups() -> Iterator[tuple[str, str]]:
                 _rmdir(p)
 
 
-def _attach_egress(prog: pyebpf.Program, path: str) -> FD:
-    """A cgroup_skb/egress link on the cgroup at ``path``. pyebpf.links has no cgroup
-    attach yet, so this is BPF_LINK_CREATE through pyebpf.sys.bpf."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        return B.link_create(prog.fd, fd, EGRESS)
-    finally:
-        os.close(fd)  # the link holds the cgroup
+def _attach_egress(prog: pyebpf.Program, path: str) -> CgroupLink:
+    """A cgroup_skb/egress link on the cgroup at ``path`` (the attach type from SEC())."""
+    link = prog.attach_cgroup(path)
+    assert isinstance(link, CgroupLink) and link.attach_type is EGRESS
+    return link
 
 
 _CHILD = """
