@@ -116,6 +116,19 @@ def _kernel_supports(feat: str) -> bool:
         return True
 
 
+def _virtual_extern_probes(spec: ObjectSpec) -> dict[str, bool]:
+    """libbpf's values of the LINUX_HAS_* kconfig externs ``spec`` declares:
+    kernel_supports(FEAT_BPF_COOKIE) and kernel_supports(FEAT_SYSCALL_WRAPPER)."""
+    from . import features
+
+    kw: dict[str, bool] = {}
+    if "LINUX_HAS_BPF_COOKIE" in spec.externs:
+        kw["has_bpf_cookie"] = bool(features.bpf_cookie())
+    if "LINUX_HAS_SYSCALL_WRAPPER" in spec.externs:
+        kw["has_syscall_wrapper"] = bool(features.syscall_wrapper())
+    return kw
+
+
 def adjust_ringbuf_size(size: int) -> int:
     """libbpf's adjust_ringbuf_sz: round up to a power-of-2 number of pages."""
     page = os.sysconf("SC_PAGE_SIZE")
@@ -243,9 +256,13 @@ class _Loader:
                     raise OptionError(f"kconfig key {k!r} must start with CONFIG_")
                 merged[k] = _kconfig_str(v)
             spec.resolve_externs(kconfig=merged,
-                                 kernel_btf=self._kbtf if self.btf_path else None)
-        elif self.btf_path and spec.externs:
-            spec.resolve_externs(kernel_btf=self._kbtf)
+                                 kernel_btf=self._kbtf if self.btf_path else None,
+                                 **_virtual_extern_probes(spec))
+        elif spec.externs and (self.btf_path or not getattr(spec, "_externs_resolved", False)):
+            # resolve here, not in relocate(): LINUX_HAS_* are runtime probes, as in
+            # libbpf's bpf_object__resolve_externs, whatever other externs there are
+            spec.resolve_externs(kernel_btf=self._kbtf if self.btf_path else None,
+                                 **_virtual_extern_probes(spec))
 
     def _set_global(self, name: str, value: Any) -> None:
         spec = self.spec
@@ -683,12 +700,11 @@ def explain_verifier_error(e: VerifierError, p: ProgramSpec, spec: ObjectSpec) -
                 msg += f"\n  {line}"
             return msg
         if KFUNC_POISON_BASE <= imm < KFUNC_POISON_BASE + 1_000_000:
+            # libbpf >= 1.2's poisoned call of an unresolved weak kfunc, reached by the verifier
             ext = _extern_by_index(spec, imm - KFUNC_POISON_BASE)
             if ext is None:
                 return None
-            return (f"instruction {idx}: <invalid kfunc call>: kfunc {ext!r} is referenced but "
-                    "wasn't resolved: this kernel does not provide it (declare it __weak and "
-                    "guard the call with bpf_ksym_exists())")
+            return _kfunc_note(p, idx, ext)
         if MAP_POISON_BASE <= imm < MAP_POISON_BASE + 1_000_000:
             names = list(spec.maps)
             i = imm - MAP_POISON_BASE
@@ -705,14 +721,18 @@ def explain_verifier_error(e: VerifierError, p: ProgramSpec, spec: ObjectSpec) -
         if sites and e.insn_index is None:
             e.insn_index = sites[0][0]
             e.source_line = source_line_for(p, e.insn_index)
-        for idx, name in sites:
-            msg = (f"instruction {idx}: <invalid kfunc call>: kfunc {name!r} is a weak extern "
-                   "this kernel does not provide, and the call was not eliminated as dead "
-                   f"code: guard it with bpf_ksym_exists({name})")
-            where = source_line_for(p, idx)
-            notes.append(msg + (f"\n  at {where}" if where else ""))
+        notes.extend(_kfunc_note(p, idx, name) for idx, name in sites)
     if notes:
         e.notes = notes
+
+
+def _kfunc_note(p: ProgramSpec, idx: int, name: str) -> str:
+    # libbpf's fixup_verifier_log words first, then what to do about it
+    msg = (f"instruction {idx}: <invalid kfunc call>: kfunc {name!r} is referenced but wasn't "
+           "resolved: it is a weak extern this kernel does not provide, and the call was not "
+           f"eliminated as dead code: guard it with bpf_ksym_exists({name})")
+    where = source_line_for(p, idx)
+    return msg + (f"\n  at {where}" if where else "")
 
 
 _KFUNC_NOT_ELIMINATED = "invalid kernel function call not eliminated"

@@ -508,6 +508,9 @@ def kernelref():
 def test_tags_equal_libbpf(name: str, target_btf, kernelref) -> None:
     path = fixture(name)
     spec = ObjectSpec.from_file(path)
+    # libbpf 1.1 leaves an unresolved weak kfunc call as `call kfunc#0`; pyebpf's default
+    # is libbpf >= 1.2's poisoned call (compared in tests/test_externs_libbpf.py)
+    spec.poison_unresolved_kfuncs = False
     try:
         spec.relocate(target_btf)
     except ExternError as e:

@@ -28,8 +28,12 @@ Resolution (what each kind becomes)
                             int/char/bool, range-checked for the size and sign.
                             Unset options ("# CONFIG_X is not set") stay unresolved.
     LINUX_KERNEL_VERSION    :func:`kernel_version_code`
-    LINUX_HAS_BPF_COOKIE    kernel supports bpf_get_attach_cookie
-    LINUX_HAS_SYSCALL_WRAPPER  kernel has ``__<arch>_sys_*`` syscall wrappers
+    LINUX_HAS_BPF_COOKIE    kernel supports bpf_get_attach_cookie (the loader passes
+                            libbpf's runtime probe, :func:`pyebpf.features.bpf_cookie`;
+                            offline, kernel BTF's ``enum bpf_func_id`` answers)
+    LINUX_HAS_SYSCALL_WRAPPER  kernel has ``__<arch>_sys_*`` syscall wrappers (loader:
+                            :func:`pyebpf.features.syscall_wrapper`; offline: kallsyms,
+                            then kernel BTF)
     other LINUX_*           weak: 0 (counts as resolved, as in libbpf); strong: error
     typeless ksym           (``extern const void x __ksym``): address from /proc/kallsyms
                             (``.llvm.<hash>`` suffixes of 'd' symbols ignored; two
@@ -57,14 +61,15 @@ Instruction patching (done by the relocation code, :mod:`pyebpf.obj.reloc`)
                                            FUNC id); unresolved weak: address 0
     kfunc call, resolved                   ``src=BPF_PSEUDO_KFUNC_CALL``, imm=FUNC id,
                                            off=fd_array index of the module BTF (0)
+    kfunc call, unresolved weak (default,  poisoned: ``call`` with src=0, off=0,
+      libbpf >= 1.2)                       imm = 2002000000 + extern index
     kfunc call, unresolved weak, 1.1       ``src=BPF_PSEUDO_KFUNC_CALL``, imm=0, off=0
-    kfunc call, unresolved weak, >= 1.2    poisoned: ``call`` with src=0, off=0,
-                                           imm = 2002000000 + extern index
+      (``ObjectSpec.poison_unresolved_kfuncs = False``)
     =====================================  ===========================================
 
 Differences between libbpf 1.1 (bpftool 7.1 here, the tag reference) and master:
     * the poisoned weak kfunc call above (1.1: ``call kfunc#0`` left for the verifier's
-      dead-code elimination);
+      dead-code elimination); pyebpf follows master unless told otherwise;
     * master looks kfuncs up by essential name (``bpf_foo___v2`` -> ``bpf_foo``);
       1.1 uses the full name;
     * master treats an *incompatible* prototype of a weak kfunc as unresolved; 1.1

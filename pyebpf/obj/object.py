@@ -69,6 +69,9 @@ class ObjectSpec:
         self.kconfig_map: str | None = None
         self.text_shndx = 0
         self._externs_resolved = False
+        # libbpf >= 1.2 turns a call to an unresolved __weak kfunc into an invalid helper
+        # call (imm = 2002000000 + extern index); False keeps libbpf 1.1's `call kfunc#0`
+        self.poison_unresolved_kfuncs = True
         self._by_section: dict[int, list[ProgramSpec]] = {}
 
     def __repr__(self) -> str:
@@ -309,9 +312,15 @@ class ObjectSpec:
 
     def resolve_externs(self, *, kconfig: Mapping[str, str] | None = None,
                         kernel_btf: Any = None, kallsyms: Mapping[str, int] | None = None,
-                        kernel_version: int | None = None) -> None:
+                        kernel_version: int | None = None, has_bpf_cookie: bool | None = None,
+                        has_syscall_wrapper: bool | None = None) -> None:
         """Resolve kconfig/ksym/kfunc externs; whatever is not given is read from the
-        running kernel (/proc/config.gz, /proc/kallsyms, kernel BTF, uname)."""
+        running kernel (/proc/config.gz, /proc/kallsyms, kernel BTF, uname).
+
+        ``has_bpf_cookie``/``has_syscall_wrapper`` are libbpf's FEAT_BPF_COOKIE and
+        FEAT_SYSCALL_WRAPPER (the loader passes its runtime probes); when not given,
+        the kernel's BTF answers, and is read for them even when the only externs are
+        kconfig ones."""
         from . import externs as _ext
 
         if not self.externs:
@@ -320,10 +329,18 @@ class ObjectSpec:
         kinds = {e.kind for e in self.externs.values()}
         if kconfig is None and ExternKind.KCONFIG in kinds:
             kconfig = _ext.read_kconfig()
-        if kernel_btf is None and kinds & {ExternKind.KSYM, ExternKind.KFUNC}:
+        virtual = {"LINUX_HAS_BPF_COOKIE": has_bpf_cookie,
+                   "LINUX_HAS_SYSCALL_WRAPPER": has_syscall_wrapper}
+        needs_btf = any(virtual.get(n, False) is None for n in self.externs)
+        if kernel_btf is None and (kinds & {ExternKind.KSYM, ExternKind.KFUNC} or needs_btf):
             from ..btf.kernel import kernel_btf as _kbtf
 
-            kernel_btf = _kbtf()
+            try:
+                kernel_btf = _kbtf()
+            except (OSError, BTFError):
+                if kinds & {ExternKind.KSYM, ExternKind.KFUNC}:
+                    raise
+                log.debug("no kernel BTF: LINUX_HAS_* externs default to 0")
         if kallsyms is None and any(e.kind == ExternKind.KSYM and not e.typed
                                     for e in self.externs.values()):
             kallsyms = _ext.read_kallsyms({e.name for e in self.externs.values()
@@ -333,7 +350,8 @@ class ObjectSpec:
         _ext.resolve_externs(self.externs, kconfig=dict(kconfig) if kconfig else kconfig,
                              kernel_btf=kernel_btf,
                              kallsyms=dict(kallsyms) if kallsyms else kallsyms,
-                             kernel_version=kernel_version)
+                             kernel_version=kernel_version, has_bpf_cookie=has_bpf_cookie,
+                             has_syscall_wrapper=has_syscall_wrapper)
         if self.kconfig_map is not None:
             m = self.maps.get(self.kconfig_map)
             if m is not None:
@@ -388,7 +406,8 @@ class ObjectSpec:
                 continue
             linked = link_program(p, text, code, core, func_info, line_info, section_of)
             refs = apply_data_relocs(linked.insns, linked.relocs, self.maps, self.externs,
-                                     self.kconfig_map, p.name)
+                                     self.kconfig_map, p.name,
+                                     poison_unresolved_kfuncs=self.poison_unresolved_kfuncs)
             results.append((p, linked.insns, linked.func_info or [], linked.line_info or [],
                             linked.core_results, refs))
         for p, insns, fi, li, cr, refs in results:

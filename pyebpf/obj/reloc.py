@@ -211,12 +211,13 @@ def _poison_kfunc_call(buf: bytearray, idx: int, ext_idx: int) -> None:
 
 def apply_data_relocs(buf: bytearray, relocs: list[Reloc], maps: Mapping[str, MapSpec],
                       externs: Mapping[str, ExternSpec], kconfig_map: str | None,
-                      prog_name: str, *, poison_unresolved_kfuncs: bool = False) -> list[MapRef]:
-    """Patch map/data/extern references in ``buf`` (libbpf 1.1 relocate_data).
+                      prog_name: str, *, poison_unresolved_kfuncs: bool = True) -> list[MapRef]:
+    """Patch map/data/extern references in ``buf`` (libbpf's relocate_data).
 
     Map fds are left as 0 placeholders; the returned MapRefs tell the loader where
-    to put them. ``poison_unresolved_kfuncs`` selects the libbpf >= 1.2 behaviour
-    for unresolved weak kfunc calls (1.1 leaves ``call kfunc#0``).
+    to put them. ``poison_unresolved_kfuncs`` (default, libbpf >= 1.2's poison_kfunc_call)
+    turns a call to an unresolved weak kfunc into ``call 2002000000 + extern index``;
+    False leaves libbpf 1.1's ``call kfunc#0``.
     """
     from .externs import extern_call, extern_ldimm64  # lazy: heavy BTF imports
     from .maps import arena_data_offset
