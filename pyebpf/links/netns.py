@@ -50,10 +50,12 @@ def open_netns(netns: Any, *, program: str | None = None) -> tuple[FD, str]:
             path = os.path.join("/run/netns", path)
         label = f"network namespace {path}"
     else:
-        try:
-            num = netns.fileno() if hasattr(netns, "fileno") else int(netns)
-        except (TypeError, ValueError):
-            raise OptionError(f"netns must be a path, a name, an fd or None, not {netns!r}") from None
+        if hasattr(netns, "fileno"):
+            num = netns.fileno()
+        elif isinstance(netns, int) and not isinstance(netns, bool):
+            num = netns
+        else:
+            raise OptionError(f"netns must be a path, a name, an fd or None, not {netns!r}")
         try:
             fd = FD(os.dup(num), "netns")
         except OSError as e:
@@ -189,7 +191,16 @@ def _explain(e: SyscallError, prog: Any, at: AttachType, label: str, *, link: bo
                "root one, which overrides all), or one was attached the other way "
                "(links and BPF_PROG_ATTACH do not mix)")
     elif e.errno == _errno.E2BIG:
-        msg = f"cannot attach the {what} to {label}: the namespace has the most links the kernel allows"
+        if at == AttachType.FLOW_DISSECTOR:
+            msg = (f"cannot attach the flow dissector to {label}: a flow dissector link is already "
+                   "attached there (the kernel allows one per namespace); update that link instead")
+        else:
+            msg = (f"cannot attach the sk_lookup program to {label}: the namespace already has "
+                   "the most sk_lookup links the kernel allows (64)")
+    elif e.errno == _errno.EPERM and e.command == "setns":
+        msg = (f"no permission to enter {label} (setns: EPERM): BPF_PROG_ATTACH of a flow "
+               "dissector acts on the caller's namespace, and entering another one needs "
+               "CAP_SYS_ADMIN (run as root, or attach from inside it with netns=None)")
     elif e.errno == _errno.EPERM:
         msg = f"no permission to attach the {what} to {label} ({how}: EPERM): needs CAP_NET_ADMIN and CAP_BPF (run as root)"
     elif e.errno == _errno.EINVAL:
