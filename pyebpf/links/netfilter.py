@@ -162,6 +162,10 @@ def _explain(e: SyscallError, name: str | None, pf: int, hook: int, priority: in
         msg = f"unknown netfilter link flags {flags:#x} (only BPF_F_NETFILTER_IP_DEFRAG exists)"
     elif err == _errno.EBUSY:
         msg = f"another hook already holds {label} exclusively; choose another priority"
+    elif err == _errno.EPERM and e.command == "setns":
+        msg = (f"no permission to enter the network namespace of {label} (setns: EPERM): "
+               "netfilter links attach to the caller's namespace, and entering another one "
+               "needs CAP_SYS_ADMIN")
     elif err == _errno.EPERM:
         msg = f"no permission to attach to netfilter {label}: needs CAP_NET_ADMIN and CAP_BPF (run as root)"
     elif err == _errno.EINVAL:
