@@ -363,6 +363,7 @@ def test_link_fires(obj: Any, cg: str, leaks: None, name: str) -> None:
         assert link.attach_type is at and link.fd is not None
         info = link.info()
         assert info.type == LinkType.CGROUP and info.prog_id == prog.id
+        assert info.cgroup_id == os.stat(cg).st_ino and info.attach_type == at
         q = cgroup_query(cg, at)
         assert q.prog_ids == [prog.id] and q.attach_flags == BPF_F_ALLOW_MULTI
         n = fire(obj, cg, work, name)[name]
@@ -534,9 +535,20 @@ def test_link_update_swaps_the_program(obj: Any, cg: str, leaks: None) -> None:
         assert fire(obj, cg, w_loopback_udp, a, b) == {a: 0, b: N}
         assert cgroup_query(cg, "egress").prog_ids == ids(obj, b)
         # with old_prog: only if it is the current one
-        with pytest.raises(Exception) as e:
+        with pytest.raises(AttachError) as e:
             link.update(obj.programs[a], obj.programs[a])
-        assert getattr(e.value, "errno", None) == errno.EPERM
+        assert str(e.value) == ("cg_egress: cannot update the CGROUP_INET_EGRESS link: old_prog "
+                                "(cg_egress) is not the program it runs now")
+        assert e.value.errno == errno.EPERM
+        link.update(obj.programs[a], obj.programs[b])
+        assert link.info().prog_id == obj.programs[a].id
+        with pytest.raises(AttachError, match="a CGROUP_SOCK program cannot attach to the cgroup "
+                                              "hook CGROUP_INET_EGRESS"):
+            link.update(obj.programs["cg_sock_create"])
+        # BPF_LINK_DETACH: detached while the fd stays open
+        link.detach()
+        assert cgroup_query(cg, "egress").prog_ids == []
+        assert fire(obj, cg, w_loopback_udp, a, b) == {a: 0, b: 0}
     assert cgroup_query(cg, "egress").prog_ids == []
 
 
@@ -601,6 +613,61 @@ def test_cgroup_given_as_fd_or_object(obj: Any, cg: str, leaks: None) -> None:
         os.fstat(fd)  # the caller's fd stays open
     finally:
         os.close(fd)
+    # an fd that is no cgroup at all (a map): the kernel's EBADF, explained
+    with pytest.raises(AttachError) as e:
+        attach_cgroup(obj.programs[name], obj.maps["counts"])
+    assert "is not a cgroup v2 directory; cgroup v2 is mounted at" in str(e.value)
+    assert e.value.errno == errno.EBADF
+
+
+_EXIT_SCRIPT = """
+import sys, pyebpf
+from pyebpf.links.cgroup import attach_cgroup
+obj = pyebpf.load(sys.argv[1])
+att = attach_cgroup(obj.programs["cg_sock_create"], sys.argv[2], link=False, multi=True)
+if sys.argv[3] == "forget":
+    att.forget()
+print(obj.programs["cg_sock_create"].id)
+"""
+
+
+@needs_root
+@pytest.mark.parametrize("how", ["exit", "forget"])
+def test_prog_attach_at_exit(cg: str, how: str) -> None:
+    """An attachment left open is detached at interpreter exit, as links are; forget()
+    leaves it attached past the process (bpftool cgroup attach's behaviour)."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", _EXIT_SCRIPT, str(OBJ), cg, how], check=True,
+                         capture_output=True, text=True, timeout=120)
+    prog_id = int(out.stdout)
+    left = cgroup_query(cg, "sock_create").prog_ids
+    if how == "exit":
+        assert left == []
+    else:
+        assert left == [prog_id]
+        with pyebpf.Program.from_id(prog_id) as prog:
+            with pytest.raises(OptionError, match="opened by fd, id or pin: the kernel does not "
+                                                  "report its attach type"):
+                attach_cgroup(prog, cg)
+            with attach_cgroup(prog, cg, attach_type="sock_create", link=False,
+                               replace=prog) as again:
+                assert again.attached()
+        assert cgroup_query(cg, "sock_create").prog_ids == []
+
+
+@needs_root
+def test_forked_child_does_not_detach_the_parents_program(obj: Any, cg: str, leaks: None) -> None:
+    from pyebpf.links import cgroup as C
+
+    with attach_cgroup(obj.programs["cg_sock_create"], cg, link=False, multi=True) as att:
+        def child() -> bool:
+            C._detach_at_exit()
+            att.__del__()
+            return att.closed
+        assert cgroups.run_in_cgroup(cg, child) is False
+        assert att.attached()
 
 
 @needs_root

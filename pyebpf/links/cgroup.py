@@ -10,9 +10,11 @@ cgroup, and a descendant cannot attach under an ancestor's no-flags program.
 
 from __future__ import annotations
 
+import atexit
 import ctypes
 import errno as _errno
 import os
+import weakref
 from typing import Any
 
 from .._log import get_logger
@@ -438,6 +440,24 @@ class CgroupLink(Link):
         self.attach_type = attach_type
         self.cgroup_path = cgroup_path
 
+    def update(self, new_prog: Any, old_prog: Any = None) -> None:
+        """Swap in ``new_prog`` (BPF_LINK_UPDATE); with ``old_prog`` only if that is the one
+        running now. The new program must suit the same hook."""
+        _check_prog(new_prog, self.attach_type)
+        try:
+            super().update(new_prog, old_prog)
+        except SyscallError as e:
+            if e.errno == _errno.EPERM and old_prog is not None:
+                raise AttachError(f"cannot update the {self.attach_type.name} link: old_prog "
+                                  f"({prog_label(old_prog)}) is not the program it runs now",
+                                  program=prog_label(new_prog), cause=e) from e
+            if e.errno == _errno.EINVAL:
+                raise AttachError(f"the kernel refused {prog_label(new_prog)} for the "
+                                  f"{self.attach_type.name} link (BPF_LINK_UPDATE: EINVAL): the new "
+                                  "program must have the link's program type and attach type",
+                                  program=prog_label(new_prog), cause=e) from e
+            raise
+
 
 class CgroupAttachment(CgroupLink):
     """A program attached with BPF_PROG_ATTACH (``link=False``): there is no link fd.
@@ -457,6 +477,8 @@ class CgroupAttachment(CgroupLink):
         self.flags = flags
         self._cgroup_fd = cgroup_fd
         self._prog_fd = prog_fd_dup  # our own reference: the Program may be closed first
+        self._pid = os.getpid()
+        _live.add(self)
 
     @property
     def closed(self) -> bool:
@@ -490,6 +512,7 @@ class CgroupAttachment(CgroupLink):
         if self.closed:
             raise AttachError("cannot update: the cgroup attachment is closed",
                               program=prog_label(self.program))
+        _check_prog(new_prog, self.attach_type)
         new_fd = prog_fd(new_prog)
         flags = self.flags & ~BPF_F_REPLACE
         try:
@@ -511,10 +534,23 @@ class CgroupAttachment(CgroupLink):
         """Detach now (same as ``close()``)."""
         self.close()
 
+    def forget(self) -> None:
+        """Close this object's fds but leave the program attached: it then outlives this
+        process, as ``bpftool cgroup attach`` does (detach it later with BPF_PROG_DETACH)."""
+        _live.discard(self)
+        self._prog_fd.close()
+        self._cgroup_fd.close()
+
+    def __del__(self) -> None:
+        # a forked child that drops its copy must not detach the parent's program
+        if getattr(self, "_pid", None) == os.getpid():
+            super().__del__()
+
     def close(self) -> None:
         """BPF_PROG_DETACH of this program (if it is still the one attached); idempotent."""
         if self._prog_fd.closed:
             return
+        _live.discard(self)
         try:
             if not self.multi and self._our_id() not in self.query().prog_ids:
                 _log.debug("cgroup attachment of %s was replaced; nothing to detach",
@@ -541,6 +577,22 @@ class CgroupAttachment(CgroupLink):
         return f"{type(self).__name__}({', '.join(parts)})"
 
 
+# Attachments still open at exit are detached then, as links are when their fds close;
+# this runs before pyebpf.sys.fd closes every FD (atexit runs handlers in reverse order).
+_live: weakref.WeakSet[CgroupAttachment] = weakref.WeakSet()
+
+
+@atexit.register
+def _detach_at_exit() -> None:
+    me = os.getpid()
+    for att in list(_live):
+        if att._pid == me:
+            try:
+                att.close()
+            except Exception as e:  # never fail interpreter exit
+                _log.debug("detach at exit failed: %s", e)
+
+
 # --- attach ---------------------------------------------------------------------------------
 
 
@@ -552,7 +604,8 @@ def _default_attach_type(prog: Any) -> AttachType:
         eat = sd.attach_type
     if eat is None:
         section = getattr(spec, "section", None)
-        where = f"SEC({section!r})" if section else "the program"
+        where = f"SEC({section!r})" if section else (
+            "the program (opened by fd, id or pin: the kernel does not report its attach type)")
         ptype = getattr(prog, "type", None)
         choices = sorted(n for n, at in ATTACH_NAMES.items() if PROG_TYPE_OF[at] == ptype) or sorted(ATTACH_NAMES)
         raise OptionError(f"{prog_label(prog)}: {where} does not say which cgroup hook to attach to; "
