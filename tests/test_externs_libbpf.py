@@ -19,6 +19,7 @@ from collections.abc import Iterator
 
 import pytest
 from elftools.elf.elffile import ELFFile
+from test_loader_failures import NoLeaks
 from unitobj import kernelref_module, unit_object
 
 import pyebpf
@@ -38,6 +39,16 @@ def kernelref():
     if not kr.bpftool_available():
         pytest.skip("bpftool and root are needed for the libbpf reference")
     return kr
+
+
+@pytest.fixture(autouse=True)
+def no_leaks():
+    """Every fd, program, map and link these tests (or bpftool) made is gone afterwards."""
+    guards = [NoLeaks(unit_object(n)) for n in (KCONFIG_ONLY, POISON)]
+    guards.append(NoLeaks(unit_object(KCONFIG_ONLY).parent.parent / "sections.bpf.o"))
+    yield
+    for g in guards:
+        g.check()
 
 
 class Loaded:
@@ -203,4 +214,35 @@ def test_weak_kfunc_poisoned_as_libbpf(kernelref) -> None:
         prog.test_run()
         tgid, has_cookie, exists = obj.globals["out"]
         assert (tgid, has_cookie, exists) == (os.getpid(), 1, 0)
+    assert kernelref.leftover_pins() == []
+
+
+def _kprobes_available() -> bool:
+    """What libbpf's FEAT_SYSCALL_WRAPPER probe needs: a kprobe PMU or tracefs kprobe_events."""
+    return (os.path.exists("/sys/bus/event_source/devices/kprobe/type")
+            or any(os.path.exists(f"{d}/kprobe_events")
+                   for d in ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")))
+
+
+def test_usdt_header_kconfig_image_vs_libbpf(kernelref) -> None:
+    """sections.bpf.o includes usdt.bpf.h/bpf_tracing.h: LINUX_HAS_BPF_COOKIE and
+    LINUX_HAS_SYSCALL_WRAPPER only. The cookie byte equals libbpf's; the wrapper byte is
+    README's deliberate difference: without kprobes libbpf's probe says 0, pyebpf asks
+    /proc/kallsyms."""
+    path = unit_object(KCONFIG_ONLY).parent.parent / "sections.bpf.o"
+    spec = pyebpf.ObjectSpec.from_file(path)
+    assert set(spec.externs) == {"LINUX_HAS_BPF_COOKIE", "LINUX_HAS_SYSCALL_WRAPPER"}
+    with libbpf_loaded(kernelref, path) as ref, pyebpf.load(spec) as obj:
+        images = {lo.kconfig for lo in ref.values() if lo.kconfig is not None}
+        ours = {lo.kconfig for lo in pyebpf_loaded(obj).values() if lo.kconfig is not None}
+    assert len(images) == len(ours) == 1
+    (theirs,), (mine,) = images, ours
+    cookie = spec.externs["LINUX_HAS_BPF_COOKIE"].offset
+    wrapper = spec.externs["LINUX_HAS_SYSCALL_WRAPPER"].offset
+    assert mine[cookie] == theirs[cookie] == 1
+    assert mine[wrapper] == int(bool(features.syscall_wrapper()))
+    if _kprobes_available():
+        assert mine == theirs
+    else:
+        assert theirs[wrapper] == 0
     assert kernelref.leftover_pins() == []
