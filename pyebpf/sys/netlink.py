@@ -310,21 +310,23 @@ class Attrs:
         return Attrs.parse(self._by_type.get(attr_type, b""))
 
     def render(self) -> str:
-        """Compact text for the DEBUG trace: ``{43:{1:7 3:0x2}}``."""
-        if not self.items:
-            return ""
+        """Compact text for the DEBUG trace: `` {43:{1:7 3:2} 3:'eth0'}`` ("" when empty)."""
+        return f" {self._render()}" if self.items else ""
+
+    def _render(self) -> str:
         parts = []
         for t, v in self.items:
             if t & NLA_F_NESTED:
-                parts.append(f"{t & NLA_TYPE_MASK}:{Attrs.parse(v).render() or '{}'}")
+                parts.append(f"{t & NLA_TYPE_MASK}:{Attrs.parse(v)._render()}")
+            elif len(v) >= 2 and v.endswith(b"\0") and b"\0" not in v[:-1] and v[:-1].isascii() \
+                    and v[:-1].decode().isprintable():
+                parts.append(f"{t}:{v[:-1].decode()!r}")
             elif len(v) in (1, 2, 4, 8):
                 x = int.from_bytes(v, "little" if _LE else "big")
                 parts.append(f"{t}:{x:#x}" if x > 0xFFFF else f"{t}:{x}")
-            elif v.endswith(b"\0") and v[:-1].isascii() and b"\0" not in v[:-1]:
-                parts.append(f"{t}:{v[:-1].decode()!r}")
             else:
                 parts.append(f"{t}:{v.hex()}")
-        return " {" + " ".join(parts) + "}"
+        return "{" + " ".join(parts) + "}"
 
     def __repr__(self) -> str:
         return f"Attrs({self.render().strip()})"
