@@ -14,6 +14,7 @@ import atexit
 import ctypes
 import errno as _errno
 import os
+import re
 import weakref
 from typing import Any
 
@@ -171,15 +172,7 @@ def cgroup_attach_type(value: Any) -> AttachType:
 
 def _unescape(field: str) -> str:
     # mountinfo escapes space, tab, newline and backslash as \ooo
-    out, i = [], 0
-    while i < len(field):
-        if field[i] == "\\" and i + 3 < len(field) and field[i + 1 : i + 4].isdigit():
-            out.append(chr(int(field[i + 1 : i + 4], 8)))
-            i += 4
-        else:
-            out.append(field[i])
-            i += 1
-    return "".join(out)
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
 
 
 def _mounts() -> list[tuple[str, str, str]]:
@@ -292,7 +285,7 @@ def _open_target(cgroup: Any, prog: Any = None) -> _Target:
         path = os.readlink(f"/proc/self/fd/{fd.fileno()}")
     except OSError:
         path = None
-    if path is not None and path.startswith("/"):
+    if path is not None and path.startswith("/") and not path.endswith(" (deleted)"):
         why = _not_cgroup2(path) if os.path.isdir(path) else (
             f"fd {n} ({path}) is not a directory, so not a cgroup v2 directory; {_where_cgroup2()}")
         if why is not None:
@@ -472,11 +465,12 @@ class CgroupAttachment(CgroupLink):
     kind = "cgroup_attach"
 
     def __init__(self, program: Any, *, attach_type: AttachType, cgroup_fd: FD, prog_fd_dup: FD,
-                 flags: int, cgroup_path: str | None, target: str = "") -> None:
+                 prog_id: int, flags: int, cgroup_path: str | None, target: str = "") -> None:
         super().__init__(None, program, attach_type=attach_type, cgroup_path=cgroup_path, target=target)
         self.flags = flags
         self._cgroup_fd = cgroup_fd
         self._prog_fd = prog_fd_dup  # our own reference: the Program may be closed first
+        self._prog_id = prog_id
         self._pid = os.getpid()
         _live.add(self)
 
@@ -499,12 +493,9 @@ class CgroupAttachment(CgroupLink):
             raise AttachError("the cgroup attachment is closed", program=prog_label(self.program))
         return _query_fd(self._cgroup_fd.fileno(), self.attach_type, effective)
 
-    def _our_id(self) -> int:
-        return int(_bpf.prog_info(self._prog_fd).id)
-
     def attached(self) -> bool:
         """Whether this program is still attached to the cgroup for this attach type."""
-        return not self.closed and self._our_id() in self.query().prog_ids
+        return not self.closed and self._prog_id in self.query().prog_ids
 
     def update(self, new_prog: Any, old_prog: Any = None) -> None:
         """Put ``new_prog`` in this program's place on the cgroup (``old_prog`` is ignored:
@@ -515,6 +506,8 @@ class CgroupAttachment(CgroupLink):
         _check_prog(new_prog, self.attach_type)
         new_fd = prog_fd(new_prog)
         flags = self.flags & ~BPF_F_REPLACE
+        dup = FD(os.dup(new_fd), "prog")  # before the attach: nothing to undo if this fails
+        new_id = int(_bpf.prog_info(dup).id)
         try:
             if self.multi:
                 _bpf.prog_attach(new_fd, self._cgroup_fd, self.attach_type, flags | BPF_F_REPLACE,
@@ -522,12 +515,12 @@ class CgroupAttachment(CgroupLink):
             else:
                 _bpf.prog_attach(new_fd, self._cgroup_fd, self.attach_type, flags)
         except SyscallError as e:
+            dup.close()
             raise _attach_error(e, new_prog, self._cgroup_fd.fileno(),
                                 self.cgroup_path or "the cgroup", self.attach_type, flags,
                                 replace=self.program if self.multi else None) from e
-        dup = FD(os.dup(new_fd), "prog")
         self._prog_fd.close()
-        self._prog_fd = dup
+        self._prog_fd, self._prog_id = dup, new_id
         self.program = new_prog
 
     def detach(self) -> None:
@@ -552,7 +545,7 @@ class CgroupAttachment(CgroupLink):
             return
         _live.discard(self)
         try:
-            if not self.multi and self._our_id() not in self.query().prog_ids:
+            if not self.multi and self._prog_id not in self.query().prog_ids:
                 _log.debug("cgroup attachment of %s was replaced; nothing to detach",
                            prog_label(self.program))
             else:
@@ -766,6 +759,7 @@ def attach_cgroup(prog: Any, cgroup: str | int | Any, *, attach_type: Any = None
                           "link is always in multi mode and is replaced with Link.update()")
     _check_prog(prog, at)
     pfd = prog_fd(prog)
+    rfd = prog_fd(replace) if replace is not None else None
     name = prog_label(prog)
     target = _open_target(cgroup, prog)
     label = target.label
@@ -780,15 +774,18 @@ def attach_cgroup(prog: Any, cgroup: str | int | Any, *, attach_type: Any = None
         target.fd.close()  # the link holds the cgroup
         return CgroupLink(lfd, prog, attach_type=at, cgroup_path=target.path, target=label)
     aflags = flags | (BPF_F_ALLOW_MULTI if multi else 0) | (BPF_F_ALLOW_OVERRIDE if override else 0)
-    rfd: int | None = None
     if replace is not None:
         aflags |= BPF_F_REPLACE
-        rfd = prog_fd(replace)
+    # everything the attachment needs is got before the attach, so nothing can fail after it
+    dup: FD | None = None
     try:
         dup = FD(os.dup(pfd), "prog")
-    except OSError as e:
+        pid = int(_bpf.prog_info(dup).id)
+    except OSError as e:  # SyscallError included
+        if dup is not None:
+            dup.close()
         target.fd.close()
-        raise AttachError(f"cannot duplicate the program fd: {e.strerror}", program=name, cause=e) from None
+        raise AttachError(f"cannot take a reference to the program: {e}", program=name, cause=e) from None
     try:
         _bpf.prog_attach(pfd, target.fd, at, aflags, replace_prog_fd=rfd)
     except SyscallError as e:
@@ -797,5 +794,5 @@ def attach_cgroup(prog: Any, cgroup: str | int | Any, *, attach_type: Any = None
         dup.close()
         target.fd.close()
         raise err from e
-    return CgroupAttachment(prog, attach_type=at, cgroup_fd=target.fd, prog_fd_dup=dup, flags=aflags,
-                            cgroup_path=target.path, target=label)
+    return CgroupAttachment(prog, attach_type=at, cgroup_fd=target.fd, prog_fd_dup=dup, prog_id=pid,
+                            flags=aflags, cgroup_path=target.path, target=label)
