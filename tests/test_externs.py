@@ -474,3 +474,70 @@ def test_corrupted_extern_btf_raises_object_error():
             resolve_externs(ext, kconfig={"CONFIG_HZ": "1"}, kallsyms={}, kernel_version=1)
         except (ObjectError, ExternError):
             pass
+
+
+# -- kconfig-only objects and the poisoned weak kfunc call (issue 7) ---------------------------
+
+
+def test_kconfig_only_virtual_externs_from_given_probes():
+    """An object whose only externs are kconfig ones: LINUX_HAS_BPF_COOKIE is what the
+    caller's probe says (the loader passes features.bpf_cookie()), not 0 for lack of BTF."""
+    elf, btf = load(unit_object("externs_kconfig_only"))
+    ext, kmap = collect_externs(elf, btf)
+    assert {e.kind for e in ext.values()} == {ExternKind.KCONFIG}
+    for probe in (True, False):
+        resolve_externs(ext, kconfig={"CONFIG_HZ": "250", "CONFIG_BPF_SYSCALL": "y"},
+                        kernel_version=0x61200, has_bpf_cookie=probe)
+        assert ext["LINUX_HAS_BPF_COOKIE"].value == probe
+        data = kconfig_map_data(ext, kmap)
+        assert data[ext["LINUX_HAS_BPF_COOKIE"].offset] == int(probe)
+    assert ext["CONFIG_HZ"].value == 250 and ext["LINUX_KERNEL_VERSION"].value == 0x61200
+
+
+def test_kconfig_only_spec_reads_kernel_btf_for_virtual_externs(kbtf):
+    """ObjectSpec.resolve_externs without probes: kernel BTF answers LINUX_HAS_*, even
+    though no ksym needs it; explicit probe values win."""
+    from pyebpf import ObjectSpec
+
+    spec = ObjectSpec.from_file(unit_object("externs_kconfig_only"))
+    spec.resolve_externs(kconfig={})
+    assert spec.externs["LINUX_HAS_BPF_COOKIE"].value == 1  # 6.18 has bpf_get_attach_cookie
+    spec.resolve_externs(kconfig={}, has_bpf_cookie=False)
+    assert spec.externs["LINUX_HAS_BPF_COOKIE"].value == 0
+    data = spec.maps[spec.kconfig_map].data
+    assert data[spec.externs["LINUX_HAS_BPF_COOKIE"].offset] == 0
+
+
+def test_kconfig_only_spec_without_kernel_btf(monkeypatch):
+    """No kernel BTF and no probes: the virtual externs default to 0 instead of failing."""
+    import pyebpf.btf.kernel as K
+    from pyebpf import ObjectSpec
+
+    def gone(*a, **kw):
+        raise FileNotFoundError(2, "no /sys/kernel/btf/vmlinux")
+
+    monkeypatch.setattr(K, "kernel_btf", gone)
+    spec = ObjectSpec.from_file(unit_object("externs_kconfig_only"))
+    spec.resolve_externs(kconfig={})
+    assert spec.externs["LINUX_HAS_BPF_COOKIE"].value == 0
+
+
+def test_weak_kfunc_call_poisoned_with_sorted_index(kbtf):
+    """libbpf >= 1.2's poison_kfunc_call: imm = 2002000000 + index in the sorted extern
+    array (kconfig first, then ksyms by name); poison_unresolved_kfuncs=False gives 1.1."""
+    from pyebpf import ObjectSpec
+    from pyebpf import insn as I
+
+    def calls(spec):
+        spec.relocate(kbtf)
+        return [(ins.src, ins.imm) for ins in I.iter_insns(spec.programs["poison_guarded"].insns)
+                if ins.code == 0x85 and (ins.src == 2 or ins.imm >= POISON_CALL_KFUNC_BASE)]
+
+    spec = ObjectSpec.from_file(unit_object("externs_weak_kfunc_poison"))
+    assert list(spec.externs) == ["LINUX_HAS_BPF_COOKIE", "bpf_task_from_pid", "bpf_task_release",
+                                  "bpf_zz_pyebpf_missing_kfunc"]
+    assert spec.externs["bpf_zz_pyebpf_missing_kfunc"].index == 3
+    ids = [kbtf.find(n, Kind.FUNC)[0] for n in ("bpf_task_from_pid", "bpf_task_release")]
+    assert calls(spec) == [(2, ids[0]), (2, ids[1]), (0, POISON_CALL_KFUNC_BASE + 3)]
+    spec.poison_unresolved_kfuncs = False
+    assert calls(spec) == [(2, ids[0]), (2, ids[1]), (2, 0)]
