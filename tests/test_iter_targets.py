@@ -93,8 +93,15 @@ def test_parameter_checks_before_the_kernel() -> None:
 def obj():
     if not ROOT:
         pytest.skip("needs root")
+    pyebpf.kernel_btf()  # the process-wide kernel BTF keeps its file open: open it first
+    names = kobjects.object_names(pyebpf.ObjectSpec.from_file(FIXTURE))
+    before = kobjects.snapshot()
+    fds = kobjects.fd_state()
     with pyebpf.load(FIXTURE) as o:
         yield o
+    gc.collect()
+    assert kobjects.fd_state() == fds
+    assert kobjects.wait_no_new_named(before, names) == {"prog": [], "map": [], "link": []}
 
 
 @pytest.fixture
