@@ -33,7 +33,7 @@ from ..sys.netlink import (
     NetlinkSocket,
     XdpState,
 )
-from ..uapi import AttachType, ProgType
+from ..uapi import AttachType, LinkType, ProgType
 from .base import AttachError, Link, prog_fd, prog_label
 
 __all__ = [
@@ -160,23 +160,55 @@ def _current(ifindex: int, sock: NetlinkSocket | None = None) -> XdpInfo | None:
         return None
 
 
-def _occupant(ifindex: int, mode_flags: int, sock: NetlinkSocket | None = None) -> str:
-    """Who holds the XDP hook now, for error messages."""
+def _occupant(ifindex: int, mode_flags: int, sock: NetlinkSocket | None = None) -> tuple[str, int]:
+    """Who holds the XDP hook now, for error messages: (description, program id or 0)."""
     cur = _current(ifindex, sock)
     if cur is None or cur.attach_mode == XDP_ATTACHED_NONE:
-        return "another program"
+        return "another program", 0
     ids = cur.prog_ids
     if mode_flags and _MODE_NAME[mode_flags] in ids:
         m = _MODE_NAME[mode_flags]
-        return f"program id {ids[m]} ({m} mode)"
-    return "program " + ", ".join(f"id {v} ({k} mode)" for k, v in ids.items())
+        return f"program id {ids[m]} ({m} mode)", ids[m]
+    return "program " + ", ".join(f"id {v} ({k} mode)" for k, v in ids.items()), next(iter(ids.values()))
+
+
+def _holding_link(ifindex: int, prog_id: int) -> int | None:
+    """The id of an XDP bpf link on ``ifindex`` running ``prog_id``, if there is one (an
+    ifindex is per namespace, the program id narrows it down)."""
+    from ..sys.syscall import Cmd
+
+    cur = 0
+    try:
+        while (cur := _bpf.get_next_id(Cmd.LINK_GET_NEXT_ID, cur) or 0):
+            try:
+                with _bpf.link_get_fd_by_id(cur) as fd:
+                    info = _bpf.link_info(fd)
+                    if info.type == LinkType.XDP and info.prog_id == prog_id and \
+                            int.from_bytes(bytes(info.extra)[:4], "little") == ifindex:
+                        return cur
+            except SyscallError:
+                continue
+    except SyscallError:
+        pass
+    return None
+
+
+def _ifindex_missing(ifindex: int, sock: NetlinkSocket | None) -> bool:
+    try:
+        _nl.link_name(ifindex, sock)
+    except NetlinkError as e:
+        return e.errno == _errno.ENODEV
+    return False
 
 
 def _explain(e: SyscallError, prog: Any, label: str, ifindex: int, mode_flags: int,
              via_netlink: bool, replacing: bool, sock: NetlinkSocket | None = None) -> AttachError:
     err = e.errno
     mode = f"{_MODE_NAME[mode_flags]} mode" if mode_flags else "the default mode"
-    said = f" (kernel: {e.extack})" if getattr(e, "extack", "") else ""
+    extack = str(getattr(e, "extack", "") or "")
+    said = f" (kernel: {extack})" if extack else ""
+    if err == _errno.EINVAL and _ifindex_missing(ifindex, sock):
+        err = _errno.ENODEV  # BPF_LINK_CREATE says EINVAL for an unknown ifindex
     if err == _errno.ENODEV:
         msg = f"no network interface {label} in this network namespace"
     elif err in (_errno.EPERM, _errno.EACCES):
@@ -185,23 +217,31 @@ def _explain(e: SyscallError, prog: Any, label: str, ifindex: int, mode_flags: i
         msg = (f"the driver of {label} does not support XDP in {mode}{said}; generic XDP "
                "(mode='skb') works on every interface")
     elif err == _errno.EBUSY:
-        who = _occupant(ifindex, mode_flags, sock)
-        if "Can't replace active BPF XDP link" in str(getattr(e, "extack", "")) or not via_netlink:
-            msg = (f"{label} already has an XDP {who} attached{said}: a bpf link cannot take a hook "
-                   "another program holds, and a hook held by a link cannot be taken over. Update "
-                   "the existing link (Link.update) or close it; a program attached through netlink "
-                   "is swapped with attach_xdp(..., netlink=True, replace=<current program>)")
-        else:
+        who, cur_id = _occupant(ifindex, mode_flags, sock)
+        link_id = _holding_link(ifindex, cur_id) if cur_id else None
+        if link_id is not None or "BPF XDP link" in extack:
+            held = f"bpf link id {link_id}" if link_id is not None else "a bpf link"
+            msg = (f"the XDP hook of {label} is held by {held} running {who}{said}; nothing can "
+                   "replace a link's program but the link itself: update that link "
+                   "(Link.update) or close it")
+        elif via_netlink:
             msg = (f"{label} already has an XDP {who} attached{said}; pass replace=<that program> "
                    "to swap it, or detach it first")
+        else:
+            msg = (f"{label} already has an XDP {who} attached through netlink{said}; a bpf link "
+                   "cannot replace it: detach it first, or swap it with attach_xdp(..., "
+                   "netlink=True, replace=<that program>)")
     elif err == _errno.EEXIST:
-        who = _occupant(ifindex, mode_flags, sock)
+        who, _ = _occupant(ifindex, mode_flags, sock)
         if replacing:
             msg = (f"the XDP program attached to {label} is not the expected one (replace=): "
                    f"now {who}{said}")
         else:
             msg = (f"{label} has an XDP {who} attached{said}; native (drv) and generic (skb) "
                    "XDP cannot be active at the same time: detach it or use the same mode")
+    elif err == _errno.EINVAL and mode_flags == XDP_FLAGS_HW_MODE:
+        msg = (f"{label} cannot run XDP in hw (offload) mode{said}: that needs a NIC that "
+               "offloads XDP and a program loaded for that device; use mode='drv' or 'skb'")
     elif err == _errno.EINVAL:
         msg = (f"the kernel refused to attach to {label} in {mode}{said} (EINVAL): the program "
                "may need a different flag (xdp.frags for a large MTU) or the mode flags are invalid")
