@@ -215,3 +215,21 @@ def test_from_id_and_closed_program(obj) -> None:
         info.xlated_bytes()
     # repr of a Program still shows the decoded id and tag
     assert f"id={prog.id}, tag={prog.tag}" in repr(prog)
+
+
+@needs_root
+def test_unprivileged_reader_sees_no_code(obj) -> None:
+    # Without CAP_BPF/CAP_PERFMON the kernel zeroes the instruction, JIT and BTF line counts
+    # (bpf_prog_get_info_by_fd): the record then says so with empty arrays, not an error.
+    from nobody import run_as_nobody
+
+    prog = obj.programs[PROG]
+
+    def child() -> tuple:
+        i = prog.info()
+        return (i.tag, i.map_ids, i.insn_count, i.xlated_insns(), i.jited_bytes(),
+                i.jited_ksyms(), i.func_info(), i.line_info())
+
+    status, value = run_as_nobody(child)
+    assert status == "ok"
+    assert value == (prog.tag, prog.info().map_ids, 0, [], b"", [], [], [])
