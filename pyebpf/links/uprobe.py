@@ -438,7 +438,8 @@ def attach_uprobe_multi(prog: Any, binary: str, pattern: str | None = None, *,
     if session and retprobe:
         raise OptionError("a uprobe session program cannot also be a return probe")
     want = AttachType.TRACE_UPROBE_SESSION if session else AttachType.TRACE_UPROBE_MULTI
-    if eat is not None and eat != want:
+    if hasattr(prog, "expected_attach_type") and eat != want:
+        # the kernel only says EINVAL; the load-time attach type is the usual cause
         raise AttachError(
             f"uprobe_multi needs a program loaded with expected attach type {want.name} (from a "
             f"SEC(\"{'uprobe.session' if session else 'uprobe.multi'}/...\") section), this one "
