@@ -23,7 +23,7 @@ import pytest
 
 import pyebpf
 from pyebpf import ObjectSpec
-from pyebpf.errors import OptionError
+from pyebpf.errors import OptionError, SyscallError
 from pyebpf.links.base import AttachError, Link
 from pyebpf.links.cgroup import (
     BPF_F_ALLOW_MULTI,
@@ -36,6 +36,7 @@ from pyebpf.links.cgroup import (
     cgroup_query,
     flag_names,
 )
+from pyebpf.sys import bpf as B
 from pyebpf.sys.fd import open_fd_count
 from pyebpf.uapi import AttachType, LinkType, ProgType
 
@@ -212,16 +213,30 @@ def cg() -> Iterator[str]:
         yield path
 
 
+def _links_of(prog_ids: set[int], since: set[int]) -> list[int]:
+    """Ids of links created after ``since`` that run one of ``prog_ids`` (by id, so another
+    process running this same fixture meanwhile is not mistaken for a leak)."""
+    out = []
+    for link_id in sorted(kobjects.ids("link") - since):
+        try:
+            with B.link_get_fd_by_id(link_id) as fd:
+                if B.link_info(fd).prog_id in prog_ids:
+                    out.append(link_id)
+        except SyscallError:  # freed meanwhile
+            continue
+    return out
+
+
 @pytest.fixture
 def leaks(obj: Any) -> Iterator[None]:
     """Every fd this test opened is closed again, and no link of our programs is left."""
     gc.collect()
     fds0, proc0 = open_fd_count(), _proc_fds()
-    before = kobjects.snapshot()
+    before = kobjects.ids("link")
     yield
     gc.collect()
     assert (open_fd_count(), _proc_fds()) == (fds0, proc0)
-    assert kobjects.new_links(before, list(obj.programs)) == []
+    assert _links_of({p.id for p in obj.programs.values()}, before) == []
 
 
 def count(obj: Any, prog: str) -> int:
@@ -348,6 +363,30 @@ def test_cgroup_v1_directory_is_named() -> None:
     msg = str(e.value)
     assert f"{v1[0]} is a cgroup v1 directory" in msg
     assert "BPF programs attach only to cgroup v2 directories: cgroup v2 is mounted at" in msg
+
+
+def test_cgroup2_location_messages(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The path diagnosis over synthetic mount tables (what /proc/self/mountinfo lists)."""
+    from pyebpf.links import cgroup as C
+
+    hybrid = [("/", "ext4", "rw"), ("/sys/fs/cgroup", "tmpfs", "rw"),
+              ("/sys/fs/cgroup/memory", "cgroup", "rw,memory"),
+              ("/sys/fs/cgroup/unified", "cgroup2", "rw,nsdelegate")]
+    monkeypatch.setattr(C, "_mounts", lambda: hybrid)
+    assert C.cgroup2_mounts() == ["/sys/fs/cgroup/unified"]
+    assert C._not_cgroup2("/sys/fs/cgroup/unified/a/b") is None
+    assert C._not_cgroup2("/sys/fs/cgroup/memory/x") == (
+        "/sys/fs/cgroup/memory/x is a cgroup v1 directory (memory hierarchy at "
+        "/sys/fs/cgroup/memory); BPF programs attach only to cgroup v2 directories: cgroup v2 is "
+        "mounted at /sys/fs/cgroup/unified")
+    assert C._not_cgroup2("/sys/fs/cgroup/memoryx") == (
+        "/sys/fs/cgroup/memoryx is not a cgroup directory (it is on a tmpfs file system); cgroup "
+        "v2 is mounted at /sys/fs/cgroup/unified")
+    monkeypatch.setattr(C, "_mounts", lambda: hybrid[:3])
+    assert C._not_cgroup2("/srv").endswith(
+        "(it is on a ext4 file system); no cgroup v2 hierarchy is mounted here (mount one: "
+        "mount -t cgroup2 none <dir>)")
+    assert C._unescape("/mnt/a\\040b") == "/mnt/a b"
 
 
 # --- every hook fires, through a link and through BPF_PROG_ATTACH --------------------------------
