@@ -33,6 +33,7 @@ from pyebpf.links.iter import (
     attach_iter,
     cgroup_order,
     iter_info,
+    needs_parameter,
 )
 from pyebpf.uapi import LinkType
 
@@ -56,6 +57,9 @@ def test_cgroup_order_names() -> None:
     assert iter_info(cgroup_fd=5, order="descendants_post") == iter_info(cgroup_fd=5, order=3)
     with pytest.raises(OptionError, match="not both"):
         iter_info(cgroup_fd=5, cgroup_id=9, order=1)
+    assert "needs an order" in needs_parameter("cgroup")
+    assert "needs a map" in needs_parameter("bpf_map_elem")
+    assert needs_parameter("task") is None and needs_parameter("tcp") is None
 
 
 def test_parameter_checks_before_the_kernel() -> None:
@@ -320,8 +324,9 @@ def test_cgroup_iterator_ancestors_by_fd_and_id(obj, clean, cgtree) -> None:
     assert [names.get(int(r[1])) for r in rows[:3]] == ["a/c", "a", "root"]
     assert [int(r[2]) for r in rows] == sorted((int(r[2]) for r in rows), reverse=True)
     assert rows[-1][2] == "0"
-    with attach_iter(obj.programs["iter_cgroup"], cgroup_id=os.stat(leaf).st_ino,
-                     order=CGROUP_ITER_ORDERS["self_only"]) as link:
+    # through Program.attach_iter, by cgroup id and a numeric order
+    with obj.programs["iter_cgroup"].attach_iter(cgroup_id=os.stat(leaf).st_ino,
+                                                 order=CGROUP_ITER_ORDERS["self_only"]) as link:
         clean.append(link.id)
         assert [names.get(int(r[1])) for r in lines(link, "cgroup")] == ["a/c"]
 

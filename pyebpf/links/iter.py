@@ -21,7 +21,7 @@ from ..uapi import AttachType
 from .base import AttachError, Link, LinkInfo, prog_fd, prog_label
 
 __all__ = ["CGROUP_ITER_ORDERS", "IterLink", "IterStream", "attach_iter", "cgroup_order",
-           "iter_info"]
+           "iter_info", "needs_parameter"]
 
 # enum bpf_cgroup_iter_order
 CGROUP_ITER_SELF_ONLY = 1
@@ -55,6 +55,17 @@ def cgroup_order(order: int | str) -> int:
     if isinstance(order, bool) or not isinstance(order, int) or order < 0:
         raise OptionError(f"cgroup iterator order must be a name or a number, not {order!r}")
     return order
+
+
+def needs_parameter(target: str) -> str | None:
+    """Why an ``iter/<target>`` program cannot be attached without parameters (None if it can):
+    for auto-attach, which has none to give (libbpf fails there; skipping says why)."""
+    if target in MAP_TARGETS:
+        return f"the {target} iterator needs a map; attach it with attach_iter(prog, map=...)"
+    if target in CGROUP_TARGETS:
+        return (f"the {target} iterator needs an order; attach it with "
+                "attach_iter(prog, cgroup=..., order=...)")
+    return None
 
 
 def _order_name(order: int) -> str | int:
