@@ -35,7 +35,7 @@ OBJ = os.path.join(ROOT_DIR, "fixtures", "unit", "attach_uprobe.bpf.o")
 TARGET = os.path.join(ROOT_DIR, "fixtures", "targets", "uprobe_target")
 
 SLOT_ADD, SLOT_RET, SLOT_ARG, SLOT_COOKIE, SLOT_STR, SLOT_AUTO, SLOT_AUTO_RET, SLOT_AUTO_MULTI = range(8)
-SLOT_MULTI, SLOT_MULTI_RET = 16, 48
+SLOT_SESSION, SLOT_MULTI, SLOT_MULTI_RET = 8, 16, 48
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
 
@@ -300,6 +300,24 @@ def test_uprobe_multi_offsets_pid_and_ref_ctr_shape(obj, target, clean) -> None:
             assert hits(obj, other.pid, SLOT_MULTI + 4) == 0
     finally:
         other.close()
+
+
+def test_uprobe_session(obj, target, clean) -> None:
+    prog = obj.programs["u_session"]
+    try:
+        link = U.attach_uprobe_multi(prog, TARGET, funcs=["ut_mul"], cookies=[9])
+    except AttachError as e:
+        if e.errno in (errno.EINVAL, errno.EOPNOTSUPP) and "uprobe.session" not in str(e):
+            pytest.skip(f"kernel refuses uprobe sessions (BPF_TRACE_UPROBE_SESSION): {e.errno}")
+        raise
+    with link:
+        clean.append(link.id)
+        target.cmd("c 2 3")
+        # entry returned 0, so the program ran at the return as well
+        assert hits(obj, target.pid, SLOT_SESSION) == 2
+        assert val(obj, target.pid, SLOT_SESSION) == 9
+    with pytest.raises(OptionError, match="session program cannot also be a return probe"):
+        U.attach_uprobe_multi(prog, TARGET, "ut_*", retprobe=True)
 
 
 def test_uprobe_multi_errors(obj, clean) -> None:
