@@ -368,6 +368,18 @@ def test_auto_attach_from_sections(clean) -> None:
             link.close()
 
 
+def test_program_methods(obj, target, clean) -> None:
+    """Program.attach_uprobe / attach_uprobe_multi / attach(binary, func) reach links.uprobe."""
+    with obj.programs["u_add"].attach_uprobe(TARGET, "ut_add", mode="link") as a, \
+            obj.programs["um_cookie"].attach_uprobe_multi(TARGET, "ut_mu?") as b, \
+            obj.programs["ur_ret"].attach(TARGET, "ut_ret") as c:
+        clean += [a.id, b.id, c.id]
+        assert c.retprobe  # the section's flavour (uretprobe) is kept
+        target.cmd("c 3 3")
+        assert hits(obj, target.pid, SLOT_ADD) == 1 and val(obj, target.pid, SLOT_ADD) == 6
+        assert hits(obj, target.pid, SLOT_MULTI) == 1 and val(obj, target.pid, SLOT_RET) == 10
+
+
 def test_auto_attach_proc_self_exe_and_errors(obj, clean) -> None:
     import ctypes
 
