@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import struct
 from collections.abc import Iterator
@@ -44,6 +45,7 @@ def kernelref():
 @pytest.fixture(autouse=True)
 def no_leaks():
     """Every fd, program, map and link these tests (or bpftool) made is gone afterwards."""
+    gc.collect()  # earlier tests' garbage must not close its fds during ours
     guards = [NoLeaks(unit_object(n)) for n in (KCONFIG_ONLY, POISON)]
     guards.append(NoLeaks(unit_object(KCONFIG_ONLY).parent.parent / "sections.bpf.o"))
     yield
