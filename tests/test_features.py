@@ -216,3 +216,36 @@ def test_memlock_bump_never_fails(monkeypatch):
     assert S.bump_memlock_rlimit() is False
     monkeypatch.setattr(F, "has_memcg_account", lambda: False)
     assert S.bump_memlock_rlimit() is False
+
+
+@pytest.mark.parametrize("err", [errno.EPERM, errno.EINVAL, errno.E2BIG, errno.EOPNOTSUPP, 524])
+def test_every_probe_survives_a_refusing_kernel(monkeypatch, err):
+    """A kernel build that refuses everything with ``err`` (as this one began refusing
+    arena maps and live-frame test runs with EPERM): each probe answers "not supported",
+    caches it, and raises nothing."""
+    calls = []
+
+    def refuse(*a, **kw):
+        calls.append(1)
+        raise SyscallError(err, "bpf")
+
+    for fn in ("prog_load_with_log", "map_create", "btf_load", "link_create", "prog_test_run",
+               "prog_bind_map", "obj_get_info_by_fd"):
+        monkeypatch.setattr(F.B, fn, refuse)
+    F.clear_cache()
+    try:
+        # SYSCALL_WRAPPER is not a bpf() probe (kprobe PMU, tracefs, kallsyms)
+        names = [n for n in F.FEATURES if n != "SYSCALL_WRAPPER"]
+        assert {n: F.kernel_supports(n) for n in names} == dict.fromkeys(names, False)
+        for probe in (F.arena, F.xdp_live_frames):
+            r = probe()
+            assert not r and r.errno == err and r.errname in r.reason
+        for r in (F.prog_type_supported(ProgType.XDP), F.map_type_supported(MapType.HASH),
+                  F.helper_supported(ProgType.XDP, 1)):
+            assert not r and r.errno == err, r
+        n = len(calls)
+        F.kernel_supports("BTF"), F.arena(), F.prog_type_supported(ProgType.XDP)
+        assert len(calls) == n  # cached
+    finally:
+        monkeypatch.undo()
+        F.clear_cache()
