@@ -57,15 +57,18 @@ def leak_check(obj: pyebpf.Object) -> Iterator[None]:
     assert left == []
 
 
-def as_nobody(fn: Callable[[], Any]) -> Any:
+def as_nobody(fn: Callable[[], Any], before: Callable[[], Any] | None = None) -> Any:
     """``fn()`` in a forked child that dropped to uid/gid 65534 and every capability; its
-    result, or the exception it raised (as ``("error", type name, message, errno)``)."""
+    result, or the exception it raised (as ``("error", type name, message, errno)``).
+    ``before()`` runs in the child while it is still root (e.g. to enter a namespace)."""
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:  # child
         try:
             os.close(r)
             try:
+                if before is not None:
+                    before()
                 os.setgroups([])
                 os.setresgid(NOBODY, NOBODY, NOBODY)
                 os.setresuid(NOBODY, NOBODY, NOBODY)  # leaving uid 0 drops every capability
