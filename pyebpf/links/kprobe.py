@@ -387,17 +387,17 @@ def kallsyms_matching(pattern: str, text: str) -> list[str]:
     Without available_filter_functions a matched name may still be untraceable (notrace); the
     kernel then refuses the whole link with ESRCH.
     """
-    from ..obj.elfsym import glob_match
-
+    # one regex over the whole text: ~10x faster than splitting 100k+ lines
+    body = "".join(r"\S*" if c == "*" else r"\S" if c == "?" else re.escape(c) for c in pattern)
+    rx = re.compile(r"^[0-9a-fA-F]+ [tT] (" + body + r")(?:[ \t]|$)", re.MULTILINE)
     seen: set[str] = set()
     out: list[str] = []
-    for _, kind, name, _ in parse_kallsyms(text):
-        if kind not in ("t", "T") or name in seen or name.startswith("__pfx_") \
-                or ".cold" in name or name in _NOT_FUNCTIONS:
+    for m in rx.finditer(text):
+        name = m.group(1)
+        if name in seen or name.startswith("__pfx_") or ".cold" in name or name in _NOT_FUNCTIONS:
             continue
-        if glob_match(name, pattern):
-            seen.add(name)
-            out.append(name)
+        seen.add(name)
+        out.append(name)
     return out
 
 
