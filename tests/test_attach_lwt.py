@@ -168,3 +168,10 @@ def test_no_permission(sock_obj: pyebpf.Object, net: NetnsPair, leaks: None) -> 
     assert "lwt_count: no permission to add a route (RTM_NEWROUTE: EPERM): needs CAP_NET_ADMIN" in got[2]
     assert "10.80.0.0" not in _routes(net)
     assert socket.if_nametoindex("lo") == 1  # the parent stayed in its own namespace
+
+
+@needs_root
+def test_generic_attach_dispatch(sock_obj: pyebpf.Object, net: NetnsPair, leaks: None) -> None:
+    with sock_obj.programs["lwt_count"].attach("10.81.0.0/16", dev=net.ifname["b"], netns=_ns(net)) as r:
+        assert isinstance(r, L.LwtRoute) and "10.81.0.0/16 encap bpf xmit" in _routes(net)
+    assert "10.81.0.0/16" not in _routes(net)

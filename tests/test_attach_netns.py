@@ -315,3 +315,10 @@ def test_no_leftovers_after_close() -> None:
         att.close()
     assert kobjects.fd_state() == fds
     assert kobjects.wait_no_new_named(before, names) == {"prog": [], "map": [], "link": []}
+
+
+@needs_root
+def test_generic_attach_dispatch(sock_obj: pyebpf.Object, net: NetnsPair, leaks: None) -> None:
+    prog = sock_obj.programs["lookup_pass"]
+    with prog.attach(_ns(net)) as link:  # sk_lookup: the generic attach goes to attach_netns
+        assert isinstance(link, N.NetnsLink) and link.info().prog_id == prog.id

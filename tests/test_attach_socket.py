@@ -5,7 +5,9 @@ TCP pair in a sockmap through a link and through BPF_PROG_ATTACH; errors; no lea
 from __future__ import annotations
 
 import errno
+import logging
 import os
+import re
 import socket
 from collections.abc import Iterator
 from types import SimpleNamespace
@@ -24,7 +26,7 @@ from netattach import (
 )
 
 import pyebpf
-from pyebpf.errors import OptionError
+from pyebpf.errors import OptionError, SyscallError
 from pyebpf.links import socket as S
 from pyebpf.links.base import AttachError, Link
 from pyebpf.sys import sock as SS
@@ -366,3 +368,35 @@ def test_sockmap_errors(sock_obj: pyebpf.Object, leaks: None) -> None:
     with S.attach_sockmap(sock_obj.programs["on_msg"], sm, link=False) as first:
         S.attach_sockmap(sock_obj.programs["on_msg"], sm, link=True).close()
     assert first.closed  # its PROG_DETACH found nothing left to detach (ENOENT), quietly
+
+
+# --- the syscall layer and the generic attach ----------------------------------------------------
+
+
+@needs_root
+def test_sys_sock_errors_and_trace(sock_obj: pyebpf.Object, leaks: None,
+                                   caplog: pytest.LogCaptureFixture) -> None:
+    pfd = sock_obj.programs["sock_filter"].fd.fileno()
+    with open("/dev/null") as f, pytest.raises(SyscallError) as ei:
+        SS.attach_bpf(f.fileno(), pfd)
+    e = ei.value
+    assert (e.errno, e.command, e.detail) == (errno.ENOTSOCK, "setsockopt", "SO_ATTACH_BPF")
+    assert str(e).endswith("the file descriptor is not a socket")
+    with _udp_rx() as rx:
+        with pytest.raises(SyscallError, match="no program is attached to this socket"):
+            SS.detach_bpf(rx.fileno())
+        with pytest.raises(SyscallError, match="not a BPF socket filter program"):
+            SS.attach_bpf(rx.fileno(), sock_obj.programs["on_msg"].fd.fileno())
+        with caplog.at_level(logging.DEBUG, logger="pyebpf.sys"):
+            sock_obj.programs["sock_filter"].attach(rx).close()  # the generic attach picks attach_socket
+    assert re.search(rf"setsockopt\(\d+, 1, SO_ATTACH_BPF, {pfd}\) = 0", caplog.text)
+    assert re.search(r"setsockopt\(\d+, 1, SO_DETACH_BPF, 0\) = 0", caplog.text)
+
+
+@needs_root
+def test_generic_attach_dispatch(sock_obj: pyebpf.Object, leaks: None) -> None:
+    sm = sock_obj.maps["pair_socks"]
+    with sock_obj.programs["on_parse"].attach(sm) as link:
+        assert isinstance(link, S.SockmapLink) and link.info().attach_type == AttachType.SK_SKB_STREAM_PARSER
+    with sock_obj.programs["on_verdict"].attach(sm, link=False) as att:
+        assert isinstance(att, S.SockmapProgAttachment)
