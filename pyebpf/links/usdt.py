@@ -183,30 +183,26 @@ _managers_lock = threading.Lock()
 
 
 def _kconfig_cookie(obj: Any) -> bool | None:
-    """The LINUX_HAS_BPF_COOKIE value the loaded object's programs see, or None if unknown."""
+    """The LINUX_HAS_BPF_COOKIE value the loaded object's programs see, or None if unknown.
+
+    Read from the .kconfig image the loader resolved into the spec and created the
+    (read-only) map from: no syscall, so it also works where map reads are not allowed.
+    """
     try:
         spec = obj.spec
         btf = spec.btf
-        kmaps = [(n, m) for n, m in spec.maps.items() if m.section == ".kconfig"]
+        kmaps = [m for m in spec.maps.values() if m.section == ".kconfig"]
         if btf is None or not kmaps:
             return None
         off = None
         for tid in btf.find(".kconfig"):
-            t = btf.type(tid)
-            for v in getattr(t, "vars", None) or getattr(t, "entries", None) or ():
+            for v in getattr(btf.type(tid), "vars", None) or ():
                 if btf.name_of(v.type) == "LINUX_HAS_BPF_COOKIE":
                     off = v.offset
-        if off is None:
+        data = kmaps[0].data
+        if off is None or data is None or off >= len(data):
             return None
-        raw = obj.maps[kmaps[0][0]].lookup_bytes(b"\0\0\0\0")
-        if raw is None or off >= len(raw):
-            return None
-        return raw[off] != 0
-    except SyscallError as e:
-        if e.errno in (_errno.EPERM, _errno.EACCES):
-            raise  # not knowing is fine; not being allowed must be said
-        _log.debug("cannot read LINUX_HAS_BPF_COOKIE of the object: %s", e)
-        return None
+        return data[off] != 0
     except (AttributeError, KeyError, LookupError, TypeError, ValueError, PyebpfError) as e:
         _log.debug("cannot read LINUX_HAS_BPF_COOKIE of the object: %s", e)
         return None
@@ -241,12 +237,7 @@ def _manager(prog: Any, label: str | None) -> _UsdtManager:
                               "arguments with bpf_usdt_arg() (the header defines those maps)",
                               program=label)
         layout = _layout(obj, specs, label)
-        try:
-            kconf = _kconfig_cookie(obj)
-        except SyscallError as e:
-            raise AttachError(f"no permission to use the object's maps ({e.errname}): USDT "
-                              "attach writes argument specs into them, which needs root or "
-                              "CAP_BPF", program=label, cause=e) from e
+        kconf = _kconfig_cookie(obj)
         # the program reads the spec id from the cookie iff its LINUX_HAS_BPF_COOKIE is
         # true; a kernel without cookies still works through the ip map
         kernel_cookies = True if kconf else _kernel_has_cookies()
