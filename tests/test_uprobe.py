@@ -198,6 +198,23 @@ def test_libc_by_library_name_with_cookie(obj, target, clean) -> None:
         assert val(obj, target.pid, SLOT_COOKIE) == 0xC0FFEE
 
 
+def test_archive_member_offset(obj, clean, tmp_path) -> None:
+    """libbpf's ``archive.zip!/member`` form: the probe goes into the archive file itself."""
+    import zipfile
+
+    z = tmp_path / f"app-{os.getpid()}.apk"
+    with zipfile.ZipFile(z, "w") as zf:
+        zf.write(TARGET, "lib/uprobe_target", compress_type=zipfile.ZIP_STORED)
+    start, _ = elfsym.archive_member(str(z), "lib/uprobe_target")
+    with U.attach_uprobe(obj.programs["u_arg"], f"{z}!/lib/uprobe_target", "ut_ret") as link:
+        clean.append(link.id)
+        assert link.path == str(z) and link.offset == start + off("ut_ret")
+        info = link.info()
+        assert info.file_name == str(z) and info.offset == start + off("ut_ret")
+    with pytest.raises(AttachError, match="no member 'lib/other'"):
+        U.attach_uprobe(obj.programs["u_arg"], f"{z}!/lib/other", "ut_ret")
+
+
 def test_pid_filter(obj, target, clean) -> None:
     other = Target()
     obj.maps["watch"][other.pid] = 1

@@ -99,6 +99,27 @@ def test_not_elf_and_missing_file(tmp_path) -> None:
         E.ElfBinary(open(TARGET, "rb").read()[:80], "cut")
 
 
+def test_archive_member(tmp_path) -> None:
+    import zipfile
+
+    z = tmp_path / "app.apk"
+    with zipfile.ZipFile(z, "w") as zf:
+        zf.writestr("assets/readme.txt", "x" * 100, compress_type=zipfile.ZIP_DEFLATED)
+        zf.write(TARGET, "lib/x86/uprobe_target", compress_type=zipfile.ZIP_STORED)
+        zf.writestr("lib/packed.so", open(TARGET, "rb").read(), compress_type=zipfile.ZIP_DEFLATED)
+    start, data = E.archive_member(str(z), "lib/x86/uprobe_target")
+    assert data == open(TARGET, "rb").read()
+    assert open(z, "rb").read()[start : start + 4] == b"\x7fELF"
+    assert E.find_func_offset_in_archive(str(z), "lib/x86/uprobe_target", "ut_add") == \
+        start + E.find_func_offset(TARGET, "ut_add")
+    with pytest.raises(E.SymbolError, match="compressed"):
+        E.archive_member(str(z), "lib/packed.so")
+    with pytest.raises(E.SymbolError, match="no member 'nope'"):
+        E.archive_member(str(z), "nope")
+    with pytest.raises(E.SymbolError, match="cannot read archive"):
+        E.archive_member(TARGET, "x")
+
+
 # --- elfsym against synthetic ELF files --------------------------------------------------------
 
 

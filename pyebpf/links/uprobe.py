@@ -26,6 +26,7 @@ from ..errors import OptionError, PyebpfError, SyscallError
 from ..obj.elfsym import (
     SymbolError,
     find_func_offset,
+    find_func_offset_in_archive,
     resolve_func_offsets,
     resolve_pattern_offsets,
 )
@@ -290,7 +291,8 @@ def attach_uprobe(prog: Any, binary: str, func: str | None = None, *, pid: int |
                   ref_ctr_offset: int = 0, mode: str = "default",
                   pmu_dir: str = PMU_DIR, tracefs: str | None = None) -> UprobeLink:
     """Attach a uprobe (``retprobe``: uretprobe) to ``func`` (``"name"`` or ``"name+0x10"``)
-    plus ``offset`` in ``binary`` (a path, or a name searched as libbpf does).
+    plus ``offset`` in ``binary`` (a path, a name searched as libbpf does, or libbpf's
+    ``archive.zip!/member.so`` for an ELF stored uncompressed in a zip).
 
     ``func`` None: ``offset`` is a file offset. ``pid`` None: every process (0: this one).
     ``ref_ctr_offset``: file offset of a USDT semaphore the kernel increments while attached.
@@ -304,12 +306,27 @@ def attach_uprobe(prog: Any, binary: str, func: str | None = None, *, pid: int |
         raise OptionError("a uprobe needs a binary path or name")
     if offset < 0 or ref_ctr_offset < 0:
         raise OptionError("uprobe offsets cannot be negative")
-    path = _resolve(binary, pid, label)
+    archive, sep, member = binary.partition("!/")
+    # libbpf's "archive.zip!/path/in/archive": probe the stored member inside the zip (without
+    # a function, ``offset`` is an offset in the archive file, as in libbpf)
+    if sep:
+        if not member:
+            raise OptionError(f"{binary!r} names no member after '!/'")
+        path = _resolve(archive, pid, label)
+    else:
+        path = _resolve(binary, pid, label)
     file_off = offset
     if func is not None:
         if not func:
             raise OptionError("empty function name (pass None to probe a file offset)")
-        file_off += _func_offset(path, func, label)
+        if sep:
+            name, delta = parse_func_offset(func)
+            try:
+                file_off += find_func_offset_in_archive(path, member, name) + delta
+            except SymbolError as e:
+                raise AttachError(str(e), program=label, cause=e) from e
+        else:
+            file_off += _func_offset(path, func, label)
     what = f"{'uretprobe' if retprobe else 'uprobe'} {path}:0x{file_off:x}" + (f" ({func})" if func else "")
     ptype = pmu_type(pmu_dir)
     legacy = ptype is None

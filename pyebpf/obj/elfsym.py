@@ -24,7 +24,9 @@ __all__ = [
     "ElfBinary",
     "FuncSymbol",
     "SymbolError",
+    "archive_member",
     "find_func_offset",
+    "find_func_offset_in_archive",
     "glob_match",
     "list_functions",
     "resolve_func_offsets",
@@ -373,6 +375,42 @@ def resolve_func_offsets(path: str, names: Iterable[str]) -> list[int]:
 def resolve_pattern_offsets(path: str, pattern: str) -> list[FuncSymbol]:
     """Functions of ``path`` matching glob ``pattern`` (libbpf's elf_resolve_pattern_offsets)."""
     return _binary(path).match(pattern)
+
+
+def archive_member(archive: str, member: str) -> tuple[int, bytes]:
+    """(file offset, bytes) of ``member`` stored uncompressed in zip ``archive`` (an APK, say).
+
+    libbpf's ``archive.zip!/lib/x.so`` form: a uprobe goes at the member's offset in the archive
+    plus the function's offset in the member, so the member must be stored, not deflated.
+    """
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(archive) as z:
+            info = z.getinfo(member)
+            if info.compress_type != zipfile.ZIP_STORED:
+                raise SymbolError(f"{archive}!/{member} is compressed; uprobes need members "
+                                  "stored uncompressed", path=archive)
+            with open(archive, "rb") as f:
+                f.seek(info.header_offset)
+                local = f.read(30)
+                if len(local) != 30 or local[:4] != b"PK\x03\x04":
+                    raise SymbolError(f"{archive}: bad local header for {member}", path=archive)
+                name_len, extra_len = struct.unpack_from("<HH", local, 26)
+                start = info.header_offset + 30 + name_len + extra_len
+                f.seek(start)
+                data = f.read(info.file_size)
+    except KeyError:
+        raise SymbolError(f"{archive} has no member {member!r}", path=archive) from None
+    except (OSError, zipfile.BadZipFile) as e:
+        raise SymbolError(f"cannot read archive {archive}: {e}", path=archive) from None
+    return start, data
+
+
+def find_func_offset_in_archive(archive: str, member: str, name: str) -> int:
+    """File offset, within zip ``archive``, of function ``name`` of stored ELF ``member``."""
+    start, data = archive_member(archive, member)
+    return start + ElfBinary(data, f"{archive}!/{member}").find(name)
 
 
 def list_functions(path: str) -> Iterator[FuncSymbol]:
