@@ -18,7 +18,7 @@ from typing import Any
 
 from . import insn as I
 from ._log import get_logger
-from .errors import ObjectError, OptionError, SyscallError, VerifierError
+from .errors import ExternError, ObjectError, OptionError, SyscallError, VerifierError
 from .maps.map import Map, StructOpsMap, map_class
 from .obj.object import ObjectSpec
 from .obj.program import MapRefKind, ProgramSpec, RelocType
@@ -250,7 +250,12 @@ class _Loader:
         if kconfig:
             from .obj import externs as _ext
 
-            merged = dict(_ext.read_kconfig()) if spec.kconfig_map else {}
+            merged: dict[str, str] = {}
+            if spec.kconfig_map:
+                try:
+                    merged = dict(_ext.read_kconfig())
+                except ExternError as e:  # the caller's values may be all that is needed
+                    log.debug("%s: only the kconfig option's values are known", e)
             for k, v in kconfig.items():
                 if not k.startswith("CONFIG_"):
                     raise OptionError(f"kconfig key {k!r} must start with CONFIG_")

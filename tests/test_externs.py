@@ -541,3 +541,25 @@ def test_weak_kfunc_call_poisoned_with_sorted_index(kbtf):
     assert calls(spec) == [(2, ids[0]), (2, ids[1]), (0, POISON_CALL_KFUNC_BASE + 3)]
     spec.poison_unresolved_kfuncs = False
     assert calls(spec) == [(2, ids[0]), (2, ids[1]), (2, 0)]
+
+
+def test_no_kernel_config_only_strong_config_externs_fail(monkeypatch, kbtf):
+    """libbpf reads the kernel config only for CONFIG_* externs: usdt.bpf.h's LINUX_*
+    ones resolve without it; weak CONFIG_* stay 0; a strong one names the missing config."""
+    import pyebpf.obj.externs as X
+    from pyebpf import ObjectSpec
+
+    def missing(paths=None):
+        raise ExternError("failed to open system Kconfig (/boot/config-*, /proc/config.gz)")
+
+    monkeypatch.setattr(X, "read_kconfig", missing)
+    usdt = ObjectSpec.from_file(FIX / "sections.bpf.o")
+    usdt.resolve_externs(kernel_btf=kbtf)
+    assert usdt.externs["LINUX_HAS_BPF_COOKIE"].value == 1
+    only = ObjectSpec.from_file(unit_object("externs_kconfig_only"))
+    only.resolve_externs()
+    assert only.externs["CONFIG_HZ"].value == 0 and not only.externs["CONFIG_HZ"].resolved
+    assert only.externs["LINUX_KERNEL_VERSION"].resolved
+    strong = ObjectSpec.from_file(FIX / "externs.bpf.o")
+    with pytest.raises(ExternError, match="CONFIG_.*no kernel config available"):
+        strong.resolve_externs(kernel_btf=kbtf, kallsyms={"__start_BTF": 1})

@@ -248,3 +248,18 @@ def test_usdt_header_kconfig_image_vs_libbpf(kernelref) -> None:
     else:
         assert theirs[wrapper] == 0
     assert kernelref.leftover_pins() == []
+
+
+def test_kconfig_option_without_kernel_config(monkeypatch) -> None:
+    """No readable kernel config: the load's kconfig= values are enough."""
+    import pyebpf.obj.externs as X
+    from pyebpf.errors import ExternError
+
+    def missing(paths=None):
+        raise ExternError("failed to open system Kconfig (/boot/config-*, /proc/config.gz)")
+
+    monkeypatch.setattr(X, "read_kconfig", missing)
+    with pyebpf.load(unit_object(KCONFIG_ONLY), kconfig={"CONFIG_HZ": 100}) as obj:
+        obj.programs["kconfig_values"].test_run()
+        has_cookie, _, hz, bpf_syscall, missing_opt = obj.globals["values"]
+        assert (has_cookie, hz, bpf_syscall, missing_opt) == (1, 100, 0, 7)

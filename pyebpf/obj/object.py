@@ -16,7 +16,7 @@ from typing import Any
 
 from .. import insn as I
 from .._log import get_logger
-from ..errors import BTFError, ObjectError
+from ..errors import BTFError, ExternError, ObjectError
 from ..uapi import MapType, ProgType
 from .elf import (
     SHT_PROGBITS,
@@ -327,8 +327,13 @@ class ObjectSpec:
             self._externs_resolved = True
             return
         kinds = {e.kind for e in self.externs.values()}
-        if kconfig is None and ExternKind.KCONFIG in kinds:
-            kconfig = _ext.read_kconfig()
+        if kconfig is None and any(n.startswith("CONFIG_") for n in self.externs):
+            # as libbpf, only CONFIG_* externs need the file (LINUX_* ones are virtual);
+            # without it only the strong CONFIG_* externs fail, in resolve_externs
+            try:
+                kconfig = _ext.read_kconfig()
+            except ExternError as e:
+                log.debug("%s: CONFIG_* externs stay unresolved", e)
         virtual = {"LINUX_HAS_BPF_COOKIE": has_bpf_cookie,
                    "LINUX_HAS_SYSCALL_WRAPPER": has_syscall_wrapper}
         needs_btf = any(virtual.get(n, False) is None for n in self.externs)
