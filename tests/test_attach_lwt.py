@@ -80,6 +80,8 @@ def test_hook_checks() -> None:
         L.attach_lwt(SimpleNamespace(name="s", type=ProgType.LWT_SEG6LOCAL, fd=-1), "10.0.0.0/8", dev="lo")
     with pytest.raises(OptionError, match="dev must be an interface name or index"):
         L.attach_lwt(xmit, "10.0.0.0/8", dev="")
+    with pytest.raises(OptionError, match="dev must be an interface name or index, not -1"):
+        L.attach_lwt(xmit, "10.0.0.0/8", dev=-1)
 
 
 # --- firing --------------------------------------------------------------------------------------

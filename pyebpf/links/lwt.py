@@ -4,7 +4,9 @@ bpf xmit obj FILE`` does (libbpf has no attach function for them).
 
 The route is made over rtnetlink (pyebpf.sys.netlink) with RTA_ENCAP_TYPE =
 LWTUNNEL_ENCAP_BPF and RTA_ENCAP holding LWT_BPF_IN/OUT/XMIT, each with the program fd and
-a name. Closing the :class:`LwtRoute` deletes the route. The netlink socket is kept: it
+a name. Closing the :class:`LwtRoute` deletes the route, and so does dropping it (like
+every Link, it undoes its attachment when garbage-collected): keep it while the program
+should run. The netlink socket is kept: it
 belongs to the namespace the route lives in.
 """
 
@@ -123,7 +125,8 @@ def attach_lwt(prog: Any, dest: str, *, dev: str | int, hook: str | None = None,
     name = prog_label(prog)
     key, nest = _hook_for(prog, hook)
     net = parse_dest(dest)
-    if isinstance(dev, bool) or not isinstance(dev, str | int) or dev == "":
+    if (isinstance(dev, bool) or not isinstance(dev, str | int) or dev == ""
+            or (isinstance(dev, int) and not 0 < dev < 1 << 31)):
         raise OptionError(f"dev must be an interface name or index, not {dev!r}")
     pfd = prog_fd(prog)
     nsfd = None

@@ -3,7 +3,9 @@ sk_msg / sk_skb programs on a sockmap or sockhash (libbpf's bpf_program__attach_
 
 A socket attachment holds no reference to the user's socket: it remembers the fd number
 and the socket's inode, and ``close()`` detaches only if that fd still names the same
-socket, so a closed socket (which took its filter with it) is left alone.
+socket, so a closed socket (which took its filter with it) is left alone. Like every
+Link, an attachment that is dropped is closed by garbage collection: keep it while the
+program should stay attached.
 """
 
 from __future__ import annotations
