@@ -365,7 +365,8 @@ def attach_tc(prog: Any, iface: str | int, direction: str | None = "ingress", *,
     Creates the clsact qdisc if missing (bpf_tc_hook_create). ``direction`` None takes the
     program's (SEC("tc/egress"), ...), else ingress. ``handle``/``priority`` 0 let the
     kernel choose (the link reports the chosen ones); ``replace`` swaps the program of the
-    existing filter with that handle and priority (both required).
+    filter with that handle and priority (both required), or creates it if there is none,
+    as libbpf's bpf_tc_attach with BPF_TC_F_REPLACE does.
     """
     _check_prog(prog, "a tc filter")
     d = _direction(prog, direction, "ingress")
