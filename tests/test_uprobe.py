@@ -319,6 +319,20 @@ def test_uprobe_multi_offsets_pid_and_ref_ctr_shape(obj, target, clean) -> None:
         other.close()
 
 
+def test_uprobe_multi_pid_zero_is_this_process(obj, clean) -> None:
+    me = os.getpid()
+    obj.maps["watch"][me] = 1
+    try:
+        with U.attach_uprobe_multi(obj.programs["um_cookie"], "libc.so.6", funcs=["getppid"],
+                                   cookies=[7], pid=0) as link:
+            clean.append(link.id)
+            assert link.info().pid == me
+            os.getppid()
+            assert hits(obj, me, SLOT_MULTI + 7) >= 1
+    finally:
+        obj.maps["watch"].delete(me)
+
+
 def test_uprobe_session(obj, target, clean) -> None:
     prog = obj.programs["u_session"]
     try:

@@ -438,7 +438,7 @@ def attach_uprobe_multi(prog: Any, binary: str, pattern: str | None = None, *,
     ``cookies``/``ref_ctr_offsets`` go one per function/offset; with a pattern, ``cookies`` may
     be a mapping from function name to cookie (a pyebpf extension; libbpf allows none).
     ``retprobe``/``session`` default from the section (``uretprobe.multi``, ``uprobe.session``).
-    ``pid`` None: every process.
+    ``pid`` None: every process (0: this one).
     """
     label = _check_prog(prog, "uprobe_multi")
     given = [x for x in (pattern, funcs, offsets) if x is not None]
@@ -503,11 +503,13 @@ def attach_uprobe_multi(prog: Any, binary: str, pattern: str | None = None, *,
     refs = _u64s("ref_ctr_offsets", ref_ctr_offsets, n)
     cks = _u64s("cookies", cookies, n)
     flags = BPF_F_UPROBE_MULTI_RETURN if retprobe else 0
+    # libbpf: 0 is this process, None/-1 every process (the kernel's 0)
+    kpid = os.getpid() if pid == 0 else pid if pid is not None and pid > 0 else 0
     what = f"{'uretprobe' if retprobe else 'uprobe'}.multi {path} ({n} probe{'s' * (n != 1)})"
     try:
         fd = _bpf.link_create(prog_fd(prog), None, want, uprobe_multi={
             "path": path, "offsets": offs, "ref_ctr_offsets": refs, "cookies": cks,
-            "flags": flags, "pid": pid if pid and pid > 0 else 0})
+            "flags": flags, "pid": kpid})
     except SyscallError as e:
         raise AttachError(f"failed to attach {what}: {e}{_multi_hint(e, path)}",
                           program=label, cause=e) from e
