@@ -431,3 +431,31 @@ def test_parse_kprobe_multi_section() -> None:
     assert K.parse_kprobe_multi_section("kprobe.multi/ab!c") == ("ab", False, False)
     with pytest.raises(OptionError, match="invalid"):
         K.parse_kprobe_multi_section("kprobe.multi/!x")
+
+
+def test_corrupt_inputs_raise_only_pyebpf_errors() -> None:
+    """Random byte flips and truncations of the target and of an ld.so.cache image: only
+    SymbolError (or an empty cache listing), never struct.error/IndexError/OverflowError."""
+    import random
+
+    rnd = random.Random(7)
+    elf = open(TARGET, "rb").read()
+    for _ in range(400):
+        b = bytearray(elf)
+        for _ in range(rnd.randint(1, 12)):
+            pos = rnd.randrange(0x40) if rnd.random() < 0.4 else rnd.randrange(len(b))
+            b[pos] = rnd.randrange(256)
+        if rnd.random() < 0.2:
+            b = b[: rnd.randrange(len(b))]
+        try:
+            x = E.ElfBinary(bytes(b), "fuzz")
+            x.match("ut_*")
+            x.find("ut_add")
+        except E.SymbolError:
+            pass
+    cache = _cache_new([(0x0303, f"lib{i}.so", f"/l/lib{i}.so") for i in range(20)])
+    for _ in range(400):
+        b = bytearray(cache)
+        for _ in range(4):
+            b[rnd.randrange(len(b))] = rnd.randrange(256)
+        assert isinstance(L.parse_ld_so_cache(bytes(b)), list)

@@ -114,7 +114,7 @@ class ElfBinary:
         self.path = path
         try:
             self._parse(data)
-        except (struct.error, IndexError, ValueError) as e:
+        except (struct.error, IndexError, ValueError, OverflowError, MemoryError) as e:
             raise SymbolError(f"{path}: malformed ELF file ({e})", path=path) from None
 
     @classmethod
@@ -149,6 +149,8 @@ class ElfBinary:
         phoff, shoff = ehdr[4], ehdr[5]
         phentsize, phnum, shentsize, shnum = ehdr[8], ehdr[9], ehdr[10], ehdr[11]
         self.segments: list[_Segment] = []
+        if phoff + phnum * phentsize > len(data) or shoff > len(data):
+            raise ValueError("headers lie outside the file")
         for i in range(phnum if phoff else 0):
             p = struct.unpack_from(phdr_fmt, data, phoff + i * phentsize)
             if cls == 2:
@@ -159,6 +161,8 @@ class ElfBinary:
                 self.segments.append(_Segment(pvaddr, pmemsz, poff, pflags))
         if shoff and shnum == 0:  # more than 0xff00 sections: the count is in section 0
             shnum = struct.unpack_from(shdr_fmt, data, shoff)[5]
+        if shoff + shnum * shentsize > len(data):
+            raise ValueError("section headers lie outside the file")
         shdrs = []
         for i in range(shnum if shoff else 0):
             s = struct.unpack_from(shdr_fmt, data, shoff + i * shentsize)

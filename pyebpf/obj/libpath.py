@@ -106,7 +106,7 @@ def parse_ld_so_cache(data: bytes) -> list[tuple[str, str, int]]:
     """
     try:
         return _parse_cache(data)
-    except (struct.error, ValueError, IndexError):
+    except (struct.error, ValueError, IndexError, OverflowError):
         return []
 
 
