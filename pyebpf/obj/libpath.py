@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import struct
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from ..errors import PyebpfError
 
@@ -199,7 +199,7 @@ def search_maps(name: str, text: str) -> str | None:
 # --- the resolver ------------------------------------------------------------------------------
 
 
-def resolve_binary(name: str, pid: int | None = None, *, env: dict[str, str] | None = None,
+def resolve_binary(name: str, pid: int | None = None, *, env: Mapping[str, str] | None = None,
                    ld_so_cache: str = LD_SO_CACHE) -> str:
     """A path for binary/library ``name``: as given if it has a ``/``, else searched like libbpf.
 
@@ -213,7 +213,8 @@ def resolve_binary(name: str, pid: int | None = None, *, env: dict[str, str] | N
         if not os.path.exists(name):
             raise LibraryNotFound(f"binary {name} does not exist", name=name, searched=[name])
         return name
-    env = os.environ if env is None else env
+    if env is None:
+        env = os.environ
     searched: list[str] = []
     if pid is not None and pid > 0:
         maps = f"/proc/{pid}/maps"
