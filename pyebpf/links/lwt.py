@@ -167,7 +167,8 @@ def attach_lwt(prog: Any, dest: str, *, dev: str | int, hook: str | None = None,
 
 
 def _explain(e: SyscallError, name: str | None, dev: str | int, net: Any, where: str) -> AttachError:
-    said = f" (kernel says: {e.extack})" if getattr(e, "extack", "") else ""
+    extack = getattr(e, "extack", "")
+    said = f" (kernel says: {extack})" if extack else ""
     if e.errno == _errno.ENODEV:
         msg = f"no network interface {dev!r}{where or ' in this network namespace'}"
     elif e.errno == _errno.EEXIST:

@@ -83,7 +83,7 @@ def _check_netns(fd: FD, what: str, program: str | None) -> None:
 
 def _attach_type(prog: Any) -> AttachType:
     ptype = getattr(prog, "type", None)
-    at = _ATTACH.get(ptype)  # type: ignore[call-overload]
+    at = _ATTACH.get(ptype)  # type: ignore[arg-type]
     if at is None:
         name = getattr(ptype, "name", ptype)
         raise AttachError(f"attach_netns needs a sk_lookup or flow_dissector program, not a "

@@ -216,7 +216,7 @@ def sockmap_attach_type(prog: Any, attach_type: Any = None) -> AttachType:
     expected attach type from its SEC() row. AttachError when it does not fit the program."""
     name = prog_label(prog)
     ptype = getattr(prog, "type", None)
-    allowed = _FOR_TYPE.get(ptype)  # type: ignore[call-overload]
+    allowed = _FOR_TYPE.get(ptype)  # type: ignore[arg-type]
     if ptype is not None and allowed is None:
         raise AttachError(f"attach_sockmap needs a sk_msg or sk_skb program, not a "
                           f"{getattr(ptype, 'name', ptype)} program", program=name)
