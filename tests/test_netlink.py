@@ -12,6 +12,7 @@ import struct
 
 import pytest
 
+from pyebpf.errors import OptionError
 from pyebpf.sys import netlink as N
 from pyebpf.sys.netlink import Attrs, Message, NetlinkError, NlMsg
 
@@ -150,6 +151,8 @@ def test_clsact_qdisc_messages() -> None:
     assert struct.unpack("=BxxxiIII", m.header) == (0, 3, 0xFFFF0000, 0xFFFFFFF1, 0)
     assert Attrs.parse(bytes(m.body), 20).str(N.TCA_KIND) == "clsact"
     assert N.tc_parent("ingress") == 0xFFFFFFF2 and N.tc_parent("egress") == 0xFFFFFFF3
+    with pytest.raises(OptionError):
+        N.tc_parent("sideways")
 
 
 def test_route_with_lwt_encap_builds_on_message() -> None:
@@ -218,10 +221,14 @@ def test_describe_renders_request_for_the_trace() -> None:
 
 
 def test_message_refuses_oversized_attrs() -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(OptionError):
         Message(1, 0).add(1, bytes(70000))
-    with pytest.raises(ValueError):
+    with pytest.raises(OptionError):
         Message(1, 0).add(0x10000)
+    m = Message(1, 0)
+    with pytest.raises(OptionError), m.nest(1):
+        for _ in range(20):
+            m.add(2, bytes(4000))
 
 
 # --- the real kernel ---------------------------------------------------------------------------
@@ -242,7 +249,7 @@ def test_interface_lookups_and_enodev() -> None:
             N.link_name(0x7FFFFFF0, s)
         assert repr(s).startswith("<NetlinkSocket ")
     assert s.closed and repr(s) == "<NetlinkSocket closed>"
-    with pytest.raises(ValueError):
+    with pytest.raises(NetlinkError, match="closed"):
         s.request(Message(N.RTM_GETLINK, N.NLM_F_REQUEST | N.NLM_F_ACK, N.ifinfomsg(1)))
 
 

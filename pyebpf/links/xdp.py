@@ -169,6 +169,8 @@ def _occupant(ifindex: int, mode_flags: int, sock: NetlinkSocket | None = None) 
     if mode_flags and _MODE_NAME[mode_flags] in ids:
         m = _MODE_NAME[mode_flags]
         return f"program id {ids[m]} ({m} mode)", ids[m]
+    if not ids:
+        return "another program", 0
     return "program " + ", ".join(f"id {v} ({k} mode)" for k, v in ids.items()), next(iter(ids.values()))
 
 
