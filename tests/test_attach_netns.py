@@ -264,7 +264,8 @@ def test_flow_dissector_test_run(sock_obj: pyebpf.Object) -> None:
     frame = b"\xff" * 6 + b"\x02" * 6 + b"\x08\x00" + ip + udp
     r = sock_obj.programs["dissect"].test_run(frame)
     assert r.retval == 0  # BPF_OK
-    keys = r.data_out or r.ctx_out
+    keys = r.data_out  # the kernel returns struct bpf_flow_keys (56 bytes) as the output data
+    assert len(keys) == 56
     nhoff, thoff = struct.unpack_from("<HH", keys, 0)
     ip_proto = keys[9]
     sport, dport = struct.unpack_from("!HH", keys, 12)
