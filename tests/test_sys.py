@@ -970,9 +970,28 @@ def test_perf_attr_union_aliases():
 
 def test_eperm_hint_names_policy_when_caps_are_held(monkeypatch):
     # a root caller told to "run as root" learns nothing: name the policy instead
-    monkeypatch.setattr(S, "_caps", (1 << 39) | (1 << 21))
+    monkeypatch.setattr(S, "_effective_caps", lambda: (1 << 39) | (1 << 21))
     hint = S.errno_hint(errno.EPERM, S.Cmd.PROG_LOAD)
     assert "already holds CAP_BPF" in hint and "security policy" in hint
-    monkeypatch.setattr(S, "_caps", 0)
+    monkeypatch.setattr(S, "_effective_caps", lambda: 0)
     hint = S.errno_hint(errno.EPERM, S.Cmd.PROG_LOAD)
+    assert hint.startswith("run as root") and "already holds" not in hint
+
+
+def test_eperm_hint_reads_caps_of_a_child_that_dropped_them():
+    # the capability set is read at the time of the error, not cached from the parent
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(r)
+        try:
+            os.setresgid(65534, 65534, 65534)
+            os.setresuid(65534, 65534, 65534)
+            os.write(w, S.errno_hint(errno.EPERM, S.Cmd.PROG_LOAD).encode())
+        finally:
+            os._exit(0)
+    os.close(w)
+    with os.fdopen(r, "rb") as f:
+        hint = f.read().decode()
+    os.waitpid(pid, 0)
     assert hint.startswith("run as root") and "already holds" not in hint

@@ -241,6 +241,7 @@ class Link(Closing):
         self._cleanup = cleanup  # callable run once after the fds close (e.g. remove a tracefs event)
         self.pinned_path: str | None = None
         self._id: int | None = None
+        self._closed = False
 
     @property
     def id(self) -> int | None:
@@ -252,13 +253,17 @@ class Link(Closing):
     @property
     def closed(self) -> bool:
         fds = [f for f in (self.fd, self.perf_fd) if f is not None]
+        if not fds:  # an attachment without fds (netlink, PROG_ATTACH, setsockopt)
+            return self._closed
         return all(f.closed for f in fds)
+
+    # how an attachment without a bpf link was made, for error messages
+    no_link_reason = "it was made with PERF_EVENT_IOC_SET_BPF because the kernel lacks perf links"
 
     def _need_link_fd(self, what: str) -> FD:
         if self.fd is None:
             raise AttachError(
-                f"cannot {what}: this attachment has no bpf link (it was made with "
-                "PERF_EVENT_IOC_SET_BPF because the kernel lacks perf links)",
+                f"cannot {what}: this attachment has no bpf link ({self.no_link_reason})",
                 program=prog_label(self.program),
             )
         if self.fd.closed:
@@ -341,6 +346,7 @@ class Link(Closing):
 
     def close(self) -> None:
         """Close every fd this link owns (detaching it unless pinned); idempotent."""
+        self._closed = True
         for f in (self.fd, self.perf_fd, *self._extra_fds):
             if f is not None:
                 f.close()

@@ -114,22 +114,18 @@ _POLICY = (
     "(LSM, lockdown) refused this program or map type here; "
 )
 _CAP_SYS_ADMIN, _CAP_BPF = 21, 39
-_caps: int | None = None
 
 
 def _effective_caps() -> int:
-    global _caps
-    if _caps is None:
-        _caps = 0
-        try:
-            with open("/proc/self/status") as f:
-                for line in f:
-                    if line.startswith("CapEff:"):
-                        _caps = int(line.split()[1], 16)
-                        break
-        except OSError:
-            pass
-    return _caps
+    # read afresh on every EPERM (an error path): a forked child may have dropped privileges
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("CapEff:"):
+                    return int(line.split()[1], 16)
+    except OSError:
+        pass
+    return 0
 
 
 def _perm_hint() -> str:
