@@ -594,6 +594,7 @@ def test_pin_refused(obj, target, clean) -> None:
 # --- leaks ------------------------------------------------------------------------------------
 
 
+@pytest.mark.usefixtures("obj")  # caches warmed
 def test_object_leaves_nothing_behind() -> None:
     spec = _spec_with_target()
     names = kobjects.object_names(spec)
