@@ -215,6 +215,39 @@ def test_archive_member_offset(obj, clean, tmp_path) -> None:
         U.attach_uprobe(obj.programs["u_arg"], f"{z}!/lib/other", "ut_ret")
 
 
+def _sema_offset() -> int:
+    """File offset of the target's ut_sema (through pyelftools, independent of pyebpf)."""
+    from elftools.elf.elffile import ELFFile
+
+    with open(TARGET, "rb") as f:
+        elf = ELFFile(f)
+        sym = elf.get_section_by_name(".symtab").get_symbol_by_name("ut_sema")[0]
+        v = sym["st_value"]
+        seg = next(s for s in elf.iter_segments()
+                   if s["p_type"] == "PT_LOAD" and s["p_vaddr"] <= v < s["p_vaddr"] + s["p_filesz"])
+        return v - seg["p_vaddr"] + seg["p_offset"]
+
+
+@pytest.mark.parametrize("mode", ["default", "legacy"])
+def test_ref_ctr_offset_counts_in_semaphore(obj, target, clean, mode: str) -> None:
+    """ref_ctr_offset (USDT semaphores): the kernel bumps the u16 there while attached."""
+    assert target.cmd("k") == 0
+    with U.attach_uprobe(obj.programs["u_add"], TARGET, "ut_add", ref_ctr_offset=_sema_offset(),
+                         mode=mode) as link:
+        if link.fd is not None:
+            clean.append(link.id)
+            assert link.info().ref_ctr_offset == _sema_offset()
+        assert target.cmd("k") == 1
+        target.cmd("c 1 2")
+        assert hits(obj, target.pid, SLOT_ADD) == 1
+    assert target.cmd("k") == 0
+    with U.attach_uprobe_multi(obj.programs["um_cookie"], TARGET, offsets=[off("ut_mul")],
+                               ref_ctr_offsets=[_sema_offset()]) as m:
+        clean.append(m.id)
+        assert target.cmd("k") == 1
+    assert target.cmd("k") == 0
+
+
 def test_pid_filter(obj, target, clean) -> None:
     other = Target()
     obj.maps["watch"][other.pid] = 1
