@@ -290,6 +290,19 @@ def test_legacy_tracefs_uprobe(obj, target, clean) -> None:
     assert not os.path.exists(os.path.join(P.tracefs_path(), "events", group, name))
 
 
+def test_without_pmu_default_falls_back_to_tracefs(obj, target, clean, tmp_path) -> None:
+    """A kernel without the uprobe PMU (an empty PMU directory stands in for one)."""
+    nopmu = str(tmp_path)
+    with U.attach_uprobe(obj.programs["u_add"], TARGET, "ut_add", pmu_dir=nopmu) as link:
+        assert link.legacy_event is not None and len(_our_events()) == 1
+        target.cmd("c 2 2")
+        assert hits(obj, target.pid, SLOT_ADD) == 1
+    assert _our_events() == []
+    for mode in ("perf", "link"):
+        with pytest.raises(AttachError, match="uprobe PMU"):
+            U.attach_uprobe(obj.programs["u_add"], TARGET, "ut_add", pmu_dir=nopmu, mode=mode)
+
+
 def test_legacy_with_pid_and_failure_leaves_no_event(obj, target, clean) -> None:
     with U.attach_uprobe(obj.programs["u_arg"], TARGET, "ut_mul", mode="legacy", pid=target.pid):
         target.cmd("c 9 1")
