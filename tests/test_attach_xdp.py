@@ -5,10 +5,13 @@ queries, pins, every explained error, and no fd, link or attachment left behind.
 
 from __future__ import annotations
 
+import atexit
 import errno
 import gc
 import os
 import secrets
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -373,3 +376,54 @@ def test_link_base_class_round_trip(obj: pyebpf.Object, net: NetnsPair) -> None:
     with net.enter("b"), attach_xdp(obj.programs["xdp_a"], net.ifname["b"]) as link:
         with Link.from_id(link.id) as same:
             assert same.info().ifindex == net.ifindex["b"]
+
+
+# --- life cycle of netlink attachments ---------------------------------------------------------
+
+
+def test_netlink_attachment_undone_by_garbage_collection(obj: pyebpf.Object, net: NetnsPair) -> None:
+    with net.enter("b"):
+        attach_xdp(obj.programs["xdp_a"], net.ifname["b"], mode="skb", netlink=True)  # dropped at once
+        gc.collect()
+        assert xdp_query(net.ifname["b"]).prog_ids == {}
+
+
+def test_netlink_attachment_undone_at_exit(net: NetnsPair) -> None:
+    """A process that exits without closing leaves no XDP program or tc filter behind."""
+    script = f"""
+import sys
+sys.path.insert(0, {os.path.dirname(__file__)!r})
+import pyebpf
+from netns import enter_netns
+from pyebpf.links.xdp import attach_xdp
+from pyebpf.links.tc import attach_tc
+obj = pyebpf.load({str(unit_object("attach_net"))!r})
+with enter_netns({net.ns["b"]!r}):
+    keep = [attach_xdp(obj.programs["xdp_a"], {net.ifname["b"]!r}, mode="skb", netlink=True),
+            attach_tc(obj.programs["tc_in"], {net.ifname["b"]!r})]
+print(keep[0].program.id, flush=True)
+"""
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip().isdigit()
+    with net.enter("b"):
+        assert xdp_query(net.ifname["b"]).prog_ids == {}
+        from pyebpf.links.tc import tc_query
+
+        assert tc_query(net.ifname["b"]) == []
+
+
+def test_forked_child_exit_leaves_parent_attachment(obj: pyebpf.Object, net: NetnsPair) -> None:
+    a = obj.programs["xdp_a"]
+    with net.enter("b"), attach_xdp(a, net.ifname["b"], mode="skb", netlink=True):
+        pid = os.fork()
+        if pid == 0:  # child: run the exit hooks as a normal exit would, then leave
+            code = 0
+            try:
+                atexit._run_exitfuncs()
+            except BaseException:
+                code = 1
+            os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert xdp_query(net.ifname["b"]).skb_prog_id == a.id

@@ -27,7 +27,7 @@ from ..sys.netlink import ETH_P_ALL, NetlinkError, NetlinkSocket, TcFilter
 from ..sys.syscall import Cmd, bpf
 from ..uapi import AttachType, ProgType
 from .base import AttachError, Link, prog_fd, prog_label
-from .xdp import NET_PERM_HINT, resolve_iface
+from .xdp import NET_PERM_HINT, NetlinkAttachment, resolve_iface
 
 __all__ = [
     "BPF_F_AFTER",
@@ -230,7 +230,7 @@ def _netns_ino() -> int:
     return os.stat("/proc/thread-self/ns/net").st_ino
 
 
-class TcLink(Link):
+class TcLink(NetlinkAttachment, Link):
     """A cls_bpf direct-action filter under a clsact qdisc (no bpf link: ``fd`` is None).
 
     ``close()`` deletes this filter; the qdisc goes too when this process created it
@@ -251,6 +251,12 @@ class TcLink(Link):
         self.handle = filter.handle
         self.priority = filter.priority
         self._owner_key = owner_key
+        self._track()
+
+    def _abandon(self) -> None:
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            sock.close()
 
     @property
     def closed(self) -> bool:

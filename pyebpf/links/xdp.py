@@ -9,7 +9,10 @@ the attached one (libbpf's expected_prog_fd).
 
 from __future__ import annotations
 
+import atexit
 import errno as _errno
+import os
+import weakref
 from typing import Any
 
 from .._log import get_logger
@@ -45,6 +48,7 @@ __all__ = [
     "XdpInfo",
     "XdpLink",
     "XdpNetlinkLink",
+    "NetlinkAttachment",
     "attach_xdp",
     "resolve_iface",
     "xdp_query",
@@ -298,7 +302,48 @@ class XdpLink(Link):
         return link
 
 
-class XdpNetlinkLink(XdpLink):
+# Netlink attachments outlive the process unless someone undoes them. Live ones are
+# undone at exit, before pyebpf.sys.fd's exit hook closes the fds they need (atexit runs
+# hooks last-registered first), and only by the process that made them: a forked child
+# exiting must not detach its parent's programs.
+_live_netlink: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+class NetlinkAttachment:
+    """Mixin of the Link kinds that undo a netlink attachment on close (XDP, tc filters)."""
+
+    _owner_pid = 0
+
+    def _track(self) -> None:
+        self._owner_pid = os.getpid()
+        _live_netlink.add(self)
+
+    def _abandon(self) -> None:
+        """Release our fds and socket without touching the attachment (in a forked child)."""
+        raise NotImplementedError
+
+    def __del__(self) -> None:
+        try:
+            if self._owner_pid and self._owner_pid != os.getpid():
+                self._abandon()
+            else:
+                self.close()  # type: ignore[attr-defined]
+        except Exception:  # never raise from a finalizer
+            pass
+
+
+@atexit.register
+def _undo_at_exit() -> None:
+    pid = os.getpid()
+    for att in list(_live_netlink):
+        if att._owner_pid == pid:
+            try:
+                att.close()
+            except Exception as e:  # keep going: the others still need undoing
+                _log.debug("undoing %r at exit failed: %s", att, e)
+
+
+class XdpNetlinkLink(NetlinkAttachment, XdpLink):
     """An XDP program attached through netlink (no bpf link: ``fd`` is None).
 
     ``close()`` detaches it if it is still the attached program; ``update()`` swaps it
@@ -316,6 +361,13 @@ class XdpNetlinkLink(XdpLink):
         self._sock: NetlinkSocket | None = sock
         self._prog = prog
         self._mode_flags = mode_flags
+        self._track()
+
+    def _abandon(self) -> None:
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            sock.close()
+        self._prog.close()
 
     @property
     def closed(self) -> bool:
