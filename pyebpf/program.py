@@ -254,6 +254,13 @@ class Program:
 
         return attach_sockmap(self, sockmap, attach_type, **opts)
 
+    def attach_lwt(self, dest: str, *, dev: str | int, **opts: Any) -> Any:
+        """Attach an lwt_in/out/xmit program by adding a route to ``dest`` via ``dev`` with a
+        BPF encap; closing the returned LwtRoute deletes the route."""
+        from .links.lwt import attach_lwt
+
+        return attach_lwt(self, dest, dev=dev, **opts)
+
     def attach_iter(self, map: Any = None, **opts: Any) -> Any:
         """Create an iterator link (``map=``, ``cgroup=``/``order=``, ``tid=``/``pid=``)."""
         from .links.iter import attach_iter
