@@ -37,6 +37,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 FIX = os.path.normpath(os.path.join(HERE, "..", "fixtures"))
 TARGET = os.path.join(FIX, "targets", "usdt_target")
 THROW = os.path.join(FIX, "targets", "usdt_throw")
+NOPIE = os.path.join(FIX, "targets", "usdt_target_nopie")
 OBJ = os.path.join(FIX, "unit", "attach_usdt.bpf.o")
 NOMAPS = os.path.join(FIX, "unit", "attach_usdt_nomaps.bpf.o")
 COUNTERS = os.path.join(FIX, "unit", "attach_counters.bpf.o")
@@ -200,6 +201,23 @@ def expected(probe: str, n: int, line: int) -> tuple[int, ...]:
     if probe == "noargs":
         return ()
     raise AssertionError(probe)
+
+
+def test_arguments_position_dependent_target(obj, rb, clean) -> None:
+    t = Target(NOPIE)
+    try:
+        allow(obj, t.pid)
+        with obj.programs["usdt_generic"].attach_usdt(NOPIE, "usdt_test", "mem") as link:
+            clean.extend(uprobe_ids(link))
+            t.step(12345)
+            assert [e.args for e in drain(rb)] == [expected("mem", 12345, 1)]
+            assert t.sema() == 0
+        with obj.programs["usdt_generic"].attach_usdt(NOPIE, "usdt_test", "sema") as link:
+            clean.extend(uprobe_ids(link))
+            assert t.sema() == 1
+    finally:
+        t.close()
+        obj.maps["tgids"].delete(t.pid)
 
 
 def test_arguments_every_operand_kind(obj, rb, target, clean) -> None:
@@ -486,6 +504,19 @@ def test_ip_map_mode(no_cookies, clean) -> None:
                 prog.attach_usdt(TARGET, "usdt_test", "twice", pid=t.pid)
             assert ip_map.count() == 2
             link.close()
+            assert ip_map.count() == 0
+        finally:
+            t.close()
+        # a position-dependent executable has fixed addresses: every process works
+        t = Target(NOPIE)
+        try:
+            allow(o, t.pid)
+            with prog.attach_usdt(NOPIE, "usdt_test", "regs") as link:
+                clean.extend(uprobe_ids(link))
+                (key,) = [int.from_bytes(k, "little") for k in ip_map.keys_bytes()]
+                assert key == link.probes[0].abs_ip == link.probes[0].loc_addr
+                t.step(-3)
+                assert [(e.ip, e.args) for e in drain(r)] == [(key, expected("regs", -3, 1))]
             assert ip_map.count() == 0
         finally:
             t.close()

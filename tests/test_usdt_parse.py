@@ -21,6 +21,7 @@ from pyebpf.obj import usdt as U
 HERE = os.path.dirname(__file__)
 TARGET = os.path.join(HERE, "..", "fixtures", "targets", "usdt_target")
 THROW = os.path.join(HERE, "..", "fixtures", "targets", "usdt_throw")
+NOPIE = os.path.join(HERE, "..", "fixtures", "targets", "usdt_target_nopie")
 BPF_OBJ = os.path.join(HERE, "..", "fixtures", "unit", "attach_usdt.bpf.o")
 
 # pt_regs offsets on x86-64 (arch/x86/include/asm/ptrace.h)
@@ -49,21 +50,26 @@ def _elftools_symbol(path: str, name: str) -> int:
 # --- the fixture binary -----------------------------------------------------------------------
 
 
-def test_target_probes() -> None:
-    probes = U.list_usdt_probes(TARGET)
+@pytest.mark.parametrize("path", [TARGET, NOPIE], ids=["pie", "no_pie"])
+def test_target_probes(path: str) -> None:
+    elf = U.read_usdt_elf(path)
+    assert elf.is_shared == (path == TARGET)
+    probes = U.list_usdt_probes(elf)
     names = [p.qualname for p in probes]
     assert sorted(set(names)) == [f"usdt_test:{n}" for n in
                                   ("consts", "mem", "noargs", "regs", "sema", "step", "twice")]
     assert names.count("usdt_test:twice") == 2
     for p in probes:
-        assert p.file_offset == _elftools_offset(TARGET, p.abs_ip, exec_=True)
+        assert p.file_offset == _elftools_offset(path, p.abs_ip, exec_=True)
         assert p.abs_ip == p.loc_addr  # not prelinked
+        # a position-dependent executable is linked at 0x400000: addresses are not offsets
+        assert (p.abs_ip == p.file_offset) == (path == TARGET)
     sema = [p for p in probes if p.sema_addr]
     assert [p.name for p in sema] == ["sema"]
     # the semaphore is the variable usdt_test_sema_semaphore in .probes, in a data segment
-    assert sema[0].sema_addr == _elftools_symbol(TARGET, "usdt_test_sema_semaphore")
-    assert sema[0].sema_offset == _elftools_offset(TARGET, sema[0].sema_addr, exec_=False)
-    noargs = U.find_usdt_probes(TARGET, "usdt_test", "noargs")
+    assert sema[0].sema_addr == _elftools_symbol(path, "usdt_test_sema_semaphore")
+    assert sema[0].sema_offset == _elftools_offset(path, sema[0].sema_addr, exec_=False)
+    noargs = U.find_usdt_probes(path, "usdt_test", "noargs")
     assert noargs[0].args == "" and noargs[0].parse_args() == []
 
 
