@@ -248,6 +248,29 @@ def test_ref_ctr_offset_counts_in_semaphore(obj, target, clean, mode: str) -> No
     assert target.cmd("k") == 0
 
 
+def test_library_found_through_proc_pid_maps(obj, clean) -> None:
+    """A library name no search path knows, found among the files mapped in a process."""
+    import ctypes
+
+    me = os.getpid()
+    lib, func, call = f"libpython{sys.version_info[0]}.{sys.version_info[1]}", "Py_GetVersion", \
+        ctypes.pythonapi.Py_GetVersion
+    with open(f"/proc/{me}/maps") as f:
+        if f"/{lib}" not in f.read():  # an interpreter linked statically: use libc instead
+            lib, func, call = "libc", "getppid", os.getppid
+    with pytest.raises(AttachError, match=f"cannot find binary '{lib}'"):
+        U.attach_uprobe(obj.programs["u_arg"], lib, func)  # not a .so name: PATH only
+    obj.maps["watch"][me] = 1
+    try:
+        with U.attach_uprobe(obj.programs["u_arg"], lib, func, pid=me) as link:
+            clean.append(link.id)
+            assert os.path.basename(link.path).startswith(lib)
+            call()
+            assert hits(obj, me, SLOT_ARG) >= 1
+    finally:
+        obj.maps["watch"].delete(me)
+
+
 def test_pid_filter(obj, target, clean) -> None:
     other = Target()
     obj.maps["watch"][other.pid] = 1
@@ -458,27 +481,17 @@ def test_program_methods(obj, target, clean) -> None:
 
 
 def test_auto_attach_proc_self_exe_and_errors(obj, clean) -> None:
-    import ctypes
-
     prog = obj.programs["u_arg"]
-    me = os.getpid()
-    obj.maps["watch"][me] = 1
-    try:
-        exe = os.path.realpath("/proc/self/exe")
-        try:
-            elfsym.find_func_offset(exe, "Py_GetVersion")
-        except elfsym.SymbolError:
-            exe = ""
-        if exe:  # python linked statically with libpython: its symbols are in the executable
-            with U.auto_attach_uprobe(prog, "uprobe//proc/self/exe:Py_GetVersion", None) as link:
-                clean.append(link.id)
-                ctypes.pythonapi.Py_GetVersion()
-                assert hits(obj, me, SLOT_ARG) >= 1
-        with U.auto_attach_uprobe(prog, f"uprobe/{TARGET}:0x{off('ut_ret'):x}", None) as link:
-            clean.append(link.id)
-            assert link.offset == off("ut_ret")
-    finally:
-        obj.maps["watch"].delete(me)
+    exe = os.path.realpath("/proc/self/exe")
+    # the kernel resolves /proc/self/exe in our process: the interpreter's main()
+    with U.auto_attach_uprobe(prog, "uprobe//proc/self/exe:main", None) as link:
+        clean.append(link.id)
+        assert link.path == "/proc/self/exe"
+        assert link.offset == elfsym.find_func_offset(exe, "main")
+        assert link.info().file_name in (exe, "/proc/self/exe")
+    with U.auto_attach_uprobe(prog, f"uprobe/{TARGET}:0x{off('ut_ret'):x}", None) as link:
+        clean.append(link.id)
+        assert link.offset == off("ut_ret")
     with pytest.raises(AttachSkipped):
         U.auto_attach_uprobe(prog, "uprobe", None)
     with pytest.raises(AttachError, match="missing the ':function"):
