@@ -390,6 +390,18 @@ def test_auto_attach(clean) -> None:
             evs = drain(r)
             assert [(e.prog, e.args) for e in evs] == [(PROG_AUTO, (1,)), (PROG_AUTO, (2,))]
             link.close()
+            # Program.attach(): the section's probe, or an explicit one
+            with LU.auto_attach_usdt(o.programs["usdt_auto"], o.programs["usdt_auto"].spec.section,
+                                     pid=t.pid, cookie=6) as link:
+                clean.extend(uprobe_ids(link))
+                assert link.pid == t.pid
+                t.step()
+                assert [(e.args, e.cookie) for e in drain(r)] == [((3,), 6)]
+            with o.programs["usdt_generic"].attach(TARGET, "usdt_test", "step", cookie=7) as link:
+                assert isinstance(link, LU.UsdtLink)
+                clean.extend(uprobe_ids(link))
+                t.step()
+                assert [(e.prog, e.args, e.cookie) for e in drain(r)] == [(PROG_GENERIC, (4,), 7)]
             # a bare SEC("usdt") names no probe: skipped, as libbpf does
             with pytest.raises(AttachSkipped, match="names no"):
                 links.auto_attach(o.programs["usdt_generic"])

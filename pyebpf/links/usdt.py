@@ -281,8 +281,10 @@ def parse_usdt_section(section: str) -> tuple[str, str, str] | None:
     return parts[0], parts[1], parts[2]
 
 
-def auto_attach_usdt(prog: Any, section: str, target: str | None = None) -> UsdtLink:
-    """Attach from ``SEC("usdt/PATH:PROVIDER:NAME")`` to every process (libbpf's attach_usdt).
+def auto_attach_usdt(prog: Any, section: str, target: str | None = None, *,
+                     pid: int | None = None, cookie: int = 0) -> UsdtLink:
+    """Attach from ``SEC("usdt/PATH:PROVIDER:NAME")``: to every process, as libbpf's
+    attach_usdt, unless ``pid`` says otherwise; ``cookie`` as in :func:`attach_usdt`.
 
     A bare ``SEC("usdt")`` raises AttachSkipped; a malformed section AttachError.
     """
@@ -295,7 +297,7 @@ def auto_attach_usdt(prog: Any, section: str, target: str | None = None) -> Usdt
         raise AttachSkipped(f"SEC({section!r}) names no USDT probe; attach it with "
                             "attach_usdt(binary, provider, name)", program=label)
     path, provider, name = parsed
-    return attach_usdt(prog, path, provider, name)
+    return attach_usdt(prog, path, provider, name, pid=pid, cookie=cookie)
 
 
 # --- attach -----------------------------------------------------------------------------------
