@@ -165,6 +165,7 @@ def test_synthetic_offsets_through_pt_load() -> None:
                     "synthetic")
     assert b.find("f") == 0x1010  # 0x400010 - vaddr 0x400000 + offset 0x1000
     assert b.find("g") == 0x1200  # STT_GNU_IFUNC counts as a function
+    assert [f.ifunc for f in b.functions] == [False, True]
     for name in ("obj", "undef"):
         with pytest.raises(E.SymbolError, match="not found in synthetic"):
             b.find(name)

@@ -73,9 +73,12 @@ class FuncSymbol(Record):
     bind: int
     offset: int  # file offset of the first instruction
     table: str  # ".symtab" or ".dynsym"
+    # STT_GNU_IFUNC: the symbol is the resolver that picks an implementation at load time;
+    # a uprobe there fires when the dynamic linker resolves it, not on calls (libbpf alike)
+    ifunc: bool
 
     def __init__(self, name: str, base: str, version: str | None, default: bool, value: int,
-                 size: int, bind: int, offset: int, table: str) -> None:
+                 size: int, bind: int, offset: int, table: str, ifunc: bool = False) -> None:
         self.name = name
         self.base = base
         self.version = version
@@ -85,6 +88,7 @@ class FuncSymbol(Record):
         self.bind = bind
         self.offset = offset
         self.table = table
+        self.ifunc = ifunc
 
 
 class _Segment(Record):
@@ -219,7 +223,7 @@ class ElfBinary:
                             raw = f"{base}@@{vname}" if default else f"{base}@{vname}"
                     self.functions.append(FuncSymbol(
                         raw, base, version, default, value, size, bind,
-                        self._file_offset(value, shdrs, shndx), table))
+                        self._file_offset(value, shdrs, shndx), table, kind == STT_GNU_IFUNC))
 
     @staticmethod
     def _parse_verdef(verdef: bytes, strs: bytes, e: str) -> dict[int, str]:
