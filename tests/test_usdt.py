@@ -304,6 +304,7 @@ def test_semaphore(obj, rb, target, clean) -> None:
     first = prog.attach_usdt(TARGET, "usdt_test", "sema", cookie=1)
     clean.extend(uprobe_ids(first))
     assert first.probes[0].sema_offset != 0
+    assert first.links[0].info().ref_ctr_offset == first.probes[0].sema_offset
     assert target.sema() == 1
     # a second attachment shares the kernel's uprobe at that site: the semaphore stays
     # set until the last one goes
@@ -345,8 +346,8 @@ def test_spec_ids_shared_and_reused(obj, target, clean) -> None:
         # the spec id travels in the uprobe's BPF cookie
         info = c.links[0].info()
         assert info.type == LinkType.PERF_EVENT and info.perf_event_type == "uprobe"
-        if "cookie" in info.details:
-            assert info.cookie == freed
+        assert (info.file_name, info.offset, info.cookie, info.ref_ctr_offset) == (
+            TARGET, mem.file_offset, freed, 0)
     b.close()
 
 
@@ -468,13 +469,13 @@ def test_uprobe_multi(clean) -> None:
             info = link.info()
             clean.append(info.id)
             assert info.type == LinkType.UPROBE_MULTI
-            if "count" in info.details:
-                assert info.count == 2
+            assert (info.path, info.count, info.pid) == (TARGET, 2, 0)
             t.step(3)
             assert sorted(e.args for e in drain(r)) == [(1, 7), (2, 3)]
             link.close()
             with prog.attach_usdt(TARGET, "usdt_test", "sema", pid=t.pid) as sema:
                 clean.append(sema.info().id)
+                assert sema.info().pid == t.pid
                 assert t.sema() == 1
             assert wait_gone(clean) == []
             assert t.sema() == 0
