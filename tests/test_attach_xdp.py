@@ -23,6 +23,7 @@ import pyebpf
 from pyebpf.errors import OptionError
 from pyebpf.links.base import AttachError, Link
 from pyebpf.links.xdp import XdpInfo, XdpLink, XdpNetlinkLink, attach_xdp, xdp_query
+from pyebpf.sys import netlink as N
 from pyebpf.uapi import LinkType
 
 try:
@@ -93,6 +94,7 @@ def test_link_fires_in_each_mode(obj: pyebpf.Object, net: NetnsPair, mode: str |
             q = xdp_query(ifname)
             assert isinstance(q, XdpInfo) and q.mode == shown and q.prog_ids == {shown: prog.id}
             assert q.prog_id == prog.id and q.id_for() == prog.id and q.id_for(shown) == prog.id
+            assert q.id_for("hw") == 0 and q.ifindex == net.ifindex["b"]
             info = link.info()
             assert info.type == LinkType.XDP and info.prog_id == prog.id
             assert info.ifindex == net.ifindex["b"]
@@ -112,6 +114,18 @@ def test_attach_by_index_and_query_by_index(obj: pyebpf.Object, net: NetnsPair) 
         assert link.target == f"ifindex {net.ifindex['b']}"
         fire(net, 2)
         assert count(obj, SLOT_A) == 2
+
+
+def test_query_reports_driver_features(net: NetnsPair) -> None:
+    with N.NetlinkSocket(N.NETLINK_GENERIC) as s:
+        if N.genl_family_id("netdev", s) is None:
+            pytest.skip("kernel has no netdev generic netlink family (XDP features, Linux 6.3+)")
+    with net.enter("b"):
+        q = xdp_query(net.ifname["b"])
+        # veth: native XDP, redirect target, multi-buffer frames
+        assert {"basic", "redirect", "rx-sg"} <= set(q.features), q
+        assert q.feature_flags & 1 and q.mode is None and q.prog_ids == {} and q.id_for() == 0
+        assert xdp_query("lo").features == []  # no native XDP on loopback
 
 
 def test_link_update_swaps_program(obj: pyebpf.Object, net: NetnsPair) -> None:

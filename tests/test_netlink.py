@@ -169,6 +169,17 @@ def test_route_with_lwt_encap_builds_on_message() -> None:
     assert inner.uint(N.LWT_BPF_PROG_FD) == 8 and inner.str(N.LWT_BPF_PROG_NAME) == "lwt"
 
 
+def test_generic_netlink_request_encoding() -> None:
+    m = Message(N.GENL_ID_CTRL, N.NLM_F_REQUEST | N.NLM_F_ACK,
+                N.genlmsghdr(N.CTRL_CMD_GETFAMILY, 2), name="CTRL_CMD_GETFAMILY")
+    m.add_str(N.CTRL_ATTR_FAMILY_NAME, "netdev")
+    wire = m.encode(seq=3)
+    assert struct.unpack_from("=HH", wire, 4) == (N.GENL_ID_CTRL, N.NLM_F_REQUEST | N.NLM_F_ACK)
+    assert wire[16:20] == bytes([N.CTRL_CMD_GETFAMILY, 2, 0, 0])
+    assert Attrs.parse(wire, 20).str(N.CTRL_ATTR_FAMILY_NAME) == "netdev"
+    assert m.describe().startswith("CTRL_CMD_GETFAMILY flags=REQUEST|ACK")
+
+
 # --- replies and errors ------------------------------------------------------------------------
 
 
@@ -251,6 +262,21 @@ def test_interface_lookups_and_enodev() -> None:
     assert s.closed and repr(s) == "<NetlinkSocket closed>"
     with pytest.raises(NetlinkError, match="closed"):
         s.request(Message(N.RTM_GETLINK, N.NLM_F_REQUEST | N.NLM_F_ACK, N.ifinfomsg(1)))
+
+
+@needs_root
+def test_xdp_features_of_an_interface() -> None:
+    with N.NetlinkSocket(N.NETLINK_GENERIC) as s:
+        if N.genl_family_id("netdev", s) is None:
+            pytest.skip("kernel has no netdev generic netlink family (XDP features, Linux 6.3+)")
+        assert N.genl_family_id("nlctrl", s) == N.GENL_ID_CTRL
+        assert N.genl_family_id(f"nope{os.getpid()}", s) is None
+    with NetlinkPairScope() as net, net.enter("a"):
+        flags, _zc = N.xdp_features(net.ifindex["a"])
+        assert flags & 1  # NETDEV_XDP_ACT_BASIC: veth runs XDP natively
+        with pytest.raises(NetlinkError) as ei:
+            N.xdp_features(0x7FFFFF)
+        assert ei.value.errno == errno.ENODEV and ei.value.command == "NETDEV_CMD_DEV_GET"
 
 
 @needs_root

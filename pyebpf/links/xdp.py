@@ -116,11 +116,28 @@ def _check_prog(prog: Any) -> None:
 
 
 class XdpInfo(XdpState):
-    """The XDP state of an interface (bpf_xdp_query): attach mode and program id per mode."""
+    """The XDP state of an interface (bpf_xdp_query): attach mode, program id per mode, and
+    the driver's XDP features (NETDEV_XDP_ACT_* bits, 0 where the kernel cannot say)."""
+
+    feature_flags: int
+    zc_max_segs: int
+
+    def __init__(self, ifindex: int, attach_mode: int = XDP_ATTACHED_NONE, prog_id: int = 0,
+                 drv_prog_id: int = 0, skb_prog_id: int = 0, hw_prog_id: int = 0,
+                 feature_flags: int = 0, zc_max_segs: int = 0) -> None:
+        super().__init__(ifindex, attach_mode, prog_id, drv_prog_id, skb_prog_id, hw_prog_id)
+        self.feature_flags = feature_flags
+        self.zc_max_segs = zc_max_segs
 
     @classmethod
-    def from_state(cls, s: XdpState) -> XdpInfo:
-        return cls(s.ifindex, s.attach_mode, s.prog_id, s.drv_prog_id, s.skb_prog_id, s.hw_prog_id)
+    def from_state(cls, s: XdpState, feature_flags: int = 0, zc_max_segs: int = 0) -> XdpInfo:
+        return cls(s.ifindex, s.attach_mode, s.prog_id, s.drv_prog_id, s.skb_prog_id,
+                   s.hw_prog_id, feature_flags, zc_max_segs)
+
+    @property
+    def features(self) -> list[str]:
+        """The feature flags by name ("basic", "redirect", "rx-sg", ...)."""
+        return [n for bit, n in _nl.NETDEV_XDP_ACT.items() if self.feature_flags & bit]
 
     @property
     def mode(self) -> str | None:
@@ -145,16 +162,23 @@ class XdpInfo(XdpState):
 
 
 def xdp_query(iface: str | int) -> XdpInfo:
-    """The XDP programs attached to ``iface`` (a name or index in the current netns)."""
+    """The XDP programs attached to ``iface`` (a name or index in the current netns) and
+    the driver's XDP features, like libbpf's bpf_xdp_query."""
     with NetlinkSocket() as s:
         ifindex, label = resolve_iface(iface, sock=s)
         try:
-            return XdpInfo.from_state(_nl.xdp_query(ifindex, s))
+            state = _nl.xdp_query(ifindex, s)
         except NetlinkError as e:
             if e.errno == _errno.ENODEV:
                 raise AttachError(f"no network interface {label} in this network namespace",
                                   cause=e) from e
             raise
+    try:
+        features = _nl.xdp_features(ifindex)
+    except SyscallError as e:  # the features are extra information; the query stands without
+        _log.debug("XDP features of ifindex %d unavailable: %s", ifindex, e)
+        features = (0, 0)
+    return XdpInfo.from_state(state, *features)
 
 
 def _current(ifindex: int, sock: NetlinkSocket | None = None) -> XdpInfo | None:

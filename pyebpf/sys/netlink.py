@@ -38,7 +38,11 @@ from ..errors import OptionError, SyscallError
 from .netlink_msg import (  # re-exported: one import gives the whole client
     _IFINFO,
     _TCMSG,
+    CTRL_ATTR_FAMILY_ID,
+    CTRL_ATTR_FAMILY_NAME,
+    CTRL_CMD_GETFAMILY,
     ETH_P_ALL,
+    GENL_ID_CTRL,
     IFLA_IFNAME,
     IFLA_XDP,
     IFLA_XDP_ATTACHED,
@@ -55,8 +59,14 @@ from .netlink_msg import (  # re-exported: one import gives the whole client
     LWT_BPF_PROG_NAME,
     LWT_BPF_XMIT,
     LWTUNNEL_ENCAP_BPF,
+    NETDEV_A_DEV_IFINDEX,
+    NETDEV_A_DEV_XDP_FEATURES,
+    NETDEV_A_DEV_XDP_ZC_MAX_SEGS,
+    NETDEV_CMD_DEV_GET,
+    NETDEV_XDP_ACT,
     NETLINK_CAP_ACK,
     NETLINK_EXT_ACK,
+    NETLINK_GENERIC,
     NETLINK_ROUTE,
     NLA_F_NESTED,
     NLA_F_NET_BYTEORDER,
@@ -129,6 +139,7 @@ from .netlink_msg import (  # re-exported: one import gives the whole client
     Attrs,
     Message,
     NlMsg,
+    genlmsghdr,
     ifinfomsg,
     msg_name,
     parse_error,
@@ -140,7 +151,11 @@ from .syscall import PERM_HINT, log
 
 __all__ = [
     "Attrs",
+    "CTRL_ATTR_FAMILY_ID",
+    "CTRL_ATTR_FAMILY_NAME",
+    "CTRL_CMD_GETFAMILY",
     "ETH_P_ALL",
+    "GENL_ID_CTRL",
     "IFLA_IFNAME",
     "IFLA_XDP",
     "IFLA_XDP_ATTACHED",
@@ -158,8 +173,14 @@ __all__ = [
     "LWT_BPF_PROG_NAME",
     "LWT_BPF_XMIT",
     "Message",
+    "NETDEV_A_DEV_IFINDEX",
+    "NETDEV_A_DEV_XDP_FEATURES",
+    "NETDEV_A_DEV_XDP_ZC_MAX_SEGS",
+    "NETDEV_CMD_DEV_GET",
+    "NETDEV_XDP_ACT",
     "NETLINK_CAP_ACK",
     "NETLINK_EXT_ACK",
+    "NETLINK_GENERIC",
     "NETLINK_ROUTE",
     "NLA_F_NESTED",
     "NLA_F_NET_BYTEORDER",
@@ -240,6 +261,8 @@ __all__ = [
     "filter_add_bpf",
     "filter_del",
     "filter_list",
+    "genl_family_id",
+    "genlmsghdr",
     "ifinfomsg",
     "link_index",
     "link_name",
@@ -253,6 +276,7 @@ __all__ = [
     "split_messages",
     "tc_parent",
     "tcmsg",
+    "xdp_features",
     "xdp_query",
     "xdp_set",
 ]
@@ -366,13 +390,13 @@ class NetlinkSocket:
             replies, interrupted = self._request_once(msg, what, hint)
             if not interrupted:
                 return replies
-            log.debug("netlink %s: dump interrupted by a concurrent change, restarting", msg_name(msg.type))
+            log.debug("netlink %s: dump interrupted by a concurrent change, restarting", msg.name)
         return replies
 
     def _request_once(self, msg: Message, what: str, hint: str | None) -> tuple[list[NlMsg], bool]:
         s = self._sock
         if s is None:
-            raise NetlinkError(_errno.EBADF, msg_name(msg.type), "the netlink socket is closed",
+            raise NetlinkError(_errno.EBADF, msg.name, "the netlink socket is closed",
                                detail=what)
         seq = next(self._seq)
         dump = msg.flags & NLM_F_DUMP == NLM_F_DUMP
@@ -423,7 +447,7 @@ class NetlinkSocket:
         h = netlink_hint(err, msg.type) if hint is None else hint
         if text:
             h = f"kernel says: {text}" + (f"; {h}" if h else "")
-        raise NetlinkError(err, msg_name(msg.type), h, detail=what, extack=text)
+        raise NetlinkError(err, msg.name, h, detail=what, extack=text)
 
 
 def _said(text: str) -> str:
@@ -531,6 +555,42 @@ def xdp_query(ifindex: int, sock: NetlinkSocket | None = None) -> XdpState:
     """The XDP programs attached to ``ifindex``."""
     r = _getlink(ifindex, None, sock, f"query XDP on ifindex {ifindex}")
     return parse_xdp(ifindex, r.attrs(_IFINFO.size))
+
+
+def genl_family_id(name: str, sock: NetlinkSocket) -> int | None:
+    """The id of generic netlink family ``name`` (``sock`` a NETLINK_GENERIC socket);
+    None if the kernel has no such family."""
+    m = Message(GENL_ID_CTRL, NLM_F_REQUEST | NLM_F_ACK, genlmsghdr(CTRL_CMD_GETFAMILY, 2),
+                name="CTRL_CMD_GETFAMILY")
+    m.add_str(CTRL_ATTR_FAMILY_NAME, name)
+    try:
+        replies = sock.request(m, f"generic netlink family {name!r}")
+    except NetlinkError as e:
+        if e.errno == _errno.ENOENT:
+            return None
+        raise
+    for r in replies:
+        fid = r.attrs(4).uint(CTRL_ATTR_FAMILY_ID)
+        if fid:
+            return fid
+    return None
+
+
+def xdp_features(ifindex: int) -> tuple[int, int]:
+    """(NETDEV_XDP_ACT_* feature flags, zero-copy max segments) of ``ifindex`` from the
+    netdev generic netlink family, as bpf_xdp_query reports them; (0, 0) on kernels
+    without that family (before 6.3)."""
+    with NetlinkSocket(NETLINK_GENERIC) as s:
+        fid = genl_family_id("netdev", s)
+        if fid is None:
+            return 0, 0
+        m = Message(fid, NLM_F_REQUEST | NLM_F_ACK, genlmsghdr(NETDEV_CMD_DEV_GET),
+                    name="NETDEV_CMD_DEV_GET")
+        m.add_u32(NETDEV_A_DEV_IFINDEX, ifindex)
+        for r in s.request(m, f"XDP features of ifindex {ifindex}"):
+            a = r.attrs(4)
+            return a.uint(NETDEV_A_DEV_XDP_FEATURES), a.uint(NETDEV_A_DEV_XDP_ZC_MAX_SEGS)
+    return 0, 0
 
 
 # --- tc: clsact qdisc and cls_bpf filters ------------------------------------------------------

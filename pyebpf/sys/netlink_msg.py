@@ -19,7 +19,11 @@ from ..errors import OptionError
 
 __all__ = [
     "Attrs",
+    "CTRL_ATTR_FAMILY_ID",
+    "CTRL_ATTR_FAMILY_NAME",
+    "CTRL_CMD_GETFAMILY",
     "ETH_P_ALL",
+    "GENL_ID_CTRL",
     "IFLA_IFNAME",
     "IFLA_XDP",
     "IFLA_XDP_ATTACHED",
@@ -37,8 +41,14 @@ __all__ = [
     "LWT_BPF_PROG_NAME",
     "LWT_BPF_XMIT",
     "Message",
+    "NETDEV_A_DEV_IFINDEX",
+    "NETDEV_A_DEV_XDP_FEATURES",
+    "NETDEV_A_DEV_XDP_ZC_MAX_SEGS",
+    "NETDEV_CMD_DEV_GET",
+    "NETDEV_XDP_ACT",
     "NETLINK_CAP_ACK",
     "NETLINK_EXT_ACK",
+    "NETLINK_GENERIC",
     "NETLINK_ROUTE",
     "NLA_F_NESTED",
     "NLA_F_NET_BYTEORDER",
@@ -109,6 +119,7 @@ __all__ = [
     "XDP_FLAGS_REPLACE",
     "XDP_FLAGS_SKB_MODE",
     "XDP_FLAGS_UPDATE_IF_NOEXIST",
+    "genlmsghdr",
     "ifinfomsg",
     "msg_name",
     "parse_error",
@@ -172,6 +183,16 @@ TC_H_CLSACT = 0xFFFFFFF1
 TC_H_MIN_INGRESS, TC_H_MIN_EGRESS = 0xFFF2, 0xFFF3
 ETH_P_ALL = 0x0003
 
+# generic netlink: the controller, and the netdev family (XDP features, bpf_xdp_query)
+NETLINK_GENERIC = 16
+GENL_ID_CTRL = 0x10
+CTRL_CMD_GETFAMILY = 3
+CTRL_ATTR_FAMILY_ID, CTRL_ATTR_FAMILY_NAME = 1, 2
+NETDEV_CMD_DEV_GET = 1
+NETDEV_A_DEV_IFINDEX, NETDEV_A_DEV_XDP_FEATURES, NETDEV_A_DEV_XDP_ZC_MAX_SEGS = 1, 3, 4
+NETDEV_XDP_ACT = {1: "basic", 2: "redirect", 4: "ndo-xmit", 8: "xsk-zerocopy", 16: "hw-offload",
+                  32: "rx-sg", 64: "ndo-xmit-sg"}
+
 # routes, for LWT bpf encaps (see the module docstring)
 RTA_DST, RTA_OIF, RTA_GATEWAY, RTA_ENCAP_TYPE, RTA_ENCAP = 1, 4, 5, 21, 22
 LWTUNNEL_ENCAP_BPF = 6
@@ -217,6 +238,11 @@ def tcmsg(ifindex: int, *, handle: int = 0, parent: int = 0, info: int = 0,
     return _TCMSG.pack(family, ifindex, handle, parent, info)
 
 
+def genlmsghdr(cmd: int, version: int = 1) -> bytes:
+    """struct genlmsghdr."""
+    return struct.pack("=BBH", cmd, version, 0)
+
+
 def rtmsg(family: int, *, dst_len: int = 0, src_len: int = 0, tos: int = 0,
           table: int = RT_TABLE_MAIN, protocol: int = RTPROT_BOOT, scope: int = RT_SCOPE_UNIVERSE,
           type: int = RTN_UNICAST, flags: int = 0) -> bytes:
@@ -228,13 +254,17 @@ def rtmsg(family: int, *, dst_len: int = 0, src_len: int = 0, tos: int = 0,
 
 
 class Message:
-    """One request: a message type, flags, a fixed header and rtattrs (nesting with :meth:`nest`).
+    """One request: a message type, flags, a fixed header and rtattrs (nesting with :meth:`nest`);
+    ``name`` names it in traces and errors (default: the rtnetlink RTM_* name).
 
     The ``add*`` methods return the message, so calls chain.
     """
 
-    def __init__(self, msg_type: int, flags: int, header: bytes = b"") -> None:
+    def __init__(self, msg_type: int, flags: int, header: bytes = b"", *,
+                 name: str | None = None) -> None:
         self.type = msg_type
+        # for traces and errors; message types of other netlink protocols reuse rtnetlink's numbers
+        self.name = name or msg_name(msg_type)
         self.flags = flags
         self.header = bytes(header)
         self.body = bytearray(self.header)
@@ -287,7 +317,7 @@ class Message:
     def describe(self) -> str:
         """The request for the DEBUG trace: type, flags, header fields, attributes."""
         attrs = Attrs.parse(bytes(self.body), _align(len(self.header)))
-        return f"{msg_name(self.type)} flags={_flag_names(self.flags)} {_hdr_repr(self.type, self.header)}{attrs.render()}"
+        return f"{self.name} flags={_flag_names(self.flags)} {_hdr_repr(self.type, self.header)}{attrs.render()}"
 
 
 def _flag_names(flags: int) -> str:
