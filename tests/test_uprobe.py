@@ -543,6 +543,10 @@ def test_bad_options(obj, clean) -> None:
         U.attach_uprobe(prog, TARGET, "")
     with pytest.raises(OptionError, match="negative"):
         U.attach_uprobe(prog, TARGET, None, offset=-1)
+    with pytest.raises(OptionError, match="unsigned 64-bit"):
+        U.attach_uprobe(prog, TARGET, "ut_add", cookie=-1)
+    with pytest.raises(OptionError, match="unsigned 64-bit"):
+        U.attach_uprobe_multi(obj.programs["um_cookie"], TARGET, funcs=["ut_add"], cookies=[1 << 64])
     with pytest.raises(AttachError, match="cookie needs perf links"):
         U.attach_uprobe(prog, TARGET, "ut_add", mode="perf", cookie=1)
 
@@ -623,6 +627,8 @@ def test_kprobe_multi_options_and_sections(obj, clean) -> None:
         K.attach_kprobe_multi(prog)
     with pytest.raises(OptionError, match="2 entries for 1"):
         K.attach_kprobe_multi(prog, syms=["do_nanosleep"], cookies=[1, 2])
+    with pytest.raises(OptionError, match="cookies must be unsigned 64-bit"):
+        K.attach_kprobe_multi(prog, syms=["do_nanosleep"], cookies=[-1])
     with pytest.raises(AttachError, match="no kernel function matches pattern 'zz_pyebpf_none\\*'"):
         K.attach_kprobe_multi(prog, "zz_pyebpf_none*")
     with pytest.raises(OptionError, match="session .*cannot also be a return probe"):

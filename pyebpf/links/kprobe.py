@@ -469,6 +469,9 @@ def attach_kprobe_multi(prog: Any, pattern: str | None = None, *, syms: Sequence
     cookie_list = list(cookies) if cookies is not None else []
     if cookies is not None and len(cookie_list) != cnt:
         raise OptionError(f"cookies has {len(cookie_list)} entries for {cnt} functions")
+    for what_, vals in (("cookies", cookie_list), ("addrs", addr_list)):
+        if any(not isinstance(v, int) or not 0 <= v < 1 << 64 for v in vals):
+            raise OptionError(f"kprobe_multi {what_} must be unsigned 64-bit integers")
     attach_type = AttachType.TRACE_KPROBE_SESSION if session else AttachType.TRACE_KPROBE_MULTI
     flags = BPF_F_KPROBE_MULTI_RETURN if retprobe else 0
     what = (f"{'kprobe.session' if session else 'kretprobe.multi' if retprobe else 'kprobe.multi'} "

@@ -234,6 +234,8 @@ def _check_prog(prog: Any, what: str) -> str | None:
 
 
 def _resolve(binary: str, pid: int | None, label: str | None) -> str:
+    if pid == 0:
+        pid = os.getpid()  # "this process": its maps name the libraries it has loaded
     try:
         path = resolve_binary(binary, pid if pid and pid > 0 else None)
     except LibraryNotFound as e:
@@ -306,6 +308,8 @@ def attach_uprobe(prog: Any, binary: str, func: str | None = None, *, pid: int |
         raise OptionError("a uprobe needs a binary path or name")
     if offset < 0 or ref_ctr_offset < 0:
         raise OptionError("uprobe offsets cannot be negative")
+    if not 0 <= cookie < 1 << 64 or offset >= 1 << 64:
+        raise OptionError(f"cookie {cookie!r} / offset {offset!r} must fit in an unsigned 64-bit integer")
     archive, sep, member = binary.partition("!/")
     # libbpf's "archive.zip!/path/in/archive": probe the stored member inside the zip (without
     # a function, ``offset`` is an offset in the archive file, as in libbpf)
