@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from .btf.kernel import KernelBTF, kernel_btf
     from .btf.spec import BTF
     from .links import Link
+    from .links.base import AttachError
     from .loader import load
     from .maps.map import Map
     from .maps.ringbuf import RingBuffer, RingBufferManager
@@ -30,7 +31,9 @@ if TYPE_CHECKING:
     from .obj.program import ProgramSpec
     from .obj.spec import ExternSpec, MapSpec, VariableSpec
     from .object import Object
+    from .proginfo import ProgInfo
     from .program import Program
+    from .stats import Stats, enable_stats
 
 # Silent unless the application configures logging: pyebpf._log adds a NullHandler
 # to the "pyebpf" logger when it first imports logging.
@@ -53,9 +56,17 @@ _LAZY = {
     "RingBufferManager": ".maps.ringbuf",
     "UserRingBuffer": ".maps.user_ringbuf",
     "Link": ".links",
+    "AttachError": ".links.base",
+    "enable_stats": ".stats",
+    "Stats": ".stats",
+    "ProgInfo": ".proginfo",
 }
 
+# submodules a user reaches as attributes after a bare ``import pyebpf``
+_SUBMODULES = {"pin", "features", "links", "maps", "stats", "uapi", "errors"}
+
 __all__ = [
+    "AttachError",
     "BTF",
     "BTFError",
     "CORERelocationError",
@@ -71,13 +82,16 @@ __all__ = [
     "OptionError",
     "PerfBuffer",
     "Program",
+    "ProgInfo",
     "ProgramSpec",
     "PyebpfError",
     "RingBuffer",
     "RingBufferManager",
     "SectionError",
+    "Stats",
     "UserRingBuffer",
     "VariableSpec",
+    "enable_stats",
     "kernel_btf",
     "load",
 ]
@@ -85,11 +99,13 @@ __version__ = "0.1.0"
 
 
 def __getattr__(name: str) -> Any:
+    import importlib
+
+    if name in _SUBMODULES:
+        return importlib.import_module(f".{name}", __name__)
     mod = _LAZY.get(name)
     if mod is None:
         raise AttributeError(f"module 'pyebpf' has no attribute {name!r}")
-    import importlib
-
     value = getattr(importlib.import_module(mod, __name__), name)
     globals()[name] = value
     return value
