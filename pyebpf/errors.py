@@ -60,6 +60,13 @@ class OptionError(PyebpfError, ValueError):
     """An option or argument passed to pyebpf is invalid."""
 
 
+class ClosedError(PyebpfError, ValueError):
+    """An operation on something already closed (an object, map, program, link or buffer).
+
+    A ValueError too, as Python's own I/O on a closed file is.
+    """
+
+
 class SyscallError(PyebpfError, OSError):
     """A bpf(), perf_event_open() or ioctl() call failed.
 
