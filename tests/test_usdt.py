@@ -41,6 +41,7 @@ NOPIE = os.path.join(FIX, "targets", "usdt_target_nopie")
 OBJ = os.path.join(FIX, "unit", "attach_usdt.bpf.o")
 NOMAPS = os.path.join(FIX, "unit", "attach_usdt_nomaps.bpf.o")
 COUNTERS = os.path.join(FIX, "unit", "attach_counters.bpf.o")
+SIB_OBJ = os.path.join(FIX, "unit", "attach_usdt_sib_layout.bpf.o")
 
 PROG_GENERIC, PROG_AUTO, PROG_LIB, PROG_SLEEPABLE = 1, 2, 3, 4
 U64 = (1 << 64) - 1
@@ -365,6 +366,27 @@ def test_spec_ids_exhausted_rolls_back(clean) -> None:
                 assert len(b.spec_ids) == 1
     finally:
         o.close()
+
+
+def test_sib_operand(obj, clean) -> None:
+    """usdt_test:sib's argument is arr[i] (-4@(%rdi,%rsi,4)). libbpf 1.1's usdt.bpf.h cannot
+    read that; an object with the newer struct layout (and a reader for it) can."""
+    with pytest.raises(AttachError, match="scale-index-base operand.*libbpf >= 1.7"):
+        obj.programs["usdt_generic"].attach_usdt(TARGET, "usdt_test", "sib")
+    with pyebpf.load(SIB_OBJ) as o:
+        out = o.maps["out"]
+        t = Target()
+        try:
+            out.update_bytes(struct.pack("<I", 2), struct.pack("<q", t.pid))
+            with o.programs["usdt_sib"].attach_usdt(TARGET, "usdt_test", "sib") as link:
+                clean.extend(uprobe_ids(link))
+                for n in (-5, 100, 7, 1 << 40):
+                    t.step(n)
+                    got = struct.unpack("<q", out.lookup_bytes(struct.pack("<I", 0)))[0]
+                    assert got == wrap(n, 32, True) + t.lines % 4
+                assert struct.unpack("<q", out.lookup_bytes(struct.pack("<I", 1)))[0] == 4
+        finally:
+            t.close()
 
 
 # --- auto-attach ------------------------------------------------------------------------------

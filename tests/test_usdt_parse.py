@@ -57,7 +57,8 @@ def test_target_probes(path: str) -> None:
     probes = U.list_usdt_probes(elf)
     names = [p.qualname for p in probes]
     assert sorted(set(names)) == [f"usdt_test:{n}" for n in
-                                  ("consts", "mem", "noargs", "regs", "sema", "step", "twice")]
+                                  ("consts", "mem", "noargs", "regs", "sema", "sib", "step",
+                                   "twice")]
     assert names.count("usdt_test:twice") == 2
     for p in probes:
         assert p.file_offset == _elftools_offset(path, p.abs_ip, exec_=True)
@@ -86,6 +87,9 @@ def test_target_args() -> None:
     assert {a.kind for a in mem} == {U.ArgKind.REG_DEREF}
     assert [a.size for a in mem] == [4, 2, 1, 8, 8]
     assert any(a.val_off < 0 for a in mem)  # a frame-pointer local: negative displacement
+    (sib,) = by["sib"]
+    assert (sib.kind, sib.size, sib.signed, sib.reg, sib.idx_reg, sib.scale) == (
+        U.ArgKind.SIB, 4, True, "rdi", "rsi", 4)
     twice = [p.parse_args() for p in U.find_usdt_probes(TARGET, "usdt_test", "twice")]
     assert {tuple(a.kind for a in t) for t in twice} == {
         (U.ArgKind.CONST, U.ArgKind.CONST), (U.ArgKind.REG, U.ArgKind.REG)}
@@ -332,6 +336,27 @@ def test_encode_sib_needs_new_header() -> None:
     word = int.from_bytes(raw[8:12], "little")
     assert (word & 0xFF, (word >> 8) & 0xFFF, (word >> 20) & 0xF, word >> 24) == (3, RAX, 3, 0)
     assert U.decode_usdt_spec(raw, new)[0][0]["idx_reg_off"] == RAX
+
+
+def test_layout_libbpf_1_7_shape() -> None:
+    """An object whose struct __bpf_usdt_spec has the SIB bitfields: the layout comes from
+    its BTF (24-byte argument specs, as C lays those bitfields out)."""
+    spec = ObjectSpec.from_file(os.path.join(HERE, "..", "fixtures", "unit",
+                                             "attach_usdt_sib_layout.bpf.o"))
+    layout = U.spec_layout_from_btf(spec.btf)
+    assert layout is not None and layout.sib
+    assert (layout.size, layout.arg_size, layout.cookie_off, layout.cnt_off) == (304, 24, 288, 296)
+    assert spec.maps["__bpf_usdt_specs"].value_size == layout.size
+    assert layout.field("arg_type") == (64, 8) and layout.field("idx_reg_off") == (80, 12)
+    assert layout.field("scale_bitshift") == (92, 4) and layout.field("reg_off") == (112, 16)
+    args = U.parse_usdt_args("-4@-8(%rdi,%rsi,4) 8@%rax")
+    raw = U.encode_usdt_spec(args, 5, layout)
+    assert len(raw) == 304
+    assert struct.unpack_from("<q", raw, 0)[0] == -8
+    assert raw[8] == 3 and int.from_bytes(raw[10:12], "little") == RSI | (2 << 12)
+    assert struct.unpack_from("<hBB", raw, 14) == (RDI, 1, 32)
+    assert raw[24 + 8] == 1 and struct.unpack_from("<hBB", raw, 24 + 14) == (RAX, 0, 0)
+    assert struct.unpack_from("<Qh", raw, 288) == (5, 2)
 
 
 def test_layout_from_fixture_btf() -> None:
