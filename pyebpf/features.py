@@ -469,13 +469,41 @@ def ldimm64_full_range_off() -> bool:
         return "invalid access to map value pointer" in text
 
 
+def _kprobes_present() -> bool:
+    """A kprobe PMU or tracefs kprobe_events: what libbpf's wrapper probe needs."""
+    return (os.path.exists("/sys/bus/event_source/devices/kprobe/type")
+            or any(os.path.exists(f"{d}/kprobe_events")
+                   for d in ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")))
+
+
 @_cached
 def syscall_wrapper() -> bool:
     """FEAT_SYSCALL_WRAPPER: syscalls are __<arch>_sys_* wrappers. Probed with a kprobe as
-    libbpf does; where kprobes are unavailable, /proc/kallsyms answers instead."""
-    from .links.kprobe import has_syscall_wrapper  # the one implementation, kprobe-side
+    libbpf does; where kprobes are unavailable (libbpf would then say no), the kernel's
+    symbols answer: its BTF (cached, cheap), then /proc/kallsyms."""
+    if _kprobes_present():
+        from .links.kprobe import has_syscall_wrapper  # the one implementation, kprobe-side
 
-    return has_syscall_wrapper()
+        return has_syscall_wrapper()
+    from .obj.externs import syscall_wrapper_symbol
+
+    sym = syscall_wrapper_symbol()
+    if sym is None:
+        return False
+    try:
+        from .btf.kernel import kernel_btf
+        from .btf.types import Kind
+
+        if kernel_btf().find(sym, Kind.FUNC):
+            return True
+    except (OSError, PyebpfError) as e:
+        _log.debug("no kernel BTF for the syscall wrapper probe (%s); reading kallsyms", e)
+    from .obj.kdata import read_kallsyms
+
+    try:
+        return sym in read_kallsyms({sym})
+    except PyebpfError:
+        return False
 
 
 @_cached

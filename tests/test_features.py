@@ -24,6 +24,9 @@ def nfds() -> int:
 @pytest.fixture
 def fresh():
     F.clear_cache()
+    import pyebpf
+
+    pyebpf.kernel_btf()  # the process-wide kernel BTF (some probes read it) is no leak
     gc.collect()
     before = (open_fd_count(), nfds())
     yield
@@ -249,3 +252,45 @@ def test_every_probe_survives_a_refusing_kernel(monkeypatch, err):
     finally:
         monkeypatch.undo()
         F.clear_cache()
+
+
+def test_syscall_wrapper_without_kprobes_asks_the_symbol_table(monkeypatch):
+    """libbpf probes the wrapper with a kprobe; where there are none (this kernel) the
+    kernel's BTF, then /proc/kallsyms, answer (README: a deliberate difference)."""
+    from pyebpf.obj.externs import read_kallsyms, syscall_wrapper_symbol
+
+    sym = syscall_wrapper_symbol()
+    if sym is None:
+        pytest.skip(f"no syscall wrappers on {os.uname().machine}")
+    F.clear_cache()
+    try:
+        expected = sym in read_kallsyms({sym})
+        monkeypatch.setattr(F, "_kprobes_present", lambda: False)
+        assert F.syscall_wrapper() is expected
+        # no kernel BTF: kallsyms alone
+        import pyebpf.btf.kernel as K
+
+        def gone(*a, **kw):
+            raise FileNotFoundError(errno.ENOENT, "vmlinux")
+
+        monkeypatch.setattr(K, "kernel_btf", gone)
+        F.clear_cache()
+        assert F.syscall_wrapper() is expected
+        # with kprobes, libbpf's own probe (links.kprobe) decides
+        import pyebpf.links.kprobe as KP
+
+        monkeypatch.setattr(F, "_kprobes_present", lambda: True)
+        monkeypatch.setattr(KP, "has_syscall_wrapper", lambda: "kprobe-probed")
+        F.clear_cache()
+        assert F.syscall_wrapper() == "kprobe-probed"
+    finally:
+        monkeypatch.undo()
+        F.clear_cache()
+
+
+def test_syscall_wrapper_symbol_names():
+    from pyebpf.obj.externs import syscall_wrapper_symbol
+
+    assert syscall_wrapper_symbol("x86_64") == "__x64_sys_bpf"
+    assert syscall_wrapper_symbol("aarch64") == "__arm64_sys_bpf"
+    assert syscall_wrapper_symbol("mips") is None

@@ -143,6 +143,7 @@ __all__ = [
     "read_kallsyms",
     "read_kconfig",
     "resolve_externs",
+    "syscall_wrapper_symbol",
 ]
 
 log = get_logger("pyebpf")
@@ -503,11 +504,17 @@ _SYSCALL_PFX = {"x86_64": "x64", "i386": "ia32", "i686": "ia32", "aarch64": "arm
                 "ppc64le": "powerpc", "ppc64": "powerpc", "loongarch64": "loongarch"}
 
 
+def syscall_wrapper_symbol(machine: str | None = None) -> str | None:
+    """The function libbpf's FEAT_SYSCALL_WRAPPER probe looks for (``__x64_sys_bpf`` on
+    x86_64); None on an architecture without syscall wrappers."""
+    pfx = _SYSCALL_PFX.get(machine or os.uname().machine)
+    return None if pfx is None else f"__{pfx}_sys_bpf"
+
+
 def _has_syscall_wrapper(kbtf: BTFView | None, kallsyms: Mapping[str, int] | None) -> bool:
-    pfx = _SYSCALL_PFX.get(os.uname().machine)
-    if pfx is None:
+    sym = syscall_wrapper_symbol()
+    if sym is None:
         return False
-    sym = f"__{pfx}_sys_bpf"
     if kallsyms and sym in kallsyms:
         return True
     return bool(kbtf is not None and kbtf.find(sym, Kind.FUNC))
