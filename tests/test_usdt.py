@@ -473,6 +473,46 @@ def test_shared_library_by_name(clean) -> None:
             t.close()
 
 
+def test_system_python_line_probe(clean) -> None:
+    """Debian's python3 has USDT probes guarded by semaphores: python:line runs only while
+    its semaphore is set, so events prove the ref_ctr offset was right."""
+    try:
+        (probe,) = U.find_usdt_probes("/usr/bin/python3", "python", "line")
+    except (U.UsdtError, OSError, ValueError) as e:
+        pytest.skip(f"/usr/bin/python3 has no python:line USDT probe: {e}")
+    assert probe.sema_addr
+    code = ("import sys\ndef hello(x):\n    return x\nprint('ready', flush=True)\n"
+            "for line in sys.stdin:\n    hello(line)\n    print('ok', flush=True)\n")
+    with pyebpf.load(OBJ) as o, pyebpf.RingBuffer(o.maps["events"]) as r:
+        p = subprocess.Popen(["/usr/bin/python3", "-c", code], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True)
+        try:
+            assert p.stdout.readline().strip() == "ready"
+            allow(o, p.pid)
+            # by name: found in the process's mappings (python3 -> python3.X)
+            with o.programs["usdt_generic"].attach_usdt("python3", "python", "line",
+                                                        pid=p.pid) as link:
+                clean.extend(uprobe_ids(link))
+                p.stdin.write("x\n")
+                p.stdin.flush()
+                assert p.stdout.readline().strip() == "ok"
+                evs = drain(r)
+
+                def cstr(addr: int) -> bytes:
+                    with open(f"/proc/{p.pid}/mem", "rb") as f:
+                        f.seek(addr)
+                        return f.read(64).split(b"\0")[0]
+
+                # (filename, function, line number) of every line Python ran
+                seen = [(cstr(e.args[0]), cstr(e.args[1]), e.args[2]) for e in evs
+                        if e.arg_cnt == 3]
+            assert (b"<string>", b"hello", 3) in seen and (b"<string>", b"<module>", 6) in seen
+        finally:
+            p.stdin.close()
+            p.wait()
+            p.stdout.close()
+
+
 # --- uprobe_multi and the no-cookie (ip map) mode ---------------------------------------------
 
 
