@@ -42,7 +42,9 @@ class Object:
         self.pins_created = list(pins or [])  # by-name map pins this load made (kept on close)
         self.links: dict[str, Any] = {}
         self.attach_skipped: dict[str, str] = {}
-        self.globals = Globals(self)
+        # Globals gets what it needs, not the Object: a back reference would make a cycle, and
+        # an Object dropped without close() must be released by reference counting at once
+        self.globals = Globals(spec, self.maps, self.name)
         self._closed = False
 
     @property
@@ -59,6 +61,8 @@ class Object:
         each skipped program with the reason. On a failure, the links made by this
         call are closed and the error propagates.
         """
+        if self._closed:
+            raise PyebpfError(f"object {self.name!r} is closed: nothing to attach")
         try:
             from .links import auto_attach  # type: ignore[attr-defined]
         except ImportError as e:
@@ -108,6 +112,8 @@ class Object:
         """
         from .links.struct_ops import attach_struct_ops
 
+        if self._closed:
+            raise PyebpfError(f"object {self.name!r} is closed: cannot attach {map_name!r}")
         m = self._maps.get(map_name)
         if not isinstance(m, StructOpsMap) or not m.value_bytes:
             raise OptionError(f"{map_name!r} is not a loaded struct_ops map")
@@ -130,19 +136,29 @@ class Object:
         if self._closed:
             return
         self._closed = True
-        for link in list(self.links.values()):
+        # close everything, then report the first failure: one stubborn resource (a live
+        # memoryview of an mmap'd map) must not keep the others open
+        errors: list[BaseException] = []
+
+        def attempt(close: Any) -> None:
             try:
-                link.close()
-            except Exception:
-                pass
+                close()
+            except Exception as e:
+                errors.append(e)
+
+        for link in list(self.links.values()):
+            attempt(link.close)
         self.links.clear()
-        self.globals._close()
+        attempt(self.globals._close)
         for p in self._programs.values():
-            p.close()
+            attempt(p.close)
         for m in self._maps.values():
-            m.close()
+            attempt(m.close)
         if self.btf_fd is not None:
-            self.btf_fd.close()
+            attempt(self.btf_fd.close)
+        if errors:
+            raise PyebpfError(f"closing object {self.name!r}: {errors[0]} "
+                              f"({len(errors)} error(s); everything else was closed)") from errors[0]
 
     def __enter__(self) -> Object:
         return self
@@ -166,18 +182,23 @@ class Globals(Mapping[str, Any]):
     with ``load(..., globals={...})``.
     """
 
-    def __init__(self, obj: Object) -> None:
-        self._obj = obj
+    def __init__(self, spec: Any, maps: Mapping[str, Map], name: str) -> None:
+        self._spec = spec
+        self._maps = maps
+        self._name = name
         self._mmaps: dict[str, mmap.mmap] = {}
+        self._closed = False
 
     def _var(self, name: str) -> Any:
-        var = self._obj.spec.variables.get(name)
+        if self._closed:
+            raise PyebpfError(f"global {name!r}: object {self._name!r} is closed")
+        var = self._spec.variables.get(name)
         if var is None:
             raise KeyError(name)
         return var
 
     def _map(self, var: Any) -> Map:
-        m = self._obj.maps.get(var.map_name)
+        m = self._maps.get(var.map_name)
         if m is None:
             raise OptionError(f"global {var.name!r}: its map {var.map_name!r} was not created")
         return m
@@ -228,7 +249,7 @@ class Globals(Mapping[str, Any]):
         m.ops.update(b"\0\0\0\0", bytes(cur), 0)
 
     def _codec(self, var: Any) -> Any:
-        btf = self._obj.spec.btf
+        btf = self._spec.btf
         if btf is None:
             return None
         from .btf.codec import codec_for
@@ -257,12 +278,13 @@ class Globals(Mapping[str, Any]):
         self.set_bytes(name, raw)
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self._obj.spec.variables)
+        return iter(self._spec.variables)
 
     def __len__(self) -> int:
-        return len(self._obj.spec.variables)
+        return len(self._spec.variables)
 
     def _close(self) -> None:
+        self._closed = True
         for mm in self._mmaps.values():
             try:
                 mm.close()
@@ -271,7 +293,7 @@ class Globals(Mapping[str, Any]):
         self._mmaps.clear()
 
     def __repr__(self) -> str:
-        return f"<Globals of {self._obj.name!r}: {list(self._obj.spec.variables)}>"
+        return f"<Globals of {self._name!r}: {list(self._spec.variables)}>"
 
 
 def _frozen(m: Map) -> bool:

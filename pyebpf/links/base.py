@@ -258,7 +258,8 @@ class Link(Closing):
         return all(f.closed for f in fds)
 
     # how an attachment without a bpf link was made, for error messages
-    no_link_reason = "it was made with PERF_EVENT_IOC_SET_BPF because the kernel lacks perf links"
+    no_link_reason = ("it was attached with PERF_EVENT_IOC_SET_BPF: asked for, or the kernel "
+                      "lacks perf links")
 
     def _need_link_fd(self, what: str) -> FD:
         if self.fd is None:
