@@ -347,7 +347,10 @@ def _abs_ips(elf: UsdtElf, probes: Sequence[UsdtProbe], pid: int, label: str | N
             f"{elf.path} is position-independent (a shared library or PIE) and the object reads "
             "USDT spec ids by address (LINUX_HAS_BPF_COOKIE is false): its run-time address is "
             "only known for one process, so pass pid=", program=label)
-    real = os.path.realpath(elf.path)
+    # a binary reached through the process's root (another mount namespace) shows in its
+    # maps under the path inside that namespace
+    root = f"/proc/{pid}/root/"
+    real = elf.path[len(root) - 1:] if elf.path.startswith(root) else os.path.realpath(elf.path)
     try:
         with open(f"/proc/{pid}/maps") as f:
             segs = vma_segments(f.read(), real)
