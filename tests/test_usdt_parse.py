@@ -394,3 +394,35 @@ def test_copy_of_target_same_probes(tmp_path) -> None:
     dst = tmp_path / "copy"
     shutil.copy(TARGET, dst)
     assert U.list_usdt_probes(str(dst)) == U.list_usdt_probes(TARGET)
+
+
+def test_fuzz_only_usdt_errors(tmp_path) -> None:
+    """Corrupt binaries, note sections and operand strings give UsdtError, nothing else."""
+    import random
+
+    rnd = random.Random(7)
+    data = open(TARGET, "rb").read()
+    notes_at = U.read_usdt_elf(TARGET)  # where to aim: headers, notes, the end
+    assert notes_at.notes
+    p = tmp_path / "f"
+    for _ in range(400):
+        b = bytearray(data)
+        for _ in range(rnd.randint(1, 12)):
+            pos = rnd.choice([rnd.randrange(64), rnd.randrange(len(b)), len(b) - 1 - rnd.randrange(4096)])
+            b[pos] = rnd.randrange(256)
+        p.write_bytes(bytes(b))
+        try:
+            for probe in U.list_usdt_probes(str(p)):
+                probe.parse_args()
+        except U.UsdtError:
+            pass
+    for _ in range(2000):
+        try:
+            U.parse_stapsdt_notes(bytes(rnd.randrange(256) for _ in range(rnd.randrange(100))))
+        except U.UsdtError:
+            pass
+        text = "".join(rnd.choice("0123456789-+@%$(),: abcdeilrsx") for _ in range(rnd.randrange(30)))
+        try:
+            U.parse_usdt_args(text)
+        except U.UsdtError:
+            pass

@@ -530,6 +530,9 @@ def _parse_desc(desc: bytes, off: int, path: str | None) -> UsdtNote:
 
 
 def _pread(f: Any, off: int, size: int, what: str, path: str) -> bytes:
+    # header values are untrusted: check them against the file before seeking
+    if off < 0 or size < 0 or off + size > os.fstat(f.fileno()).st_size:
+        raise UsdtError(f"{what} (offset {off}, {size} bytes) lies outside the file", path=path)
     f.seek(off)
     data = f.read(size)
     if len(data) != size:
