@@ -20,6 +20,7 @@ class Arena(NoKeysMap):
     Program pointers into the arena are ``user_vm_start + offset`` (:attr:`address`)."""
 
     _mm: Any = None
+    _view: memoryview | None = None  # the one view :attr:`memory` hands out
 
     @property
     def size(self) -> int:
@@ -29,15 +30,26 @@ class Arena(NoKeysMap):
         mm = self._mm
         if mm is None:
             if self.fd.closed:
-                raise OptionError(f"arena {self.name!r} is closed")
+                raise self._closed_error()
             mm = self._mm = mmap_fd(self.fd.fileno(), self.size,
                                     _mmap.PROT_READ | _mmap.PROT_WRITE, what=f"arena {self.name!r}")
         return mm
 
     @property
     def memory(self) -> memoryview:
-        """A writable view of the arena; release it before :meth:`close`."""
-        return memoryview(self._map())
+        """A writable view of the arena, the same one on every access. :meth:`close`
+        releases it (later use raises ValueError); views derived from it keep the
+        mapping alive until they are dropped."""
+        mm = self._map()
+        v = self._view
+        if v is not None:
+            try:
+                v.nbytes  # noqa: B018 - raises once the caller released it
+                return v
+            except ValueError:
+                pass
+        v = self._view = memoryview(mm)
+        return v
 
     @property
     def address(self) -> int:
@@ -55,15 +67,34 @@ class Arena(NoKeysMap):
     def read(self, offset: int, size: int) -> bytes:
         """``size`` bytes at ``offset``."""
         self._check(offset, size)
-        return self._map()[offset:offset + size]
+        try:
+            return self._map()[offset:offset + size]
+        except ValueError as e:  # closed by another thread meanwhile
+            raise (self._closed_error() if self.fd.closed else e) from None
 
     def write(self, offset: int, data: bytes) -> None:
         """Store ``data`` at ``offset``."""
         self._check(offset, len(data))
-        self._map()[offset:offset + len(data)] = data
+        try:
+            self._map()[offset:offset + len(data)] = data
+        except ValueError as e:
+            raise (self._closed_error() if self.fd.closed else e) from None
 
     def close(self) -> None:
-        if self._mm is not None:
-            self._mm.close()
-            self._mm = None
-        super().close()
+        """Release :attr:`memory`'s view, unmap (unless derived views remain: the
+        mapping then goes with them) and close the fd. Never raises BufferError."""
+        mm, self._mm = self._mm, None
+        v, self._view = self._view, None
+        try:
+            if v is not None:
+                try:
+                    v.release()
+                except BufferError:
+                    pass
+            if mm is not None:
+                try:
+                    mm.close()
+                except BufferError:
+                    pass
+        finally:
+            super().close()

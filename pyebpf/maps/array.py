@@ -30,6 +30,7 @@ class Array(NoDelete, IndexedMap):
     _no_delete_why = ("array elements cannot be deleted (every index always exists); "
                       "write zeros with update() or clear()")
     _mm: Any = _MISSING  # mmap.mmap, None when not mmapable, _MISSING before first use
+    _view: memoryview | None = None  # the one view :attr:`memory` hands out
 
     def _memory(self) -> Any:
         mm = None
@@ -58,14 +59,6 @@ class Array(NoDelete, IndexedMap):
             self._mdec = c.decode if c is not None else (lambda b, o: b[o:o + vs])
         return self
 
-    @property
-    def mmapped(self) -> bool:
-        """True when elements are accessed through the map's shared memory."""
-        mm = self._mm
-        if mm is _MISSING:
-            mm = self._memory()
-        return mm is not None
-
     def _mm_ok(self, key: Any) -> Any:
         mm = self._mm
         if mm is _MISSING:
@@ -74,13 +67,25 @@ class Array(NoDelete, IndexedMap):
             return mm
         return None
 
+    def _mm_failed(self, e: Exception) -> Exception:
+        """The error for an access through the mapping that failed: closed (maybe by
+        another thread in the middle of it), or the caller's own mistake."""
+        if self._mm is None and self.fd.closed or isinstance(e, ValueError) and \
+                "closed" in str(e):
+            return self._closed_error()
+        return e
+
     def __getitem__(self, key: Any) -> Any:
         mm = self._mm
         if mm is not None and type(key) is int and 0 <= key < self.max_entries:
-            if mm is not _MISSING:
-                return self._mdec(mm, key * self._stride)
-            if self._mm_ok(key) is not None:
-                return self._mdec(self._mm, key * self._stride)
+            try:
+                if mm is not _MISSING:
+                    return self._mdec(mm, key * self._stride)
+                mm = self._mm_ok(key)
+                if mm is not None:
+                    return self._mdec(mm, key * self._stride)
+            except (ValueError, TypeError) as e:  # a closed mapping
+                raise self._mm_failed(e) from None
         return super().__getitem__(key)
 
     def lookup(self, key: Any, default: Any = None, *, raw: bool = False) -> Any:
@@ -88,35 +93,49 @@ class Array(NoDelete, IndexedMap):
         if mm is None:
             return super().lookup(key, default, raw=raw)
         off = key * self._stride
-        return mm[off:off + self.value_size] if raw else self._mdec(mm, off)
+        try:
+            return mm[off:off + self.value_size] if raw else self._mdec(mm, off)
+        except (ValueError, TypeError) as e:
+            raise self._mm_failed(e) from None
 
     def lookup_bytes(self, key: bytes) -> bytes | None:
-        i = int.from_bytes(key, _BO) if len(key) == 4 else -1
+        i = int.from_bytes(key, _BO) if isinstance(key, _RAW) and len(key) == 4 else -1
         mm = self._mm_ok(i)
         if mm is None:
             return super().lookup_bytes(key)
         off = i * self._stride
-        return mm[off:off + self.value_size]
+        try:
+            return mm[off:off + self.value_size]
+        except ValueError as e:
+            raise self._mm_failed(e) from None
 
     def update(self, key: Any, value: Any, flags: int = BPF_ANY) -> None:
         mm = self._mm_ok(key) if flags == BPF_ANY else None
         if mm is None or getattr(self, "_mm_ro", False):
             return super().update(key, value, flags)
         off = key * self._stride
-        mm[off:off + self.value_size] = self.encode_value(value)
+        raw = self.encode_value(value)
+        try:
+            mm[off:off + self.value_size] = raw
+        except (ValueError, TypeError) as e:
+            raise self._mm_failed(e) from None
         return None
 
     def __setitem__(self, key: Any, value: Any) -> None:
         self.update(key, value)
 
     def update_bytes(self, key: bytes, value: bytes, flags: int = BPF_ANY) -> None:
-        if isinstance(value, _RAW) and len(value) != self.value_size:
-            raise OptionError(f"map {self.name!r}: value must be {self.value_size} bytes")
-        i = int.from_bytes(key, _BO) if len(key) == 4 else -1
-        if flags == BPF_ANY and self._mm_ok(i) is not None and not getattr(self, "_mm_ro", False):
+        i = int.from_bytes(key, _BO) if isinstance(key, _RAW) and len(key) == 4 else -1
+        mm = self._mm_ok(i) if flags == BPF_ANY else None
+        if mm is not None and not getattr(self, "_mm_ro", False):
             # (a read-only mapping means a frozen map: the syscall reports EPERM)
+            if not isinstance(value, _RAW) or len(value) != self.value_size:
+                raise self._bytes_error(ValueError(), key, value)
             off = i * self._stride
-            self._mm[off:off + self.value_size] = value
+            try:
+                mm[off:off + self.value_size] = value
+            except (ValueError, TypeError) as e:
+                raise self._mm_failed(e) from None
             return
         super().update_bytes(key, value, flags)
 
@@ -127,33 +146,71 @@ class Array(NoDelete, IndexedMap):
 
     def _mm_items(self, raw: bool) -> Iterator[tuple[Any, Any]]:
         mm, s, vs = self._mm, self._stride, self.value_size
-        for i in range(self.max_entries):
-            if raw:
-                yield i.to_bytes(4, _BO), mm[i * s:i * s + vs]
-            else:
-                yield self.decode_key(i.to_bytes(4, _BO)), self._mdec(mm, i * s)
+        try:
+            for i in range(self.max_entries):
+                if raw:
+                    yield i.to_bytes(4, _BO), mm[i * s:i * s + vs]
+                else:
+                    yield self.decode_key(i.to_bytes(4, _BO)), self._mdec(mm, i * s)
+        except (ValueError, TypeError) as e:
+            raise self._mm_failed(e) from None
 
     def clear(self) -> None:
         if self.mmapped and not getattr(self, "_mm_ro", False):
             n = self._stride * self.max_entries
-            self._mm[:n] = bytes(n)
+            try:
+                self._mm[:n] = bytes(n)
+            except (ValueError, TypeError) as e:
+                raise self._mm_failed(e) from None
             return
         super().clear()
 
     @property
+    def mmapped(self) -> bool:
+        """True when elements are accessed through the map's shared memory."""
+        mm = self._mm
+        if mm is _MISSING:
+            mm = self._memory()
+        return mm is not None
+
+    @property
     def memory(self) -> memoryview:
-        """A view of the mmap'd elements (BPF_F_MMAPABLE arrays only); release it before
-        :meth:`close`."""
+        """A view of the mmap'd elements (BPF_F_MMAPABLE arrays only), the same view on
+        every access. :meth:`close` releases it: using it afterwards raises ValueError
+        ("released memoryview"); slices or casts taken from it keep the mapping (and the
+        map) alive until they are dropped, so no access ever reaches unmapped memory."""
+        if self.fd.closed:
+            raise self._closed_error()
         if not self.mmapped:
             raise OptionError(f"map {self.name!r} was not created with BPF_F_MMAPABLE")
-        return memoryview(self._mm)[:self._stride * self.max_entries]
+        v = self._view
+        if v is not None:
+            try:
+                v.nbytes  # noqa: B018 - raises once the caller released it
+                return v
+            except ValueError:
+                pass
+        v = self._view = memoryview(self._mm)[:self._stride * self.max_entries]
+        return v
 
     def close(self) -> None:
-        mm = self._mm
-        if mm is not None and mm is not _MISSING:
-            mm.close()
-        self._mm = None
-        super().close()
+        """Close the map: the fd, the view :attr:`memory` gave and the mapping (kept by
+        the kernel until views derived from it are gone). Never raises BufferError."""
+        mm, self._mm = self._mm, None
+        v, self._view = self._view, None
+        try:
+            if v is not None:
+                try:
+                    v.release()
+                except BufferError:  # exported further (e.g. to numpy): it keeps the mapping
+                    pass
+            if mm is not None and mm is not _MISSING:
+                try:
+                    mm.close()
+                except BufferError:
+                    pass  # views remain: the mapping goes away with the last of them
+        finally:
+            super().close()
 
 
 @register_map_class(MapType.PERCPU_ARRAY)

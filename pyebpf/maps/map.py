@@ -14,7 +14,6 @@ stacktrace.py), each registering its classes with :func:`register_map_class`.
 
 from __future__ import annotations
 
-import errno as _errno
 import os
 import struct
 import sys
@@ -22,11 +21,13 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
-from .._log import DEBUG
-from ..errors import OptionError, PyebpfError, SyscallError
+from ..errors import ClosedError, OptionError, PyebpfError
 from ..sys import bpf as _bpf
-from ..sys.fd import FD
+from ..sys.fd import FD, require_kind
 from ..uapi import MapType
+from .batch import BatchBuffers as _BatchBuffers  # noqa: F401 - old import path (benchmarks)
+from .batch import BatchOpsMixin
+from .kbtf import _LazyKernelBTF, _struct_ops_btf
 
 _SE = struct.error
 
@@ -75,9 +76,6 @@ BPF_NOEXIST = 1
 BPF_EXIST = 2
 BPF_F_LOCK = 4
 
-# errnos meaning "this map kind has no batch ops" (524 is the kernel-internal ENOTSUPP)
-_NO_BATCH = frozenset({_errno.EINVAL, 524, _errno.EOPNOTSUPP})
-
 _RAW = (bytes, bytearray, memoryview)
 _BO = sys.byteorder
 _MISSING: Any = object()
@@ -96,6 +94,22 @@ def cstr(value: bytes | bytearray | memoryview, encoding: str = "utf-8",
     return (raw if end < 0 else raw[:end]).decode(encoding, errors)
 
 
+# What to use instead, by what an fd opened as a map really is.
+_OPEN_HINT = {
+    "prog": "open it with pyebpf.Program.from_fd()/from_pin()",
+    "link": "open it with pyebpf.links.Link.from_pin()",
+}
+
+
+def _fd_kind(fd: FD) -> str:
+    from ..sys.fd import fd_kind
+
+    try:
+        return fd_kind(fd)
+    except PyebpfError:
+        return "unknown"
+
+
 def _type_name(t: int) -> str:
     try:
         return MapType(t).name
@@ -103,7 +117,7 @@ def _type_name(t: int) -> str:
         return str(t)
 
 
-class Map:
+class Map(BatchOpsMixin):
     """A BPF map that owns its fd (``close()``, ``with``, or garbage collection closes it).
 
     ``obj.maps["counts"][key]`` looks up (KeyError if absent), ``m[key] = value``
@@ -117,6 +131,8 @@ class Map:
                  pin_path: str | None = None) -> None:
         self.fd = fd
         self.name = name
+        if isinstance(fd, FD) and fd.label is None:
+            fd.label = f"map {name!r}"  # so a closed map's error names it
         try:
             self.type: MapType | int = MapType(type)
         except ValueError:
@@ -143,9 +159,19 @@ class Map:
 
     @classmethod
     def from_fd(cls, fd: FD | int, *, name: str | None = None) -> Map:
-        """Wrap an open map fd (an int is duplicated, an FD is taken over)."""
-        owned = fd if isinstance(fd, FD) else FD(os.dup(int(fd)), "map")
+        """Wrap an open map fd (an int is duplicated, an FD is taken over). An fd that is
+        not a BPF map raises OptionError naming what it is."""
+        return cls._from_owned(fd if isinstance(fd, FD) else FD(os.dup(int(fd)), "map"),
+                               name=name)
+
+    @classmethod
+    def _from_owned(cls, owned: FD, *, name: str | None = None,
+                    source: str | None = None) -> Map:
         try:
+            # BPF_OBJ_GET_INFO_BY_FD would read a program's or link's info as a map's
+            kind = _fd_kind(owned)
+            if kind not in ("map", "unknown"):
+                require_kind(owned, "map", source=source, hint=_OPEN_HINT.get(kind, ""))
             info = _bpf.map_info(owned)
         except BaseException:
             owned.close()
@@ -163,7 +189,7 @@ class Map:
     @classmethod
     def from_pin(cls, path: str) -> Map:
         """Open the map pinned at ``path`` on a bpffs."""
-        m = cls.from_fd(_bpf.obj_get(path, kind="map"))
+        m = cls._from_owned(_bpf.obj_get(path, kind="map"), source=f"the pin {path}")
         m.pin_path = path
         return m
 
@@ -192,8 +218,13 @@ class Map:
         try:
             return self._tl.ops
         except AttributeError:
+            if self.fd.closed:
+                raise self._closed_error() from None
             ops = self._tl.ops = _bpf.MapOps(self.fd, self.key_size, self._stride * self._ncpus)
             return ops
+
+    def _closed_error(self) -> ClosedError:
+        return ClosedError(f"map {self.name!r} is closed")
 
     @property
     def key_codec(self) -> Any:
@@ -304,6 +335,8 @@ class Map:
             return self._tl.ops.lookup(key)
         except AttributeError:  # this thread's first operation
             return self.ops.lookup(key)
+        except ValueError as e:  # the key did not fit the syscall buffer: say why
+            raise self._bytes_error(e, key) from None
 
     def update_bytes(self, key: bytes, value: bytes, flags: int = BPF_ANY) -> None:
         """Store raw ``value`` at raw ``key``."""
@@ -311,7 +344,37 @@ class Map:
             ops = self._tl.ops
         except AttributeError:
             ops = self.ops
-        ops.update(key, value, flags)
+        try:
+            ops.update(key, value, flags)
+        except ValueError as e:
+            raise self._bytes_error(e, key, value) from None
+
+    def _bytes_error(self, e: ValueError, key: Any, value: Any = None) -> Exception:
+        """The pyebpf error for a bytes operation that failed outside the kernel (checked
+        only then, so the fast path pays nothing)."""
+        if isinstance(e, PyebpfError):
+            return e
+        try:
+            klen = len(key)
+        except TypeError:
+            return OptionError(f"map {self.name!r}: key must be {self.key_size} bytes, "
+                               f"got {type(key).__name__}")
+        if klen != self.key_size:
+            return OptionError(f"map {self.name!r}: key must be {self.key_size} bytes, got {klen}")
+        if value is not None:
+            want = self._stride * self._ncpus
+            try:
+                vlen = len(value)
+            except TypeError:
+                vlen = -1
+            if vlen != want:
+                what = (f"{want} bytes ({self._ncpus} CPUs x {self._stride})" if self.percpu
+                        else f"{want} bytes")
+                got = type(value).__name__ if vlen < 0 else vlen
+                return OptionError(f"map {self.name!r}: value must be {what}, got {got}")
+        if self.fd.closed:
+            return self._closed_error()
+        return OptionError(f"map {self.name!r}: {e}")
 
     def lookup(self, key: Any, default: Any = None, *, raw: bool = False) -> Any:
         """The value at ``key`` (decoded unless ``raw``), or ``default`` if absent."""
@@ -334,99 +397,12 @@ class Map:
     _fset: Any = None
 
     def _fast(self) -> tuple[Any, Any]:
-        """Build the get/set functions: one call each for the key and value codecs, the
-        value decoded straight from the syscall buffer."""
-        tl, cls = self._tl, type(self)
-        ek = self.encode_key
-        kc = self.key_codec
-        if cls.encode_key is Map.encode_key and _plain_int(kc) and kc.size == self.key_size:
-            kenc = kc.encode
+        """Build (and keep) the get/set functions of the hot path (see fastpath.py)."""
+        from .fastpath import build_fast
 
-            def ek(key: Any) -> bytes:
-                return kenc(key) if type(key) is int else self.encode_key(key)
-
-            # the hot paths below pack an in-range int key inline (no call frames); anything
-            # else, errors included, goes through ek and the codec's checks and messages
-            kpack = struct.Struct("=" + kc._fmt).pack_into  # into the MapOps key buffer
-        else:
-            kpack = None
-        ev = self.encode_value
-        staged: Any = None
-        dv: Any = self.decode_value
-        vc = self.value_codec
-        plain_v = not self.percpu and vc is not None
-        if plain_v and cls.encode_value is Map.encode_value:
-            venc, vco = vc.encode, vc.coerce
-            if _plain_int(vc):
-                def ev(value: Any) -> bytes:
-                    return venc(value) if type(value) is int else self._encode_one(value)
-            else:
-                own = getattr(vc, "cls", None)  # values decoded from this map encode as is
-
-                def ev(value: Any) -> bytes:
-                    if type(value) is own:
-                        return venc(value)
-                    if isinstance(value, _RAW):
-                        return self._encode_one(value)
-                    return venc(vco(value, "value"))
-
-                if getattr(vc, "packs_whole", False) and vc.size == self.value_size:
-                    vinto = vc.encode_into_own  # type(value) is own: no second class check
-
-                    def staged(key: Any, value: Any, flags: int = 0) -> None:
-                        try:
-                            ops = tl.ops
-                        except AttributeError:
-                            ops = self.ops
-                        if type(value) is own:  # packed straight into the syscall buffer
-                            # the key first: its errors win, as below
-                            k = None
-                            if kpack is not None and type(key) is int:
-                                try:
-                                    kpack(ops.key_buffer, 0, key)
-                                except _SE:
-                                    k = ek(key)
-                            else:
-                                k = ek(key)
-                            vinto(ops.value_buffer, 0, value)
-                            ops.update_staged(k, flags)
-                        else:
-                            ops.update(ek(key), ev(value), flags)
-        view = False
-        if plain_v and cls.decode_value is Map.decode_value:
-            dv, view = vc.decode, True  # codecs decode from the MapOps buffer in place
-
-        def fget(key: Any, default: Any = _MISSING) -> Any:
-            try:
-                ops = tl.ops
-            except AttributeError:
-                ops = self.ops
-            if view:
-                k = None
-                if kpack is not None and type(key) is int:
-                    try:
-                        kpack(ops.key_buffer, 0, key)
-                    except _SE:
-                        k = ek(key)
-                else:
-                    k = ek(key)
-                v = ops.lookup_into(k)
-            else:
-                v = ops.lookup(ek(key))
-            if v is None:
-                if default is _MISSING:
-                    raise KeyError(key)
-                return default
-            return dv(v)
-
-        def fset(key: Any, value: Any, flags: int = 0) -> None:
-            try:
-                ops = tl.ops
-            except AttributeError:
-                ops = self.ops
-            ops.update(ek(key), ev(value), flags)
-
-        fset = staged or fset
+        if self.fd.closed:
+            raise self._closed_error()
+        fget, fset = build_fast(self)
         self._fget, self._fset = fget, fset
         return fget, fset
 
@@ -461,131 +437,6 @@ class Map:
                 continue
             yield (k, v) if raw else (self.decode_key(k), self.decode_value(v))
 
-    # -- batch operations --------------------------------------------------------------------
-
-    # False for kinds the kernel has no batch ops for (saves a failing syscall)
-    _batchable = True
-    # cap on entries per batch syscall (buffers are (key_size + value_size) * this)
-    batch_size = 1 << 17
-
-    def _dump(self, delete: bool, raw: bool) -> dict[Any, Any] | None:
-        """Every entry by batch syscalls as a dict; None if the kernel has no batch ops
-        for this map (remembered)."""
-        tl = self._tl
-        bufs = getattr(tl, "batch", None)
-        if bufs is None:
-            count = max(1, min(self.max_entries, self.batch_size))
-            bufs = tl.batch = _BatchBuffers(int(self.fd), self.key_size,
-                                            self._stride * self._ncpus, count,
-                                            whole=count == self.max_entries)
-        out: dict[Any, Any] = {}
-        try:
-            for kb, vb, n in bufs.walk(delete):
-                if raw:
-                    k, v = self.key_size, bufs.value_size
-                    kr, vr = kb.tobytes(), vb.tobytes()
-                    out.update(zip([kr[i * k:(i + 1) * k] for i in range(n)],
-                                   [vr[i * v:(i + 1) * v] for i in range(n)], strict=True))
-                else:
-                    # the views die with this batch: the dict takes what it needs now
-                    out.update(zip(self._decode_keys(kb, n), self._decode_values(vb, n),
-                                   strict=True))
-        except SyscallError as e:
-            if e.errno in _NO_BATCH and not out:
-                self._batchable = False
-                return None
-            raise
-        return out
-
-    def _decode_keys(self, buf: memoryview, n: int) -> Any:
-        """The keys of a batch: a sequence, possibly a view of ``buf`` (iterate it now)."""
-        size = self.key_size
-        fmt = _bulk_format(self.key_codec, size)
-        if fmt is None and self.key_codec is None and isinstance(self, IndexedMap) and size == 4:
-            fmt = "I"
-        if fmt:
-            return buf.cast(fmt)  # iterating a cast view beats tolist() for dict building
-        dec = self.decode_key
-        return [dec(buf[i * size:(i + 1) * size].tobytes()) for i in range(n)]
-
-    def _decode_values(self, buf: memoryview, n: int) -> Any:
-        c, size = self.value_codec, self.value_size
-        if not self.percpu:
-            fmt = _bulk_format(c, size)
-            if fmt:
-                return buf.cast(fmt)
-            if c is None:
-                raw = buf.tobytes()
-                return [raw[i * size:(i + 1) * size] for i in range(n)]
-            dec = c.decode
-            return [dec(buf, i * size) for i in range(n)]
-        ncpu, rec = self._ncpus, self._stride * self._ncpus
-        fmt = _bulk_format(c, size) if self._stride == size else None
-        if fmt:
-            flat = buf.cast(fmt).tolist()
-            return [flat[i:i + ncpu] for i in range(0, n * ncpu, ncpu)]
-        dv = self.decode_value
-        return [dv(buf[i * rec:(i + 1) * rec]) for i in range(n)]
-
-    def lookup_batch(self, *, raw: bool = False) -> dict[Any, Any]:
-        """The whole map as a dict, by BPF_MAP_LOOKUP_BATCH (a key walk where the kernel
-        has no batch ops for this kind)."""
-        got = self._dump(False, raw) if self._batchable else None
-        return dict(self._walk(raw)) if got is None else got
-
-    def lookup_and_delete_batch(self, *, raw: bool = False) -> dict[Any, Any]:
-        """Read and remove every entry (BPF_MAP_LOOKUP_AND_DELETE_BATCH, or a key walk of
-        lookups and deletes where the kernel has none for this kind)."""
-        got = self._dump(True, raw) if self._batchable else None
-        if got is not None:
-            return got
-        ops, out = self.ops, {}
-        for k in list(ops.keys()):
-            v = ops.lookup(k)
-            if v is not None and ops.delete(k):
-                out[k if raw else self.decode_key(k)] = v if raw else self.decode_value(v)
-        return out
-
-    def _pack(self, items: Any, what: str) -> tuple[bytes, int]:
-        parts = [self.encode_key(k) for k in items] if what == "keys" else \
-            [self.encode_value(v) for v in items]
-        return b"".join(parts), len(parts)
-
-    def update_batch(self, items: Any, flags: int = BPF_ANY) -> int:
-        """Write many entries (a mapping or (key, value) pairs) with BPF_MAP_UPDATE_BATCH
-        (one update each where the kernel has no batch ops); returns how many."""
-        pairs = list(items.items() if hasattr(items, "items") else items)
-        if not pairs:
-            return 0
-        if self._batchable:
-            kb, n = self._pack([k for k, _ in pairs], "keys")
-            vb, _ = self._pack([v for _, v in pairs], "values")
-            try:
-                return self.ops.update_batch(kb, vb, n, elem_flags=flags)
-            except SyscallError as e:
-                if e.errno not in _NO_BATCH:
-                    raise
-                self._batchable = False
-        for k, v in pairs:
-            self.update(k, v, flags)
-        return len(pairs)
-
-    def delete_batch(self, keys: Any) -> int:
-        """Delete many keys with BPF_MAP_DELETE_BATCH (one delete each where the kernel has
-        no batch ops); returns how many were deleted (the kernel stops at an absent key)."""
-        keys = list(keys)
-        if not keys:
-            return 0
-        if self._batchable:
-            kb, n = self._pack(keys, "keys")
-            try:
-                return self.ops.delete_batch(kb, n)
-            except SyscallError as e:
-                if e.errno not in _NO_BATCH:
-                    raise
-                self._batchable = False
-        return sum(1 for k in keys if self.delete(k))
-
     # -- user-supplied types -----------------------------------------------------------------
 
     def with_types(self, key: Any = None, value: Any = None) -> Map:
@@ -606,6 +457,16 @@ class Map:
     def count(self) -> int:
         """Number of keys (walks the map)."""
         return sum(1 for _ in self.ops.keys())
+
+    def __len__(self) -> int:
+        """Number of entries: a walk of the keys (the kernel keeps no count), so it is
+        O(n) syscalls and only a snapshot while programs write the map. Arrays answer
+        max_entries at once."""
+        return self.count()
+
+    def __bool__(self) -> bool:
+        # a map object is true, as other objects are: truth must not walk (or need) keys
+        return True
 
     def clear(self) -> None:
         """Remove every entry (arrays: zero every slot)."""
@@ -656,7 +517,8 @@ class Map:
         return self.fd.closed
 
     def close(self) -> None:
-        """Close the fd (the kernel frees the map once nothing else holds it)."""
+        """Close the fd (the kernel frees the map once nothing else holds it). Any later
+        operation raises :class:`~pyebpf.errors.ClosedError`."""
         self._tl = threading.local()
         self._fget = self._fset = None
         self.fd.close()
@@ -696,6 +558,8 @@ class NoDelete:
 
 class IndexedMap(Map):
     """Maps indexed 0..max_entries-1 (arrays and fd arrays): ``len()`` is max_entries."""
+
+    _indexed = True
 
     def __len__(self) -> int:
         return self.max_entries
@@ -784,10 +648,25 @@ class PerfEventArray(_FdArray):
     """perf_event_array: one perf event fd per CPU (consumed by a perf buffer)."""
 
 
+class NoLengthError(OptionError, TypeError):
+    """``len()`` of a map kind whose size the kernel cannot tell (no keys to walk): a
+    TypeError too, as ``len()`` of an object without a length is."""
+
+
 class NoKeysMap(Map):
-    """Maps without keys to iterate (queues, stacks, bloom filters, ring buffers)."""
+    """Maps without keys to iterate (queues, stacks, bloom filters, ring buffers).
+    ``len()`` raises :class:`NoLengthError`: the kernel reports no element count and has
+    no keys to walk."""
 
     _batchable = False
+    _no_len_why = "the kernel reports no element count and it has no keys to walk"
+
+    def __len__(self) -> int:
+        raise NoLengthError(f"map {self.name!r} ({_type_name(self.type)}) has no length: "
+                            f"{self._no_len_why}")
+
+    def count(self) -> int:
+        return len(self)
 
     def keys(self) -> Iterator[Any]:
         raise OptionError(f"map {self.name!r} ({_type_name(self.type)}) has no keys to iterate")
@@ -904,170 +783,6 @@ def map_class(map_type: int) -> type[Map]:
     return _CLASSES.get(map_type, Map)
 
 
-# Maps of at least this many entries are dumped in chunks by a helper thread while this
-# thread decodes the chunks already read (the bpf() call releases the GIL, so the
-# kernel's copying and Python's decoding overlap on two CPUs).
-_PIPELINE_MIN = 32768
-_PIPELINE_CHUNKS = 8
-
-
-def _trace_batch(cmd: int, fd: int, n: int, err: int) -> None:
-    """The pyebpf.sys DEBUG line of one batch walk syscall (made outside sys.bpf for speed)."""
-    from ..sys.syscall import cmd_name, log
-
-    if log.isEnabledFor(DEBUG):
-        res = f"-1 {_errno.errorcode.get(err, err)}" if err else "0"
-        log.debug("bpf(%s, map_fd=%d) = %s, count=%d", cmd_name(cmd), fd, res, n)
-
-
-class _BatchBuffers:
-    """Preallocated key/value/cursor buffers and attr for BPF_MAP_LOOKUP(_AND_DELETE)_BATCH
-    walks of one map (one per thread): each batch is one syscall and no copies."""
-
-    def __init__(self, fd: int, key_size: int, value_size: int, count: int,
-                 whole: bool = False) -> None:
-        """``whole``: ``count`` is the map's max_entries (a pipelined walk may be used)."""
-        import ctypes
-
-        from ..sys import attrs as A
-
-        self.fd, self.key_size, self.value_size = fd, key_size, value_size
-        self.count = count
-        self._A, self._ct = A, ctypes
-        tok = max(key_size, 8)  # hash maps use a 4-byte bucket cursor, arrays a key
-        # pipelined walks fill the buffers chunk after chunk and need room for the call
-        # that finds the end: one chunk more than the map can hold
-        self.chunk = max(4096, count // _PIPELINE_CHUNKS)
-        self.capacity = count + self.chunk if whole and count >= _PIPELINE_MIN else count
-        self.kbuf = bytearray(max(key_size, 1) * self.capacity)
-        self.vbuf = bytearray(max(value_size, 1) * self.capacity)
-        self.tin, self.tout = bytearray(tok), bytearray(tok)
-        cs = [(ctypes.c_char * len(b)).from_buffer(b)
-              for b in (self.kbuf, self.vbuf, self.tin, self.tout)]
-        self._keep = cs
-        self._addrs = [ctypes.addressof(c) for c in cs]
-        self.attr = A.BatchAttr(keys=self._addrs[0], values=self._addrs[1],
-                                out_batch=self._addrs[3], map_fd=fd)
-        self._tin_addr = self._addrs[2]
-        self._ap = ctypes.c_void_p(ctypes.addressof(self.attr))
-
-    def walk(self, delete: bool) -> Iterator[tuple[memoryview, memoryview, int]]:
-        """Yield (keys, values, n) views of each batch, valid until the next one."""
-        if self.capacity > self.count:
-            return self._walk_pipelined(delete)
-        return self._walk(delete)
-
-    def _walk(self, delete: bool) -> Iterator[tuple[memoryview, memoryview, int]]:
-        from ..sys.syscall import NR_BPF, Cmd, cmd_name, errno_hint, get_errno, raw_syscall
-
-        cmd = Cmd.MAP_LOOKUP_AND_DELETE_BATCH if delete else Cmd.MAP_LOOKUP_BATCH
-        a, ap, size = self.attr, self._ap, self._A.BatchAttr.SIZE
-        ks, vs = max(self.key_size, 1), max(self.value_size, 1)
-        a.in_batch = 0
-        while True:
-            a.count = self.count
-            err = get_errno() if raw_syscall(NR_BPF, cmd, ap, size) < 0 else 0
-            n = a.count
-            _trace_batch(cmd, self.fd, n, err)
-            if err and err != _errno.ENOENT:
-                if err == _errno.ENOSPC and not n and self.count < (1 << 24):
-                    # one hash bucket holds more than count entries: grow, resume there
-                    cursor, started = bytes(self.tin), a.in_batch != 0
-                    self.__init__(self.fd, self.key_size, self.value_size,  # type: ignore[misc]
-                                  self.count * 2)
-                    a, ap = self.attr, self._ap
-                    self.tin[:] = cursor
-                    a.in_batch = self._tin_addr if started else 0
-                    continue
-                raise SyscallError(err, cmd_name(cmd), errno_hint(err, cmd), detail=f"map fd {self.fd}")
-            if n:
-                yield (memoryview(self.kbuf)[:n * ks], memoryview(self.vbuf)[:n * vs], n)
-            if err == _errno.ENOENT:
-                return
-            self.tin[:] = self.tout
-            a.in_batch = self._tin_addr
-
-    def _walk_pipelined(self, delete: bool) -> Iterator[tuple[memoryview, memoryview, int]]:
-        import queue
-        import threading
-
-        from ..sys.syscall import NR_BPF, Cmd, cmd_name, errno_hint, get_errno, raw_syscall
-
-        cmd = Cmd.MAP_LOOKUP_AND_DELETE_BATCH if delete else Cmd.MAP_LOOKUP_BATCH
-        ks, vs = max(self.key_size, 1), max(self.value_size, 1)
-        kaddr, vaddr, tin_addr, tout_addr = self._addrs
-        cap, tin, tout = self.capacity, self.tin, self.tout
-        ct, size = self._ct, self._A.BatchAttr.SIZE
-        q: queue.SimpleQueue[Any] = queue.SimpleQueue()
-
-        def read_all() -> None:
-            # this thread's own attr: the walk's state never touches the consumer's
-            a = self._A.BatchAttr(out_batch=tout_addr, map_fd=self.fd)
-            ap = ct.c_void_p(ct.addressof(a))
-            off, chunk, first = 0, self.chunk, True
-            try:
-                while True:
-                    want = min(chunk, cap - off)
-                    if want <= 0:  # more entries than max_entries + a chunk: cannot be
-                        q.put(SyscallError(_errno.ENOSPC, cmd_name(cmd),
-                                           detail=f"map fd {self.fd}: batch buffers full"))
-                        return
-                    a.keys, a.values, a.count = kaddr + off * ks, vaddr + off * vs, want
-                    a.in_batch = 0 if first else tin_addr
-                    err = get_errno() if raw_syscall(NR_BPF, cmd, ap, size) < 0 else 0
-                    n = a.count
-                    _trace_batch(cmd, self.fd, n, err)
-                    if err and err != _errno.ENOENT:
-                        if err == _errno.ENOSPC and not n and want < cap - off:
-                            chunk = want * 2  # a hash bucket larger than the chunk
-                            continue
-                        q.put(SyscallError(err, cmd_name(cmd), errno_hint(err, cmd),
-                                           detail=f"map fd {self.fd}"))
-                        return
-                    if n:
-                        q.put((off, n))
-                    if err == _errno.ENOENT:
-                        break
-                    off += n
-                    tin[:] = tout
-                    first = False
-            except BaseException as e:  # noqa: BLE001 - handed to the consumer
-                q.put(e)
-                return
-            q.put(None)
-
-        t = threading.Thread(target=read_all, name="pyebpf-batch", daemon=True)
-        t.start()
-        kmv, vmv = memoryview(self.kbuf), memoryview(self.vbuf)
-        try:
-            while (item := q.get()) is not None:
-                if isinstance(item, BaseException):
-                    raise item
-                off, n = item
-                yield kmv[off * ks:(off + n) * ks], vmv[off * vs:(off + n) * vs], n
-        finally:
-            t.join()
-
-
-def _plain_int(c: Any) -> bool:
-    """A BTF integer codec whose encode takes a Python int as is (no bool, no bitfield)."""
-    return (c is not None and type(c).__name__ == "IntCodec" and bool(c._fmt)
-            and not c.is_bool)
-
-
-def _bulk_format(codec: Any, size: int) -> str | None:
-    """A memoryview.cast format decoding an array of this codec's values at once."""
-    bulk = getattr(codec, "_bulk", None)  # set by _as_codec for native one-int formats
-    if bulk:
-        return bulk
-    fmt = getattr(codec, "_fmt", None)
-    if fmt and not getattr(codec, "is_bool", True) and type(codec).__name__ == "IntCodec":
-        fmt = fmt.lstrip("<>=@!")
-        if len(fmt) == 1 and struct.calcsize(fmt) == size:
-            return fmt
-    return None
-
-
 def _as_codec(t: Any, size: int, what: str) -> Any:
     from ..btf.codec import Codec, codec_from_ctypes, codec_from_format
 
@@ -1084,69 +799,3 @@ def _as_codec(t: Any, size: int, what: str) -> Any:
     if c.size != size:
         raise OptionError(f"{what}: {c.type_name} is {c.size} bytes, the map's is {size}")
     return c
-
-
-class _LazyKernelBTF:
-    """The BTF a map was created with, fetched from the kernel on first use."""
-
-    def __init__(self, btf_id: int) -> None:
-        self.btf_id = btf_id
-        self._btf: Any = None
-
-    def get(self) -> Any:
-        if self._btf is None:
-            from ..btf.spec import BTF
-
-            with _bpf.btf_get_fd_by_id(self.btf_id) as fd:
-                info, name = _btf_info_named(fd)
-                data = _bpf.btf_data(fd)
-            base = None
-            # module BTF is split: its ids follow vmlinux's
-            if info.kernel_btf and name != b"vmlinux":
-                base = _vmlinux_btf()
-            try:
-                self._btf = BTF.from_bytes(data, base)
-            except PyebpfError:
-                if base is not None:
-                    raise
-                self._btf = BTF.from_bytes(data, _vmlinux_btf())
-        return self._btf
-
-
-_VMLINUX: Any = None
-
-
-def _vmlinux_btf() -> Any:
-    global _VMLINUX
-    if _VMLINUX is None:
-        from ..btf.spec import BTF
-
-        with open("/sys/kernel/btf/vmlinux", "rb") as f:
-            _VMLINUX = BTF.from_bytes(f.read())
-    return _VMLINUX
-
-
-
-def _struct_ops_btf(btf_obj_id: int) -> Any:
-    """The kernel BTF holding a struct_ops map's value type: a module's (split on
-    vmlinux) when ``btf_obj_id`` names one, else vmlinux (the cached, indexed one)."""
-    if btf_obj_id:
-        with _bpf.btf_get_fd_by_id(btf_obj_id) as fd:
-            _, name = _btf_info_named(fd)
-        if name != b"vmlinux":
-            return _LazyKernelBTF(btf_obj_id).get()
-    from ..btf.kernel import kernel_btf
-
-    return kernel_btf()
-
-
-def _btf_info_named(fd: FD) -> tuple[Any, bytes]:
-    """BTF_OBJ_GET_INFO_BY_FD with the BTF's name ("vmlinux", a module's, or empty)."""
-    import ctypes
-
-    from ..sys import attrs as A
-
-    name = (ctypes.c_char * 64)()
-    info = A.BtfInfo(name=ctypes.addressof(name), name_len=64)
-    _bpf.obj_get_info_by_fd(fd, info)
-    return info, name.value

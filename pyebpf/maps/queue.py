@@ -19,7 +19,11 @@ __all__ = ["BloomFilter", "Queue", "Stack"]
 @register_map_class(MapType.QUEUE)
 class Queue(NoKeysMap):
     """A FIFO queue: ``push(v)``, ``pop()``, ``peek()``; ``drain()`` pops until empty.
-    The kernel does not report a queue's length, so ``len()`` raises TypeError."""
+    The kernel does not report a queue's length, so ``len()`` raises
+    :class:`~pyebpf.maps.map.NoLengthError` (a TypeError); ``bool(q)`` tells if it is empty."""
+
+    _no_len_why = ("the kernel does not report a queue's length (pop() until None, or "
+                   "bool() to test for emptiness)")
 
     def push(self, value: Any, flags: int = BPF_ANY) -> None:
         """Add ``value`` (flags BPF_EXIST overwrites the oldest when full)."""
@@ -44,9 +48,6 @@ class Queue(NoKeysMap):
         ld = self.ops.lookup_and_delete
         while (v := ld(None)) is not None:
             yield v if raw else self.decode_value(v)
-
-    def __len__(self) -> int:
-        raise TypeError("the kernel does not report a queue's length")
 
     def __bool__(self) -> bool:
         return self.ops.lookup(b"") is not None
@@ -79,8 +80,15 @@ class BloomFilter(NoKeysMap):
         return self.contains_bytes(self.encode_value(value))
 
     def contains_bytes(self, raw: bytes) -> bool:
+        """``raw`` (exactly value_size bytes) is probably in the filter."""
+        if not isinstance(raw, (bytes, bytearray, memoryview)) or len(raw) != self.value_size:
+            # the kernel reads value_size bytes from the buffer: never hand it fewer
+            got = len(raw) if isinstance(raw, (bytes, bytearray, memoryview)) else type(raw).__name__
+            raise OptionError(f"map {self.name!r}: value must be {self.value_size} bytes, got {got}")
         # BPF_MAP_LOOKUP_ELEM with a NULL key and the value as input: 0 = maybe present
         vb = (ctypes.c_char * max(len(raw), 1)).from_buffer_copy(raw or b"\0")
+        if self.fd.closed:
+            raise self._closed_error()
         a = A.MapElemAttr(map_fd=int(self.fd), key=0, value=ctypes.addressof(vb))
         ret, err = bpf_errno(Cmd.MAP_LOOKUP_ELEM, a, A.MapElemAttr.SIZE)
         if ret >= 0:

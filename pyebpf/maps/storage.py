@@ -23,7 +23,7 @@ from typing import Any, NamedTuple
 
 from ..errors import OptionError
 from ..uapi import AttachType, MapType
-from .map import _RAW, BPF_ANY, Map, NoDelete, register_map_class
+from .map import _RAW, BPF_ANY, Map, NoDelete, NoLengthError, register_map_class
 from .percpu import PerCpuMixin
 
 __all__ = ["CgroupStorage", "CgroupStorageKey", "CgrpStorage", "InodeStorage", "LocalStorage",
@@ -73,6 +73,9 @@ class LocalStorage(Map):
 
     def count(self) -> int:
         raise self._no_walk()
+
+    def __len__(self) -> int:
+        raise NoLengthError(str(self._no_walk()))
 
     def clear(self) -> None:
         raise self._no_walk()

@@ -1,0 +1,116 @@
+"""The hot path of Map lookups and updates: get/set functions specialised once per map
+(codecs resolved, int keys packed straight into the per-thread syscall buffer, values
+decoded from it in place)."""
+
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+from .map import _MISSING, _RAW, Map
+
+__all__ = ["build_fast"]
+
+_SE = struct.error
+
+
+def build_fast(self: Map) -> tuple[Any, Any]:
+    """Build the get/set functions: one call each for the key and value codecs, the
+    value decoded straight from the syscall buffer."""
+    tl, cls = self._tl, type(self)
+    ek = self.encode_key
+    kc = self.key_codec
+    if cls.encode_key is Map.encode_key and _plain_int(kc) and kc.size == self.key_size:
+        kenc = kc.encode
+
+        def ek(key: Any) -> bytes:
+            return kenc(key) if type(key) is int else self.encode_key(key)
+
+        # the hot paths below pack an in-range int key inline (no call frames); anything
+        # else, errors included, goes through ek and the codec's checks and messages
+        kpack = struct.Struct("=" + kc._fmt).pack_into  # into the MapOps key buffer
+    else:
+        kpack = None
+    ev = self.encode_value
+    staged: Any = None
+    dv: Any = self.decode_value
+    vc = self.value_codec
+    plain_v = not self.percpu and vc is not None
+    if plain_v and cls.encode_value is Map.encode_value:
+        venc, vco = vc.encode, vc.coerce
+        if _plain_int(vc):
+            def ev(value: Any) -> bytes:
+                return venc(value) if type(value) is int else self._encode_one(value)
+        else:
+            own = getattr(vc, "cls", None)  # values decoded from this map encode as is
+
+            def ev(value: Any) -> bytes:
+                if type(value) is own:
+                    return venc(value)
+                if isinstance(value, _RAW):
+                    return self._encode_one(value)
+                return venc(vco(value, "value"))
+
+            if getattr(vc, "packs_whole", False) and vc.size == self.value_size:
+                vinto = vc.encode_into_own  # type(value) is own: no second class check
+
+                def staged(key: Any, value: Any, flags: int = 0) -> None:
+                    try:
+                        ops = tl.ops
+                    except AttributeError:
+                        ops = self.ops
+                    if type(value) is own:  # packed straight into the syscall buffer
+                        # the key first: its errors win, as below
+                        k = None
+                        if kpack is not None and type(key) is int:
+                            try:
+                                kpack(ops.key_buffer, 0, key)
+                            except _SE:
+                                k = ek(key)
+                        else:
+                            k = ek(key)
+                        vinto(ops.value_buffer, 0, value)
+                        ops.update_staged(k, flags)
+                    else:
+                        ops.update(ek(key), ev(value), flags)
+    view = False
+    if plain_v and cls.decode_value is Map.decode_value:
+        dv, view = vc.decode, True  # codecs decode from the MapOps buffer in place
+
+    def fget(key: Any, default: Any = _MISSING) -> Any:
+        try:
+            ops = tl.ops
+        except AttributeError:
+            ops = self.ops
+        if view:
+            k = None
+            if kpack is not None and type(key) is int:
+                try:
+                    kpack(ops.key_buffer, 0, key)
+                except _SE:
+                    k = ek(key)
+            else:
+                k = ek(key)
+            v = ops.lookup_into(k)
+        else:
+            v = ops.lookup(ek(key))
+        if v is None:
+            if default is _MISSING:
+                raise KeyError(key)
+            return default
+        return dv(v)
+
+    def fset(key: Any, value: Any, flags: int = 0) -> None:
+        try:
+            ops = tl.ops
+        except AttributeError:
+            ops = self.ops
+        ops.update(ek(key), ev(value), flags)
+
+    return fget, staged or fset
+
+
+def _plain_int(c: Any) -> bool:
+    """A BTF integer codec whose encode takes a Python int as is (no bool, no bitfield)."""
+    return (c is not None and type(c).__name__ == "IntCodec" and bool(c._fmt)
+            and not c.is_bool)
