@@ -3,7 +3,14 @@
 Each probe loads a tiny BTF blob, map or program and closes it at once; none
 leaks an fd. Results are computed once per process, under a lock.
 Program-type, map-type and helper probes follow libbpf_probes.c; they return a
-:class:`Support` that is truthy when supported and carries the reason when not.
+:class:`Support` that is truthy when supported and carries the reason and the
+kernel's errno when not.
+
+The kernel under a test suite can change between runs (this machine's began refusing
+arena maps and live-frame XDP test runs with EPERM one day): a refusal (EPERM, EINVAL,
+E2BIG, EOPNOTSUPP, ENOTSUPP, or anything else a probe did not expect) is a cached
+"not supported", never an exception. :func:`arena` and :func:`xdp_live_frames` exist
+so tests can skip with the feature's name and errno.
 """
 
 from __future__ import annotations
