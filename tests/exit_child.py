@@ -60,6 +60,8 @@ def main() -> None:
 
     up = pyebpf.load(unit_object("attach_uprobe"))
     links["uprobe"] = up.programs["u_add"].attach_uprobe(cfg["uprobe_target"], "ut_add")
+    legacy = up.programs["u_arg"].attach_uprobe(cfg["uprobe_target"], "ut_ret", mode="legacy")
+    keep.append(legacy)
     links["uprobe_multi"] = up.programs["um_cookie"].attach_uprobe_multi(
         cfg["uprobe_target"], "ut_*")
 
@@ -79,6 +81,7 @@ def main() -> None:
                   if k != "struct_ops"},
         "pinned_link": links["raw_tp"].id,
         "pid": os.getpid(),
+        "legacy_event": legacy.legacy_event,
     }
     print(json.dumps(report), flush=True)
     while True:  # the parent SIGKILLs us: no cleanup code of ours may run

@@ -8,9 +8,11 @@ cleanup code of its own runs. Then nothing may be left: no program on the interf
 namespace or the cgroup, no link, no registered congestion control, except the pinned
 link, which the test then removes.
 
-Attachments made through the legacy paths (netlink XDP and cls_bpf, BPF_PROG_ATTACH,
-tracefs probe events) are owned by the kernel object they were made on, not by a process,
-as with libbpf: the README says how to remove them.
+Attachments made through the legacy paths (netlink XDP and cls_bpf, BPF_PROG_ATTACH)
+are owned by the kernel object they were made on, not by a process, as with libbpf: the
+README says how to remove them. A legacy tracefs uprobe event of the child is detached
+with its perf fd, but the event itself stays until the next pyebpf process that adds a
+legacy probe sweeps orphans of dead pids away (shown here too).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from pyebpf.links.netns import netns_prog_ids
 from pyebpf.links.tc import tcx_query
 from pyebpf.links.xdp import xdp_query
 from pyebpf.sys import bpf as B
+from pyebpf.sys.perf import sweep_stale_probe_events, tracefs_path
 from pyebpf.uapi import AttachType
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
@@ -54,6 +57,11 @@ def _tcp_with(name: str) -> int:
         except OSError as e:
             return e.errno or -1
     return 0
+
+
+def _uprobe_events() -> str:
+    with open(os.path.join(tracefs_path(), "uprobe_events")) as f:
+        return f.read()
 
 
 def _alive(kind: str, obj_id: int) -> bool:
@@ -135,6 +143,10 @@ def _run(pin: str) -> None:
         after = _state(net, cg)
         assert after == {"xdp": 0, "tcx": [], "sk_lookup": [], "cgroup": []}, after
         assert _tcp_with(cc) == errno.ENOENT  # the struct_ops registration is gone too
+        event = report["legacy_event"]
+        assert event in _uprobe_events()  # nothing in the kernel removes a tracefs event
+        assert event in sweep_stale_probe_events("uprobe")
+        assert event not in _uprobe_events()
         pinned_prog = progs["raw_tp"]
         assert _wait(lambda: not any(_alive("prog", i) for k, i in progs.items()
                                      if i and i != pinned_prog))

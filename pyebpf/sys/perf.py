@@ -6,6 +6,7 @@ import ctypes
 import errno as _errno
 import itertools
 import os
+import re
 import threading
 from ctypes import c_int32, c_uint16, c_uint32, c_uint64
 
@@ -350,9 +351,54 @@ def _write_events(file: str, line: str) -> None:
         os.close(fd)
 
 
+# pyebpf's legacy event names carry the creating pid: pyebpf_<pid>_... or pyebpf_<kind>_<pid>_...
+_OUR_EVENT = re.compile(r"^[pr](?::\S*)?:(\S+)/(pyebpf_(?:[a-z]+_)?(\d+)_\S*)\s", re.M)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def sweep_stale_probe_events(kind: str) -> list[str]:
+    """Remove pyebpf's legacy ``kind`` ("uprobe"/"kprobe") events whose creating process is gone.
+
+    A tracefs probe event outlives the process that wrote it when that process is killed
+    before its cleanup runs (SIGKILL): nothing in the kernel ties the event to a process.
+    pyebpf names its events after the creating pid, so a later pyebpf process removes the
+    orphans before it adds an event of its own. An event still in use (another pid
+    namespace's live probe whose pid number means nothing here) is refused by the kernel
+    with EBUSY and stays. Returns the events removed.
+    """
+    try:
+        path = os.path.join(tracefs_path(), f"{kind}_events")
+        with open(path) as f:
+            text = f.read()
+    except (OSError, TracefsError):
+        return []
+    removed = []
+    for m in _OUR_EVENT.finditer(text):
+        group, name, pid = m.group(1), m.group(2), int(m.group(3))
+        if pid == os.getpid() or _pid_alive(pid):
+            continue
+        try:
+            _write_events(f"{kind}_events", f"-:{group}/{name}")
+        except (SyscallError, TracefsError) as e:
+            _log.debug("stale %s event %s/%s not removed: %s", kind, group, name, e)
+            continue
+        removed.append(f"{group}/{name}")
+    return removed
+
+
 def add_kprobe_event(func: str, offset: int = 0, *, retprobe: bool = False, name: str | None = None,
                      group: str = "pyebpf") -> tuple[str, str]:
     """Create a legacy kprobe in tracefs kprobe_events; returns (group, event name)."""
+    sweep_stale_probe_events("kprobe")
     ev = name or unique_event_name("pyebpf_kretprobe" if retprobe else "pyebpf_kprobe", func)
     target = f"{func}+{offset}" if offset else func
     _write_events("kprobe_events", f"{'r' if retprobe else 'p'}:{group}/{ev} {target}")
@@ -362,6 +408,7 @@ def add_kprobe_event(func: str, offset: int = 0, *, retprobe: bool = False, name
 def add_uprobe_event(path: str, offset: int, *, retprobe: bool = False, name: str | None = None,
                      group: str = "pyebpf", ref_ctr_offset: int = 0) -> tuple[str, str]:
     """Create a legacy uprobe in tracefs uprobe_events; returns (group, event name)."""
+    sweep_stale_probe_events("uprobe")
     ev = name or unique_event_name("pyebpf_uretprobe" if retprobe else "pyebpf_uprobe",
                                    f"{os.path.basename(path)}_{offset:x}")
     target = f"{path}:{offset:#x}"
