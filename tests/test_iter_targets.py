@@ -38,7 +38,6 @@ from pyebpf.links.iter import (
 from pyebpf.uapi import LinkType
 
 FIXTURE = unit_object("attach_iters")
-CGROUP2 = "/sys/fs/cgroup/unified"
 ROOT = os.geteuid() == 0
 needs_root = pytest.mark.skipif(not ROOT, reason="needs root")
 
@@ -272,9 +271,9 @@ def test_ksym_iterator_finds_a_kernel_symbol(obj, clean) -> None:
 @pytest.fixture
 def cgtree():
     """A cgroup v2 tree root/{a/{c}, b} with a unique name; removed afterwards."""
-    if not os.path.isdir(CGROUP2) or not os.path.exists(os.path.join(CGROUP2, "cgroup.procs")):
-        pytest.skip(f"no cgroup v2 hierarchy at {CGROUP2}")
-    root = os.path.join(CGROUP2, f"pyebpf_F_iter_{os.getpid()}_{uuid.uuid4().hex[:8]}")
+    from cgroups import cgroup2_root  # finds cgroup2 wherever it is mounted, or mounts one
+
+    root = os.path.join(cgroup2_root(), f"pyebpf_F_iter_{os.getpid()}_{uuid.uuid4().hex[:8]}")
     made = []
     try:
         for rel in ("", "a", "a/c", "b"):
