@@ -244,15 +244,15 @@ def test_threads_share_a_producer(obj):
 
 
 def test_wrong_map_type_and_close(obj):
-    with pytest.raises(PyebpfError):
+    with pytest.raises(PyebpfError, match=r"map 'user_rin.bss' is an array map, not a user_ringbuf"):
         UserRingBuffer(obj.maps["user_rin.bss"])
     urb = UserRingBuffer(obj.maps["urb"].fd)  # a raw fd: size from the kernel
     assert urb.size == RING
     assert "UserRingBuffer fd=" in repr(urb)
     urb.close()
     urb.close()
-    assert repr(urb) == "<UserRingBuffer closed>"
-    with pytest.raises(ValueError):
+    assert repr(urb) == "<UserRingBuffer on map 'urb' closed>"
+    with pytest.raises(ValueError, match="user ring buffer on map 'urb' is closed"):
         urb.reserve(8)
 
 

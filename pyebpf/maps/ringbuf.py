@@ -46,17 +46,16 @@ from __future__ import annotations
 import array
 import itertools
 import mmap
-import select
-import struct
-import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, Protocol
 
-from .._log import get_logger
-from ..errors import OptionError, PyebpfError, SyscallError
+from ..errors import ClosedError, OptionError, PyebpfError, SyscallError
 from ..sys.fd import Closing
-from ..sys.mm import epoll_create, mmap_fd
+from ..sys.mm import mmap_fd
+from ..uapi import MapType
+from .bufcommon import MapHandle, Waiter, open_map, readable, wait_for
+from .ringbuf_types import BPF_RINGBUF_HDR_SZ, Batch, DropCounter, _count  # noqa: F401
 
 __all__ = [
     "BPF_RINGBUF_BUSY_BIT",
@@ -70,14 +69,10 @@ __all__ = [
 
 BPF_RINGBUF_BUSY_BIT = 1 << 31
 BPF_RINGBUF_DISCARD_BIT = 1 << 30
-BPF_RINGBUF_HDR_SZ = 8
 _LEN_MASK = ~(BPF_RINGBUF_BUSY_BIT | BPF_RINGBUF_DISCARD_BIT) & 0xFFFFFFFF
 _PAGE = mmap.PAGESIZE
-# The mmaps and epoll registrations are logged with the syscall layer's
-# messages, so the "pyebpf.sys" log shows everything done to the kernel.
-_log = get_logger("pyebpf.sys")
 _MAP_TYPE_RINGBUF = 27
-_BYTEORDER = sys.byteorder
+_readable = readable  # old private name
 
 Callback = Callable[[memoryview], Any]
 
@@ -96,202 +91,21 @@ class MapLike(Protocol):
 MapOrFd = MapLike | int | Any
 
 
-def _fileno(fd: Any) -> int:
-    if isinstance(fd, int):
-        return fd
-    if hasattr(fd, "fileno"):
-        return int(fd.fileno())
-    return int(fd)
-
-
-def _resolve(map_or_fd: MapOrFd, size: int | None) -> tuple[int, int, Any]:
-    """(raw fd, data size, object to keep alive) from a Map, an FD or an int."""
-    keep = map_or_fd
-    if hasattr(map_or_fd, "max_entries") and hasattr(map_or_fd, "fd"):
-        fd = _fileno(map_or_fd.fd)
+def _resolve(map_or_fd: MapOrFd, size: int | None, who: str = "RingBuffer"
+             ) -> tuple[int, int, MapHandle]:
+    """(fd, data size, handle owning that fd): the map's type checked first, its fd
+    duplicated so that the buffer never acts through a number it does not own."""
+    h = open_map(map_or_fd, MapType.RINGBUF, who)
+    try:
         if size is None:
-            size = int(map_or_fd.max_entries)
-    else:
-        fd = _fileno(map_or_fd)
-    if size is None:
-        from ..sys.bpf import map_info
-
-        info = map_info(fd)
-        if info.type != _MAP_TYPE_RINGBUF:
-            raise PyebpfError(f"RingBuffer: fd {fd} is a map of type {info.type}, not a ringbuf")
-        size = int(info.max_entries)
-    if size <= 0 or size & (size - 1) or size % _PAGE:
-        raise PyebpfError(
-            f"RingBuffer: size {size} is not a power-of-2 multiple of the page size ({_PAGE})"
-        )
-    return fd, size, keep
-
-
-class Batch:
-    """Copies of many records: one ``bytes`` blob plus where each record is in it.
-
-    ``batch[i]`` is a zero-copy ``memoryview`` of record *i* inside the blob
-    (safe to keep: the blob is immutable).  When every record has the same
-    size (``uniform``), :meth:`iter_unpack` decodes all of them at C speed.
-    """
-
-    __slots__ = ("data", "_offsets", "_lengths", "_count", "_stride", "_size")
-
-    def __init__(
-        self,
-        data: bytes,
-        *,
-        count: int = 0,
-        stride: int = 0,
-        size: int = 0,
-        offsets: list[int] | None = None,
-        lengths: list[int] | None = None,
-    ) -> None:
-        self.data = data
-        self._offsets = offsets
-        self._lengths = lengths
-        if offsets is not None:
-            count = len(offsets)
-        self._count = count
-        self._stride = stride or 8  # any non-zero stride for an empty batch
-        self._size = size
-
-    @property
-    def uniform(self) -> bool:
-        """True when all records have one size and sit ``stride`` bytes apart."""
-        return self._offsets is None
-
-    @property
-    def record_size(self) -> int | None:
-        """The common record size of a uniform batch (None otherwise)."""
-        return self._size if self._offsets is None else None
-
-    def __len__(self) -> int:
-        return self._count
-
-    def __bool__(self) -> bool:
-        return self._count > 0
-
-    def __getitem__(self, i: int) -> memoryview:
-        n = self._count
-        if i < 0:
-            i += n
-        if not 0 <= i < n:
-            raise IndexError("batch index out of range")
-        if self._offsets is None:
-            start = i * self._stride + BPF_RINGBUF_HDR_SZ
-            return memoryview(self.data)[start : start + self._size]
-        start = self._offsets[i]
-        assert self._lengths is not None
-        return memoryview(self.data)[start : start + self._lengths[i]]
-
-    def __iter__(self) -> Iterator[memoryview]:
-        mv = memoryview(self.data)
-        if self._offsets is None:
-            size = self._size
-            for start in range(BPF_RINGBUF_HDR_SZ, self._count * self._stride, self._stride):
-                yield mv[start : start + size]
-        else:
-            assert self._lengths is not None
-            for start, ln in zip(self._offsets, self._lengths, strict=True):
-                yield mv[start : start + ln]
-
-    def tolist(self) -> list[bytes]:
-        """Every record as its own ``bytes``."""
-        data = self.data
-        if self._offsets is None:
-            size = self._size
-            return [
-                data[s : s + size]
-                for s in range(BPF_RINGBUF_HDR_SZ, self._count * self._stride, self._stride)
-            ]
-        assert self._lengths is not None
-        return [data[s : s + ln] for s, ln in zip(self._offsets, self._lengths, strict=True)]
-
-    def iter_unpack(self, fmt: str) -> Iterator[tuple[Any, ...]]:
-        """``struct.unpack`` of each record's leading bytes with ``fmt`` (e.g. ``"<QI"``)."""
-        st = struct.Struct(fmt)
-        if self._count == 0:
-            return iter(())
-        if self._offsets is None:
-            if st.size > self._size:
-                raise PyebpfError(
-                    f"format {fmt!r} needs {st.size} bytes, records have {self._size}"
-                )
-            # One struct that also skips the header and the padding after the
-            # fields lets struct.iter_unpack walk the blob in C.  The header
-            # is 8 bytes, the largest native alignment, so prefixing it keeps
-            # every field's offset.
-            order = fmt[0] if fmt and fmt[0] in "@=<>!" else "@"
-            body = fmt[1:] if fmt and fmt[0] in "@=<>!" else fmt
-            pad = self._stride - BPF_RINGBUF_HDR_SZ - st.size
-            whole = struct.Struct(f"{order}{BPF_RINGBUF_HDR_SZ}x{body}{pad}x")
-            if whole.size != self._stride:  # native alignment changed the layout
-                return (st.unpack_from(rec) for rec in self)
-            return whole.iter_unpack(memoryview(self.data)[: self._count * self._stride])
-        return (st.unpack_from(self.data, s) for s in self._offsets)
-
-    def __repr__(self) -> str:
-        kind = f"uniform size={self._size}" if self._offsets is None else "variable sizes"
-        return f"<Batch {self._count} records, {kind}, {len(self.data)} bytes>"
-
-
-def _count(v: Any) -> int:
-    """A counter value as an int: per-CPU lists are summed, raw bytes read host-endian."""
-    if v is None:
-        return 0
-    if isinstance(v, int):
-        return v
-    if isinstance(v, (bytes, bytearray, memoryview)):
-        return int.from_bytes(v, _BYTEORDER)
-    if isinstance(v, (list, tuple)):
-        return sum(_count(x) for x in v)
-    return int(v)
-
-
-class DropCounter:
-    """Reads a drop counter that a BPF program keeps (the kernel keeps none for ring buffers).
-
-    ``source`` is one of:
-
-    - a Map (anything with ``lookup``): the value at key 0;
-    - ``(map, key)``: the value at ``key``;
-    - ``(obj, "name")``: the global variable ``name`` of a loaded Object (``obj.globals``);
-    - a callable returning the count.
-
-    Per-CPU values (a list per CPU) are summed; a missing key counts as 0.
-    """
-
-    __slots__ = ("_read", "source")
-
-    def __init__(self, source: Any) -> None:
-        self.source = source
-        if isinstance(source, tuple) and len(source) == 2:
-            owner, key = source
-            if isinstance(key, str) and hasattr(owner, "globals"):
-                glb = owner.globals
-                if key not in glb:
-                    raise OptionError(f"drop counter: the object has no global variable {key!r}")
-                self._read: Callable[[], Any] = lambda: glb[key]
-            elif hasattr(owner, "lookup"):
-                self._read = lambda: owner.lookup(key)
-            else:
-                raise OptionError("drop counter: expected (Map, key) or (Object, 'global_name'), "
-                                  f"got ({type(owner).__name__}, {type(key).__name__})")
-        elif hasattr(source, "lookup"):
-            self._read = lambda: source.lookup(0)
-        elif callable(source):
-            self._read = source
-        else:
-            raise OptionError("drop counter: expected a Map, (Map, key), (Object, 'global_name') "
-                              f"or a callable, got {type(source).__name__}")
-
-    def read(self) -> int:
-        """The current count."""
-        return _count(self._read())
-
-    def __repr__(self) -> str:
-        return f"<DropCounter {self.source!r}>"
+            size = h.max_entries
+        if size <= 0 or size & (size - 1) or size % _PAGE:
+            raise OptionError(f"{who}: size {size} is not a power-of-2 multiple of the page "
+                              f"size ({_PAGE})")
+    except BaseException:
+        h.fd.close()
+        raise
+    return h.fd.fileno(), size, h
 
 
 class _Ring:
@@ -311,9 +125,14 @@ class _Ring:
         "_mask",
         "_chunk",
         "pos",
+        "closed",
+        "label",
     )
 
     def __init__(self, fd: int, size: int, callback: Callback | None, keep: Any) -> None:
+        """``keep``: what holds ``fd`` open (a MapHandle is closed with the ring)."""
+        self.closed = False
+        self.label = getattr(keep, "label", f"fd {fd}")
         self.fd = fd
         self.size = size
         self.callback = callback
@@ -344,6 +163,8 @@ class _Ring:
     def from_buffers(cls, consumer: Any, producer: Any, data: Any, size: int) -> _Ring:
         """A ring over caller-provided writable buffers (tests of the algorithm)."""
         self = cls.__new__(cls)
+        self.closed = False
+        self.label = "a test ring"
         self.fd = -1
         self.size = size
         self.callback = None
@@ -371,10 +192,20 @@ class _Ring:
 
     def avail(self) -> int:
         """Bytes not yet handed out (busy and discarded records included)."""
-        return self._prod_q[0] - self.pos
+        try:
+            return self._prod_q[0] - self.pos
+        except ValueError:
+            if self.closed:
+                return 0
+            raise
 
     def has_data(self) -> bool:
-        return self._prod_q[0] > self.pos
+        try:
+            return self._prod_q[0] > self.pos
+        except ValueError:  # closed by another thread: nothing more to read
+            if self.closed:
+                return False
+            raise
 
     # -- consuming ---------------------------------------------------------
 
@@ -430,6 +261,10 @@ class _Ring:
                         cons += ((ln & _LEN_MASK) + 15) & -8
                         self.pos = cons
                 cons_q[0] = cons
+        except ValueError:
+            if self.closed:  # closed (maybe by another thread) under a live iterator: done
+                return
+            raise
         finally:
             if self.pos == cons:
                 try:
@@ -480,6 +315,10 @@ class _Ring:
                         cons += ((ln & _LEN_MASK) + 15) & -8
                         self.pos = cons
                 cons_q[0] = cons
+        except ValueError:
+            if self.closed:  # the callback, or another thread, closed the ring
+                return count
+            raise
         finally:
             if self.pos == cons:
                 try:
@@ -488,7 +327,16 @@ class _Ring:
                     pass
 
     def batch(self, limit: int = -1) -> Batch:
-        """Copy every record available now (one producer snapshot); commit once."""
+        """Copy every record available now (one producer snapshot); commit once. Empty
+        when the ring was closed by another thread meanwhile."""
+        try:
+            return self._batch(limit)
+        except ValueError:
+            if self.closed:
+                return Batch(b"")
+            raise
+
+    def _batch(self, limit: int) -> Batch:
         cons_q = self._cons_q
         cons = self.pos
         cons_q[0] = cons
@@ -559,148 +407,36 @@ class _Ring:
         self._cons_mm = self._prod_mm = None
 
     def close(self) -> None:
+        # flagged first: a consumer that trips over a released view ends quietly
+        self.closed = True
         for name in ("_cons_q", "_prod_q", "_hdr", "_data"):
             mv = getattr(self, name, None)
             if mv is not None:
                 mv.release()
         self._unmap()
-        self.keep = None
-
-
-def _wait_deadline(timeout: float | None) -> float | None:
-    return None if timeout is None or timeout < 0 else time.monotonic() + timeout
-
-
-def _wait_for(
-    waiter: _Waiter, has_data: Callable[[], bool], timeout: float | None, interval: float | None
-) -> bool:
-    """Wait for ``has_data()``: through epoll, or every ``interval`` s when given.
-
-    The periodic mode does not depend on the kernel's wake-ups (a producer
-    may pass BPF_RB_NO_WAKEUP, or wake-ups may be too costly at high rates);
-    ``interval=0`` spins.
-    """
-    if has_data():
-        return True
-    if timeout == 0:
-        return False
-    if interval is None:
-        return waiter.wait_until(has_data, timeout)
-    deadline = _wait_deadline(timeout)
-    while True:
-        if interval:
-            if deadline is not None:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return has_data()
-                time.sleep(min(interval, left))
-            else:
-                time.sleep(interval)
-        elif deadline is not None and time.monotonic() >= deadline:
-            return has_data()
-        if has_data():
-            return True
-
-
-class _Waiter:
-    """An epoll fd over ring buffer map fds (the wake-ups come from the kernel's
-    BPF_RB_* notification logic), or a periodic sleep when ``interval`` is set."""
-
-    def __init__(self) -> None:
-        self.ep: select.epoll | None = epoll_create("ring buffer wake-ups")
-
-    def register(self, fd: int) -> None:
-        if self.ep is None:
-            raise ValueError("ring buffer is closed")
-        self.ep.register(fd, select.EPOLLIN)
-        _log.debug("epoll_ctl(ADD) epfd=%d fd=%d EPOLLIN", self.ep.fileno(), fd)
-
-    def unregister(self, fd: int) -> None:
-        if self.ep is not None:
-            try:
-                self.ep.unregister(fd)
-            except (OSError, ValueError):
-                pass
-
-    def fileno(self) -> int:
-        if self.ep is None:
-            raise ValueError("ring buffer is closed")
-        return self.ep.fileno()
-
-    def wait(self, timeout: float | None) -> list[int]:
-        """Map fds that are ready, waiting up to ``timeout`` seconds (None: forever)."""
-        if self.ep is None:
-            raise ValueError("ring buffer is closed")
-        t = -1 if timeout is None or timeout < 0 else timeout
-        while True:
-            try:
-                return [fd for fd, _ in self.ep.poll(t)]
-            except InterruptedError:  # pragma: no cover - PEP 475 retries already
-                continue
-
-    def wait_until(self, has_data: Callable[[], bool], timeout: float | None) -> bool:
-        """Wait until ``has_data()`` or ``timeout``; epoll can wake without new data
-        (level-triggered readiness left from an earlier wake-up)."""
-        deadline = _wait_deadline(timeout)
-        while True:
-            if has_data():
-                return True
-            if deadline is None:
-                self.wait(None)
-            else:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                self.wait(left)
-
-    async def wait_until_async(self, has_data: Callable[[], bool], timeout: float | None) -> bool:
-        """:meth:`wait_until` on the running event loop (a reader on the epoll fd)."""
-        import asyncio  # imported lazily: ~15 ms that sync users don't need
-        deadline = _wait_deadline(timeout)
-        while True:
-            if has_data():
-                return True
-            left = None if deadline is None else deadline - time.monotonic()
-            if left is not None and left <= 0:
-                return False
-            try:
-                await asyncio.wait_for(_readable(self.fileno()), left)
-            except asyncio.TimeoutError:
-                return has_data()
-            self.wait(0)  # drain the epoll ready list
-
-    def close(self) -> None:
-        if self.ep is not None:
-            self.ep.close()
-            self.ep = None
-
-
-async def _readable(fd: int) -> None:
-    import asyncio  # imported lazily: ~15 ms that sync users don't need
-    loop = asyncio.get_running_loop()
-    fut: asyncio.Future[None] = loop.create_future()
-
-    def ready() -> None:
-        if not fut.done():
-            fut.set_result(None)
-
-    loop.add_reader(fd, ready)
-    try:
-        await fut
-    finally:
-        loop.remove_reader(fd)
+        keep, self.keep = self.keep, None
+        if isinstance(keep, MapHandle):
+            keep.fd.close()  # our duplicate of the map fd
 
 
 class RingBuffer(Closing):
     """Consumer of one ``BPF_MAP_TYPE_RINGBUF`` map.
 
-    ``RingBuffer(obj.maps["events"])`` takes a Map (anything with ``.fd`` and
-    ``.max_entries``); ``RingBuffer(fd)`` takes a raw fd or FD (not owned; the
-    size is asked from the kernel unless ``size=`` is given).
-    ``callback`` is used by :meth:`poll_callbacks` and :meth:`consume`.
+    ``RingBuffer(obj.maps["events"])`` takes a Map; ``RingBuffer(fd)`` takes a
+    raw fd or FD. Either way the map must be a ``BPF_MAP_TYPE_RINGBUF`` (anything
+    else raises OptionError naming its type), and the buffer keeps its own duplicate
+    of the fd: closing the Map or its Object first is safe. The size is the map's
+    unless ``size=`` is given. ``callback`` is used by :meth:`poll_callbacks` and
+    :meth:`consume`.
 
     Records are memoryviews into the ring (see the module docstring for how
     long they stay valid).  Use as a context manager or call :meth:`close`.
+
+    Closing: every call made after :meth:`close` raises
+    :class:`~pyebpf.errors.ClosedError`. ``close()`` may come from another thread:
+    a consumer blocked in ``for rec in rb``, :meth:`poll`, :meth:`poll_callbacks`
+    or :meth:`poll_batch` wakes at once and ends as if nothing more came (the
+    loop ends, poll returns nothing), which is how a consumer thread is stopped.
 
     ``drops``: where the producing program counts the records it could not
     reserve (the kernel itself reports no drop count for ring buffers); a Map,
@@ -718,9 +454,14 @@ class RingBuffer(Closing):
     ) -> None:
         self.drops: DropCounter | None = None if drops is None else DropCounter(drops)
         fd, size, keep = _resolve(map, size)
-        self._ring: _Ring | None = _Ring(fd, size, callback, keep)
+        self._label = keep.label
         try:
-            self._waiter = _Waiter()
+            self._ring: _Ring | None = _Ring(fd, size, callback, keep)
+        except BaseException:
+            keep.fd.close()
+            raise
+        try:
+            self._waiter = Waiter(f"ring buffer on {self._label}")
             self._waiter.register(fd)
         except BaseException:
             self._ring.close()
@@ -739,18 +480,25 @@ class RingBuffer(Closing):
 
     def fileno(self) -> int:
         """The epoll fd: readable when the ring has data (for select/asyncio)."""
+        self._r()
         return self._waiter.fileno()
 
+    @property
+    def closed(self) -> bool:
+        return self._ring is None
+
     def _r(self) -> _Ring:
-        if self._ring is None:
-            raise ValueError("ring buffer is closed")
-        return self._ring
+        ring = self._ring
+        if ring is None:
+            raise ClosedError(f"ring buffer on {getattr(self, '_label', 'a map')} is closed")
+        return ring
 
     # -- waiting -----------------------------------------------------------
 
     def _wait(self, ring: _Ring, timeout: float | None, interval: float | None) -> bool:
-        """Wait until the ring has data or ``timeout`` passes; True if data."""
-        return _wait_for(self._waiter, ring.has_data, timeout, interval)
+        """Wait until the ring has data or ``timeout`` passes; True if data (False
+        also when another thread closed the buffer meanwhile)."""
+        return wait_for(self._waiter, ring.has_data, timeout, interval)
 
     # -- iterator API ------------------------------------------------------
 
@@ -774,13 +522,16 @@ class RingBuffer(Closing):
         return ring.records(max_records or -1)
 
     def __iter__(self) -> Iterator[memoryview]:
-        """Records forever, blocking on epoll between bursts."""
+        """Records forever, blocking on epoll between bursts; the loop ends when the
+        buffer is closed (from another thread, or from the loop's body)."""
+        ring = self._r()
         while True:
-            ring = self._r()
             got = False
             for rec in ring.records():
                 got = True
                 yield rec
+            if ring.closed:
+                return
             if not got and ring.avail() > 0:
                 # A BUSY record: epoll reports the ring ready until it is
                 # committed, so yield the CPU instead of spinning on epoll.
@@ -849,19 +600,20 @@ class RingBuffer(Closing):
 
     async def _aiter(self) -> AsyncIterator[memoryview]:
         import asyncio  # imported lazily: ~15 ms that sync users don't need
+        ring = self._r()
         while True:
-            ring = self._r()
             got = False
             for rec in ring.records():
                 got = True
                 yield rec
+            if ring.closed:
+                return
             if got:
                 continue
             if ring.avail() > 0:
                 await asyncio.sleep(0)  # a BUSY record: let the loop run
                 continue
-            await _readable(self.fileno())
-            self._waiter.wait(0)  # drain the epoll ready list
+            await self._waiter.wait_async(None)
 
     async def poll_async(self, timeout: float | None = None) -> Batch:
         """Wait on the event loop for data, then return a :class:`Batch` (empty on timeout)."""
@@ -891,7 +643,8 @@ class RingBuffer(Closing):
         return self._r().producer_pos
 
     def close(self) -> None:
-        """Close the epoll fd and unmap the ring (idempotent).  The map fd is not closed."""
+        """Wake any thread waiting on this buffer, unmap the ring and close this buffer's
+        fds (idempotent; safe from another thread). The Map itself stays open."""
         ring, self._ring = self._ring, None
         waiter = getattr(self, "_waiter", None)
         if waiter is not None:
@@ -901,7 +654,7 @@ class RingBuffer(Closing):
 
     def __repr__(self) -> str:
         if self._ring is None:
-            return "<RingBuffer closed>"
+            return f"<RingBuffer on {getattr(self, '_label', '?')} closed>"
         r = self._ring
         return (
             f"<RingBuffer fd={r.fd} size={r.size} consumer_pos={r.consumer_pos} "
@@ -914,8 +667,9 @@ class RingBufferManager(Closing):
     (libbpf's ``ring_buffer__new`` + ``ring_buffer__add``)."""
 
     def __init__(self) -> None:
-        self._waiter = _Waiter()
+        self._waiter = Waiter("ring buffer manager")
         self._rings: list[_Ring] = []
+        self._ids: set[int] = set()
         self._by_fd: dict[int, _Ring] = {}
         self._drops: list[DropCounter | None] = []
 
@@ -926,15 +680,22 @@ class RingBufferManager(Closing):
 
         ``drops``: the program's drop counter for this ring, as for :class:`RingBuffer`."""
         counter = None if drops is None else DropCounter(drops)
-        fd, size, keep = _resolve(map, size)
-        if fd in self._by_fd:
-            raise PyebpfError(f"RingBufferManager: fd {fd} was already added")
-        ring = _Ring(fd, size, callback, keep)
+        self._check_open()
+        fd, size, keep = _resolve(map, size, "RingBufferManager")
+        if keep.id in self._ids:
+            keep.fd.close()
+            raise OptionError(f"RingBufferManager: {keep.label} was already added")
+        try:
+            ring = _Ring(fd, size, callback, keep)
+        except BaseException:
+            keep.fd.close()
+            raise
         try:
             self._waiter.register(fd)
         except BaseException:
             ring.close()
             raise
+        self._ids.add(keep.id)
         self._rings.append(ring)
         self._by_fd[fd] = ring
         self._drops.append(counter)
@@ -954,7 +715,12 @@ class RingBufferManager(Closing):
 
     def fileno(self) -> int:
         """The epoll fd (readable when any ring has data)."""
+        self._check_open()
         return self._waiter.fileno()
+
+    def _check_open(self) -> None:
+        if self._waiter.closed:
+            raise ClosedError("ring buffer manager is closed")
 
     def _consume_rings(self, rings: list[_Ring]) -> int:
         total = 0
@@ -973,28 +739,32 @@ class RingBufferManager(Closing):
         (0 spins).  Returns the records handled, or a callback's negative value
         (which stops the poll).
         """
-        if not _wait_for(self._waiter, self._has_data, timeout, interval):
+        self._check_open()
+        if not wait_for(self._waiter, self._has_data, timeout, interval):
             return 0
         return self._consume_rings([r for r in self._rings if r.has_data()])
 
     def consume(self) -> int:
         """Non-blocking: run callbacks for every available record of every ring."""
+        self._check_open()
         return self._consume_rings(self._rings)
 
     def consume_ring(self, index: int) -> int:
         """Non-blocking consume of one ring (libbpf's ring_buffer__consume_ring)."""
+        self._check_open()
         ring = self._rings[index]
         assert ring.callback is not None
         return ring.consume_callbacks(ring.callback)
 
     async def poll_async(self, timeout: float | None = None) -> int:
         """Await data on any ring via the event loop, then run the callbacks."""
+        self._check_open()
         if not await self._waiter.wait_until_async(self._has_data, timeout):
             return 0
         return self.consume()
 
     def _has_data(self) -> bool:
-        return any(r.pos < r.producer_pos for r in self._rings)
+        return any(r.has_data() for r in self._rings)
 
     def __aiter__(self) -> AsyncIterator[tuple[int, memoryview]]:
         """``async for index, rec in mgr``: records of every ring, forever."""
@@ -1013,8 +783,9 @@ class RingBufferManager(Closing):
             if any(r.avail() > 0 for r in self._rings):
                 await asyncio.sleep(0)  # only BUSY records: let the loop run
                 continue
-            await _readable(self.fileno())
-            self._waiter.wait(0)
+            if self._waiter.closed:
+                return
+            await self._waiter.wait_async(None)
 
     def close(self) -> None:
         """Close the epoll fd and unmap every ring (map fds are not closed)."""
@@ -1023,6 +794,7 @@ class RingBufferManager(Closing):
             ring.close()
         self._rings = []
         self._by_fd = {}
+        self._ids = set()
         self._drops = []
 
     def __repr__(self) -> str:

@@ -36,19 +36,13 @@ import mmap
 import select
 import threading
 import time
-from typing import Any
 
-from ..errors import OptionError, PyebpfError, SyscallError
+from ..errors import ClosedError, OptionError, SyscallError
 from ..sys.fd import Closing
-from ..sys.mm import epoll_create, mmap_fd
-from .ringbuf import (
-    BPF_RINGBUF_BUSY_BIT,
-    BPF_RINGBUF_DISCARD_BIT,
-    BPF_RINGBUF_HDR_SZ,
-    MapOrFd,
-    _fileno,
-    _log,
-)
+from ..sys.mm import mmap_fd
+from ..uapi import MapType
+from .bufcommon import MapHandle, Waiter, open_map
+from .ringbuf import BPF_RINGBUF_BUSY_BIT, BPF_RINGBUF_DISCARD_BIT, BPF_RINGBUF_HDR_SZ, MapOrFd
 
 __all__ = ["UserRingBuffer"]
 
@@ -60,36 +54,26 @@ _FLAG_BITS = BPF_RINGBUF_BUSY_BIT | BPF_RINGBUF_DISCARD_BIT
 _RECHECK = 0.1
 
 
-def _resolve(map_or_fd: MapOrFd, size: int | None) -> tuple[int, int, Any]:
-    keep = map_or_fd
-    if hasattr(map_or_fd, "max_entries") and hasattr(map_or_fd, "fd"):
-        fd = _fileno(map_or_fd.fd)
-        if size is None:
-            size = int(map_or_fd.max_entries)
-        mtype = int(getattr(map_or_fd, "type", _MAP_TYPE_USER_RINGBUF))
-    else:
-        fd = _fileno(map_or_fd)
-        from ..sys.bpf import map_info
-
-        info = map_info(fd)
-        mtype = int(info.type)
-        if size is None:
-            size = int(info.max_entries)
-    if mtype != _MAP_TYPE_USER_RINGBUF:
-        raise PyebpfError(f"UserRingBuffer: fd {fd} is a map of type {mtype}, not a user_ringbuf")
+def _resolve(map_or_fd: MapOrFd, size: int | None) -> tuple[int, int, MapHandle]:
+    """(fd, data size, handle owning that fd): type checked first, fd duplicated."""
+    h = open_map(map_or_fd, MapType.USER_RINGBUF, "UserRingBuffer")
+    if size is None:
+        size = h.max_entries
     if size <= 0 or size & (size - 1) or size % _PAGE:
-        raise PyebpfError(
+        h.fd.close()
+        raise OptionError(
             f"UserRingBuffer: size {size} is not a power-of-2 multiple of the page size ({_PAGE})"
         )
-    return fd, size, keep
+    return h.fd.fileno(), size, h
 
 
 class UserRingBuffer(Closing):
     """User-space producer for one ``BPF_MAP_TYPE_USER_RINGBUF`` map.
 
-    ``UserRingBuffer(obj.maps["urb"])`` takes a Map, or a raw fd / FD (not
-    owned).  Reserve a sample, fill the returned writable ``memoryview``, then
-    :meth:`submit` or :meth:`discard` it::
+    ``UserRingBuffer(obj.maps["urb"])`` takes a Map, or a raw fd / FD, of type
+    ``BPF_MAP_TYPE_USER_RINGBUF`` (anything else raises OptionError naming its type);
+    the buffer keeps its own duplicate of the fd.  Reserve a sample, fill the
+    returned writable ``memoryview``, then :meth:`submit` or :meth:`discard` it::
 
         with UserRingBuffer(obj.maps["urb"]) as urb:
             s = urb.reserve(8)
@@ -99,10 +83,19 @@ class UserRingBuffer(Closing):
 
     Samples are committed to the kernel individually; the program sees them
     in reservation order and stops at the first one that is still reserved.
+
+    After :meth:`close` every call raises :class:`~pyebpf.errors.ClosedError`; a
+    thread blocked in :meth:`reserve_blocking` when another thread closes the
+    buffer wakes and gets None, as on a timeout.
     """
+
+    _prod_mm: mmap.mmap | None = None
+    _waiter: Waiter | None = None
+    _label = "a map"
 
     def __init__(self, map: MapOrFd, *, size: int | None = None) -> None:
         fd, size, keep = _resolve(map, size)
+        self._label = keep.label
         self._fd = fd
         self._size = size
         self._mask = size - 1
@@ -111,7 +104,7 @@ class UserRingBuffer(Closing):
         self._pending: dict[int, tuple[memoryview, int]] = {}
         self._cons_mm: mmap.mmap | None = None
         self._prod_mm: mmap.mmap | None = None
-        self._ep: select.epoll | None = None
+        self._waiter = None
         try:
             # The kernel refuses a writable mapping of the consumer page.
             self._cons_mm = mmap_fd(fd, _PAGE, mmap.PROT_READ,
@@ -120,6 +113,7 @@ class UserRingBuffer(Closing):
                                     offset=_PAGE, what="user ring buffer producer page and data")
         except SyscallError:
             self._unmap()
+            keep.fd.close()
             raise
         self._cons_q = memoryview(self._cons_mm)[:8].cast("Q")
         prod = memoryview(self._prod_mm)
@@ -157,9 +151,13 @@ class UserRingBuffer(Closing):
         """Samples reserved and not yet submitted or discarded."""
         return len(self._pending)
 
+    @property
+    def closed(self) -> bool:
+        return self._prod_mm is None
+
     def _q(self) -> tuple[memoryview, memoryview]:
         if self._prod_mm is None:
-            raise ValueError("user ring buffer is closed")
+            raise ClosedError(f"user ring buffer on {self._label} is closed")
         return self._cons_q, self._prod_q
 
     # -- producing -----------------------------------------------------------
@@ -204,44 +202,35 @@ class UserRingBuffer(Closing):
         if sample is not None or timeout == 0:
             return sample
         deadline = None if timeout is None or timeout < 0 else time.monotonic() + timeout
-        ep = self._epoll()
+        waiter = self._epoll()
         while True:
             if deadline is None:
                 left = _RECHECK
             else:
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    return self.reserve(size)
-            try:
-                ep.poll(min(left, _RECHECK), 1)
-            except InterruptedError:  # pragma: no cover - PEP 475 retries already
-                pass
+                    return None if waiter.closed else self.reserve(size)
+            waiter.wait(min(left, _RECHECK))
+            if waiter.closed:  # closed by another thread while we waited
+                return None
             sample = self.reserve(size)
             if sample is not None:
                 return sample
 
     async def reserve_async(self, size: int, timeout: float | None = None) -> memoryview | None:
         """:meth:`reserve_blocking` on the running asyncio loop (the epoll fd as a reader)."""
-        import asyncio  # imported lazily: ~15 ms that sync users don't need
-
-        from .ringbuf import _readable
-
         sample = self.reserve(size)
         if sample is not None or timeout == 0:
             return sample
         deadline = None if timeout is None or timeout < 0 else time.monotonic() + timeout
-        ep = self._epoll()
+        waiter = self._epoll()
         while True:
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
-                return self.reserve(size)
-            try:
-                await asyncio.wait_for(_readable(ep.fileno()),
-                                       _RECHECK if left is None else min(left, _RECHECK))
-            except asyncio.TimeoutError:
-                pass
-            else:
-                ep.poll(0)  # consume the edge
+                return None if waiter.closed else self.reserve(size)
+            await waiter.wait_async(_RECHECK if left is None else min(left, _RECHECK))
+            if waiter.closed:
+                return None
             sample = self.reserve(size)
             if sample is not None:
                 return sample
@@ -250,32 +239,32 @@ class UserRingBuffer(Closing):
         """An epoll fd that becomes readable when a drain frees space (for select/asyncio)."""
         return self._epoll().fileno()
 
-    def _epoll(self) -> select.epoll:
-        if self._ep is None:
+    def _epoll(self) -> Waiter:
+        with self._lock:
             self._q()  # raises when closed
-            ep = epoll_create("user ring buffer space wake-ups")
-            try:
-                # Edge-triggered: level-triggered EPOLLOUT stays set while any
-                # byte is free and would spin when a sample needs more.  A
-                # drain's wake-up after our failed reserve is queued even if
-                # we are not yet waiting, so no wake-up is missed.
-                ep.register(self._fd, select.EPOLLOUT | select.EPOLLET)
-            except BaseException:
-                ep.close()
-                raise
-            _log.debug("epoll_ctl(ADD) epfd=%d fd=%d EPOLLOUT|EPOLLET", ep.fileno(), self._fd)
-            self._ep = ep
-        return self._ep
+            if self._waiter is None:
+                w = Waiter(f"user ring buffer on {self._label}: space wake-ups")
+                try:
+                    # Edge-triggered: level-triggered EPOLLOUT stays set while any
+                    # byte is free and would spin when a sample needs more.  A
+                    # drain's wake-up after our failed reserve is queued even if
+                    # we are not yet waiting, so no wake-up is missed.
+                    w.register(self._fd, select.EPOLLOUT | select.EPOLLET)
+                except BaseException:
+                    w.close()
+                    raise
+                self._waiter = w
+            return self._waiter
 
     def _commit(self, sample: memoryview, discard: bool) -> None:
         with self._lock:
+            self._q()  # closed: the sample was given back with the ring
             entry = self._pending.pop(id(sample), None)
             if entry is None or entry[0] is not sample:
                 if entry is not None:
                     self._pending[id(sample)] = entry
                 raise OptionError("UserRingBuffer: not a pending sample of this ring "
                                   "(already submitted or discarded?)")
-            self._q()
             idx = entry[1]
             ln = self._hdr[idx] & ~BPF_RINGBUF_BUSY_BIT
             if discard:
@@ -321,12 +310,12 @@ class UserRingBuffer(Closing):
         """Unmap the ring and close the epoll fd (idempotent); the map fd stays open.
 
         Samples still reserved stay BUSY, which stops the program's drain there."""
-        if getattr(self, "_prod_mm", None) is None and getattr(self, "_ep", None) is None:
+        if self._prod_mm is None and self._waiter is None:
             return
         with self._lock:
-            if self._ep is not None:
-                self._ep.close()
-                self._ep = None
+            if self._waiter is not None:
+                self._waiter.close()  # wakes a thread in reserve_blocking
+                self._waiter = None
             for sample, _ in self._pending.values():
                 try:
                     sample.release()
@@ -338,10 +327,12 @@ class UserRingBuffer(Closing):
                 if mv is not None:
                     mv.release()
             self._unmap()
-            self._keep = None
+            keep, self._keep = self._keep, None
+            if isinstance(keep, MapHandle):
+                keep.fd.close()
 
     def __repr__(self) -> str:
         if self._prod_mm is None:
-            return "<UserRingBuffer closed>"
+            return f"<UserRingBuffer on {self._label} closed>"
         return (f"<UserRingBuffer fd={self._fd} size={self._size} "
                 f"consumer_pos={self.consumer_pos} producer_pos={self.producer_pos}>")
