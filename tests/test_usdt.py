@@ -9,11 +9,14 @@ Every test checks that the uprobes it made are gone afterwards and that no fd le
 
 from __future__ import annotations
 
+import atexit
 import errno
 import gc
 import os
+import shutil
 import struct
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 
@@ -34,9 +37,25 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 FIX = os.path.normpath(os.path.join(HERE, "..", "fixtures"))
-TARGET = os.path.join(FIX, "targets", "usdt_target")
 THROW = os.path.join(FIX, "targets", "usdt_throw")
-NOPIE = os.path.join(FIX, "targets", "usdt_target_nopie")
+
+# The targets run from private copies: the kernel keys uprobes and semaphore counts by
+# inode and offset, so another test run attaching to the committed binary for every
+# process would otherwise raise our target's semaphore too. World-readable, for the
+# test that attaches as uid 65534.
+_PRIVATE = tempfile.mkdtemp(prefix=f"pyebpf-usdt-{os.getpid()}-")
+os.chmod(_PRIVATE, 0o755)
+atexit.register(shutil.rmtree, _PRIVATE, True)
+
+
+def _private_copy(name: str) -> str:
+    dst = os.path.join(_PRIVATE, name)
+    shutil.copy2(os.path.join(FIX, "targets", name), dst)
+    return dst
+
+
+TARGET = _private_copy("usdt_target")
+NOPIE = _private_copy("usdt_target_nopie")
 OBJ = os.path.join(FIX, "unit", "attach_usdt.bpf.o")
 NOMAPS = os.path.join(FIX, "unit", "attach_usdt_nomaps.bpf.o")
 COUNTERS = os.path.join(FIX, "unit", "attach_counters.bpf.o")
