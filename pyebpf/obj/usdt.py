@@ -43,9 +43,11 @@ __all__ = [
     "parse_stapsdt_notes",
     "parse_usdt_arg",
     "parse_usdt_args",
+    "pt_regs_offset",
     "read_usdt_elf",
     "resolve_notes",
     "spec_layout_from_btf",
+    "vma_address",
     "vma_segments",
 ]
 
@@ -714,7 +716,3 @@ def vma_address(segs: Sequence[Segment], file_offset: int) -> int | None:
             return s.start - s.offset + file_offset
     return None
 
-
-def real_path(path: str) -> str:
-    """``path`` with symlinks resolved, as /proc/PID/maps names mapped files."""
-    return os.path.realpath(path)
