@@ -49,20 +49,21 @@ first) and resumes it.
 from __future__ import annotations
 
 import array
-import itertools
 import mmap
 import select
 import struct
-import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 from .._log import get_logger
-from ..errors import PyebpfError, SyscallError
+from ..errors import ClosedError, PyebpfError, SyscallError
 from ..sys import perf as P
 from ..sys.fd import Closing
-from ..sys.mm import epoll_create, mmap_fd
+from ..sys.mm import mmap_fd
 from ..sys.syscall import ioctl
+from ..uapi import MapType
+from .bufcommon import Waiter, open_map
+from .perfbuf_types import PerfBatch
 
 __all__ = [
     "PERF_RECORD_LOST",
@@ -75,7 +76,6 @@ __all__ = [
 PERF_RECORD_LOST = 2
 PERF_RECORD_SAMPLE = 9
 PERF_EVENT_IOC_PAUSE_OUTPUT = 0x40042409  # _IOW('$', 9, __u32)
-_MAP_TYPE_PERF_EVENT_ARRAY = 4
 _PAGE = mmap.PAGESIZE
 _HEAD_Q = 1024 // 8  # data_head in the metadata page, as a u64 index
 _TAIL_Q = 1032 // 8
@@ -102,147 +102,18 @@ def online_cpus() -> list[int]:
         return _parse_cpulist(f.read())
 
 
-def _fileno(fd: Any) -> int:
-    if isinstance(fd, int):
-        return fd
-    if hasattr(fd, "fileno"):
-        return int(fd.fileno())
-    return int(fd)
-
-
-class PerfBatch:
-    """Copies of the records of one CPU's ring: one ``bytes`` blob plus positions.
-
-    ``batch[i]`` / iteration give zero-copy memoryviews into the blob (safe to
-    keep).  When every record has one size (``uniform``), :meth:`iter_unpack`
-    decodes them all at C speed.  ``lost`` is the count from any
-    ``PERF_RECORD_LOST`` met while reading this batch.
-    """
-
-    __slots__ = ("cpu", "data", "lost", "_count", "_stride", "_offsets", "_lengths", "_runs")
-
-    def __init__(
-        self,
-        cpu: int,
-        data: bytes,
-        *,
-        count: int = 0,
-        stride: int = 0,
-        offsets: list[int] | None = None,
-        lengths: list[int] | None = None,
-        lost: int = 0,
-        runs: list[tuple[int, int, int]] | None = None,
-    ) -> None:
-        self.cpu = cpu
-        # (blob offset of the first header, record count, stride) for each run
-        # of equal-sized samples, when known: lets iter_unpack stay in C.
-        self._runs = runs
-        self.data = data
-        self.lost = lost
-        self._offsets = offsets
-        self._lengths = lengths
-        self._count = len(offsets) if offsets is not None else count
-        self._stride = stride or 16
-
-    @property
-    def uniform(self) -> bool:
-        """True when all records have one size and sit ``stride`` bytes apart."""
-        return self._offsets is None
-
-    @property
-    def record_size(self) -> int | None:
-        """The common (padded) record size of a uniform batch, None otherwise."""
-        return self._stride - _SAMPLE_HDR if self._offsets is None else None
-
-    def __len__(self) -> int:
-        return self._count
-
-    def __bool__(self) -> bool:
-        return self._count > 0
-
-    def __getitem__(self, i: int) -> memoryview:
-        n = self._count
-        if i < 0:
-            i += n
-        if not 0 <= i < n:
-            raise IndexError("batch index out of range")
-        mv = memoryview(self.data)
-        if self._offsets is None:
-            start = i * self._stride + _SAMPLE_HDR
-            return mv[start : start + self._stride - _SAMPLE_HDR]
-        assert self._lengths is not None
-        start = self._offsets[i]
-        return mv[start : start + self._lengths[i]]
-
-    def __iter__(self) -> Iterator[memoryview]:
-        mv = memoryview(self.data)
-        if self._offsets is None:
-            stride = self._stride
-            size = stride - _SAMPLE_HDR
-            for start in range(_SAMPLE_HDR, self._count * stride, stride):
-                yield mv[start : start + size]
-        else:
-            assert self._lengths is not None
-            for start, ln in zip(self._offsets, self._lengths, strict=True):
-                yield mv[start : start + ln]
-
-    def tolist(self) -> list[bytes]:
-        """Every record as its own ``bytes``."""
-        return [bytes(r) for r in self]
-
-    def iter_unpack(self, fmt: str) -> Iterator[tuple[Any, ...]]:
-        """``struct.unpack`` of each record's leading bytes with ``fmt`` (e.g. ``"<QI"``)."""
-        st = struct.Struct(fmt)
-        if self._count == 0:
-            return iter(())
-        if self._offsets is None:
-            size = self._stride - _SAMPLE_HDR
-            if st.size > size:
-                raise PyebpfError(f"format {fmt!r} needs {st.size} bytes, records have {size}")
-            order = fmt[0] if fmt and fmt[0] in "@=<>!" else "@"
-            body = fmt[1:] if fmt and fmt[0] in "@=<>!" else fmt
-            # One struct covering header, fields and tail padding lets
-            # struct.iter_unpack walk the blob in C.  The 12-byte header only
-            # keeps field offsets with a standard-size (non-native) format.
-            whole = struct.Struct(f"{order}{_SAMPLE_HDR}x{body}{size - st.size}x")
-            if whole.size != self._stride:
-                return (st.unpack_from(r) for r in self)
-            return whole.iter_unpack(memoryview(self.data)[: self._count * self._stride])
-        if self._runs is not None:
-            order = fmt[0] if fmt and fmt[0] in "@=<>!" else "@"
-            body = fmt[1:] if fmt and fmt[0] in "@=<>!" else fmt
-            mv = memoryview(self.data)
-            parts = []
-            for start, count, stride in self._runs:
-                size = stride - _SAMPLE_HDR
-                if st.size > size or order == "@":
-                    parts = None
-                    break
-                whole = struct.Struct(f"{order}{_SAMPLE_HDR}x{body}{size - st.size}x")
-                if whole.size != stride:
-                    parts = None
-                    break
-                parts.append(whole.iter_unpack(mv[start : start + count * stride]))
-            if parts is not None:
-                return itertools.chain.from_iterable(parts)
-        return (st.unpack_from(self.data, s) for s in self._offsets)
-
-    def __repr__(self) -> str:
-        kind = f"uniform size={self.record_size}" if self.uniform else "variable sizes"
-        return f"<PerfBatch cpu={self.cpu} {self._count} records, {kind}, lost={self.lost}>"
-
-
 class _PerfRing:
     """One CPU's event and mmap'd ring; the reading algorithms, no waiting."""
 
     __slots__ = (
         "cpu", "fd", "mm", "meta", "data", "q", "size", "mask", "lost", "overwritable",
-        "prev_head", "chunk",
+        "prev_head", "chunk", "closed",
     )
 
     def __init__(self, cpu: int, page_cnt: int, wakeup_events: int, watermark: int | None,
                  overwritable: bool) -> None:
         self.cpu = cpu
+        self.closed = False
         self.lost = 0
         self.overwritable = overwritable
         self.prev_head = 0
@@ -282,10 +153,20 @@ class _PerfRing:
     # -- positions ---------------------------------------------------------
 
     def has_data(self) -> bool:
-        return self.meta[_HEAD_Q] != self.meta[_TAIL_Q]
+        try:
+            return self.meta[_HEAD_Q] != self.meta[_TAIL_Q]
+        except ValueError:  # closed by another thread: nothing more to read
+            if self.closed:
+                return False
+            raise
 
     def avail(self) -> int:
-        return (self.meta[_HEAD_Q] - self.meta[_TAIL_Q]) & 0xFFFFFFFFFFFFFFFF
+        try:
+            return (self.meta[_HEAD_Q] - self.meta[_TAIL_Q]) & 0xFFFFFFFFFFFFFFFF
+        except ValueError:
+            if self.closed:
+                return 0
+            raise
 
     def _record(self, off: int, size: int) -> memoryview:
         """Record bytes at ``off``; a record crossing the end is copied together."""
@@ -346,6 +227,10 @@ class _PerfRing:
                     elif h & 0xFFFFFFFF == PERF_RECORD_LOST:
                         self._lost_at(off, lost_cb)
                 meta[_TAIL_Q] = tail
+        except ValueError:
+            if self.closed:  # the callback, or another thread, closed the buffer
+                return n
+            raise
         finally:
             try:
                 meta[_TAIL_Q] = tail
@@ -385,6 +270,10 @@ class _PerfRing:
                         self._lost_at(off, lost_cb)
                 # The record handed out last is done with once the next is asked for.
                 meta[_TAIL_Q] = tail
+        except ValueError:
+            if self.closed:  # closed under a live generator: it just ends
+                return
+            raise
         finally:
             try:
                 meta[_TAIL_Q] = tail
@@ -392,6 +281,15 @@ class _PerfRing:
                 pass
 
     def batch(self, lost_cb: LostCallback | None, limit: int) -> PerfBatch:
+        """:meth:`_batch`, empty when another thread closed the buffer meanwhile."""
+        try:
+            return self._batch(lost_cb, limit)
+        except ValueError:
+            if self.closed:
+                return PerfBatch(self.cpu, b"")
+            raise
+
+    def _batch(self, lost_cb: LostCallback | None, limit: int) -> PerfBatch:
         """Copy the available records out in one go and free the ring space.
 
         One size throughout: a uniform batch.  Otherwise (LOST records, mixed
@@ -551,6 +449,7 @@ class _PerfRing:
         return out
 
     def close(self) -> None:
+        self.closed = True  # first: a reader tripping over a released view ends quietly
         for v in ("q", "data", "meta"):
             view = getattr(self, v, None)
             if view is not None:
@@ -569,7 +468,10 @@ class _PerfRing:
 class PerfBuffer(Closing):
     """Per-CPU perf rings over a ``BPF_MAP_TYPE_PERF_EVENT_ARRAY`` (libbpf's ``perf_buffer``).
 
-    ``map``: a Map (``.fd`` and ``.max_entries``) or a map fd (not owned).
+    ``map``: a Map or a map fd of type ``BPF_MAP_TYPE_PERF_EVENT_ARRAY`` (anything
+    else raises OptionError naming its type); the buffer keeps its own duplicate of
+    the fd, so the slots it set are cleared in that map even after the Map or its
+    Object was closed, never in another map that got the same fd number.
     ``callback(cpu, data)`` is called per sample by :meth:`poll_callbacks` /
     :meth:`consume`; ``lost(cpu, count)`` for each ``PERF_RECORD_LOST``.
     ``page_cnt`` data pages per CPU (a power of two); a wake-up after every
@@ -577,7 +479,15 @@ class PerfBuffer(Closing):
     ``cpus``: which CPUs get a ring (default: the online ones below the
     map's size).  Use as a context manager or call :meth:`close`, which
     disables the events, clears the map slots it set, unmaps and closes.
+
+    After :meth:`close` every call raises :class:`~pyebpf.errors.ClosedError`.
+    ``close()`` may come from another thread: a consumer blocked in ``for cpu, data
+    in pb``, :meth:`poll`, :meth:`wait` or :meth:`poll_callbacks` wakes at once and
+    ends as if nothing more came.
     """
+
+    _waiter: Waiter | None = None
+    _label = "a map"
 
     def __init__(
         self,
@@ -599,29 +509,26 @@ class PerfBuffer(Closing):
         self.lost_callback = lost
         self.overwritable = overwritable
         self._rings: list[_PerfRing] = []
-        self._ep: select.epoll | None = None
-        self._map = map
-        self._map_fd = _fileno(map.fd) if hasattr(map, "fd") else _fileno(map)
-        max_entries = getattr(map, "max_entries", None)
-        if max_entries is None or not hasattr(map, "fd"):
-            from ..sys.bpf import map_info
-
-            info = map_info(self._map_fd)
-            if info.type != _MAP_TYPE_PERF_EVENT_ARRAY:
-                raise PyebpfError(
-                    f"PerfBuffer: fd {self._map_fd} is a map of type {info.type}, "
-                    "not a perf_event_array")
-            max_entries = int(info.max_entries)
-        if cpus is None:
-            cpus = [c for c in online_cpus() if c < max_entries]
-        elif any(c < 0 or c >= max_entries for c in cpus):
-            raise PyebpfError(f"PerfBuffer: cpus {cpus} do not fit a map of {max_entries} entries")
+        self._set: list[int] = []
+        # our own duplicate of the map fd, type checked: the slots are set and cleared
+        # through it (with 4-byte values: the kernel requires value_size 4 of this type)
+        self._handle = h = open_map(map, MapType.PERF_EVENT_ARRAY, "PerfBuffer")
+        self._label = h.label
+        self._map_fd = h.fd.fileno()
+        max_entries = h.max_entries
         from ..sys.bpf import map_delete_elem, map_update_elem
 
         self._delete = map_delete_elem
-        self._set: list[int] = []
         try:
-            self._ep = epoll_create("perf buffer wake-ups")
+            if cpus is None:
+                cpus = [c for c in online_cpus() if c < max_entries]
+            elif any(c < 0 or c >= max_entries for c in cpus):
+                raise PyebpfError(
+                    f"PerfBuffer: cpus {cpus} do not fit {h.label} of {max_entries} entries")
+            if h.value_size != 4:  # never hand the kernel a buffer shorter than a value
+                raise PyebpfError(f"PerfBuffer: {h.label} has {h.value_size}-byte values, "
+                                  "perf event fds are 4 bytes")
+            self._waiter = Waiter(f"perf buffer on {h.label}")
             for cpu in cpus:
                 ring = _PerfRing(cpu, page_cnt, wakeup_events, watermark, overwritable)
                 self._rings.append(ring)
@@ -630,7 +537,7 @@ class PerfBuffer(Closing):
                                 struct.pack("<I", ring.fd.fileno()))
                 self._set.append(cpu)
                 if not overwritable:
-                    self._ep.register(ring.fd.fileno(), select.EPOLLIN)
+                    self._waiter.register(ring.fd.fileno(), select.EPOLLIN)
         except BaseException:
             self.close()
             raise
@@ -659,17 +566,23 @@ class PerfBuffer(Closing):
 
     def fileno(self) -> int:
         """The epoll fd over all rings (readable after a wake-up; for select/asyncio)."""
-        if self._ep is None:
-            raise ValueError("perf buffer is closed")
-        return self._ep.fileno()
+        self._live()
+        assert self._waiter is not None
+        return self._waiter.fileno()
+
+    @property
+    def closed(self) -> bool:
+        w = self._waiter
+        return w is None or w.closed
 
     def avail(self) -> int:
         """Unconsumed bytes over all rings."""
         return sum(r.avail() for r in self._live())
 
     def _live(self) -> list[_PerfRing]:
-        if self._ep is None:
-            raise ValueError("perf buffer is closed")
+        w = self._waiter
+        if w is None or w.closed:
+            raise ClosedError(f"perf buffer on {self._label} is closed")
         return self._rings
 
     def _has_data(self) -> bool:
@@ -684,21 +597,12 @@ class PerfBuffer(Closing):
     # -- waiting -----------------------------------------------------------
 
     def wait(self, timeout: float | None = None) -> bool:
-        """Wait up to ``timeout`` s (None: forever) until some ring has data."""
+        """Wait up to ``timeout`` s (None: forever) until some ring has data (False also
+        when another thread closes the buffer meanwhile)."""
         rings = self._consumable()
-        deadline = None if timeout is None else time.monotonic() + timeout
-        assert self._ep is not None
-        ep = self._ep
-        while True:
-            if any(r.has_data() for r in rings):
-                return True
-            if deadline is None:
-                ep.poll(-1)
-            else:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                ep.poll(left)
+        w = self._waiter
+        assert w is not None
+        return w.wait_until(lambda: any(r.has_data() for r in rings), timeout)
 
     # -- callback API ------------------------------------------------------
 
@@ -744,16 +648,25 @@ class PerfBuffer(Closing):
         return self._drain_iter()
 
     def _drain_iter(self) -> Iterator[tuple[int, memoryview]]:
-        for ring in self._consumable():
+        try:
+            rings = self._consumable()
+        except ClosedError:  # closed by another thread since the caller's wait
+            return
+        for ring in rings:
+            if ring.closed:
+                return
             cpu = ring.cpu
             for rec in ring.records(self.lost_callback):
                 yield cpu, rec
 
     def __iter__(self) -> Iterator[tuple[int, memoryview]]:
-        """``(cpu, data)`` forever, blocking on epoll between bursts."""
+        """``(cpu, data)`` forever, blocking on epoll between bursts; the loop ends when
+        the buffer is closed (from another thread, or from the loop's body)."""
+        self._consumable()
         while True:
             yield from self._drain_iter()
-            self.wait(None)
+            if self.closed or not self.wait(None):
+                return
 
     # -- batch API ---------------------------------------------------------
 
@@ -780,45 +693,15 @@ class PerfBuffer(Closing):
 
     # -- asyncio -----------------------------------------------------------
 
-    async def _readable(self) -> None:
-        import asyncio
-
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[None] = loop.create_future()
-        fd = self.fileno()
-
-        def ready() -> None:
-            if not fut.done():
-                fut.set_result(None)
-
-        loop.add_reader(fd, ready)
-        try:
-            # A record that came after the caller last looked may have had its wake-up
-            # spent already (perf_poll() reports a wake-up once; the loop polls our
-            # epoll fd when it registers it): the record is in the ring, so look again.
-            if self._has_data():
-                return
-            await fut
-        finally:
-            loop.remove_reader(fd)
-            assert self._ep is not None
-            self._ep.poll(0)  # take the events off the ready list
-
     async def wait_async(self, timeout: float | None = None) -> bool:
         """:meth:`wait` on the running event loop (a reader on the epoll fd)."""
-        import asyncio
-
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            if self._has_data():
-                return True
-            left = None if deadline is None else deadline - time.monotonic()
-            if left is not None and left <= 0:
-                return False
-            try:
-                await asyncio.wait_for(self._readable(), left)
-            except asyncio.TimeoutError:
-                return self._has_data()
+        rings = self._consumable()
+        w = self._waiter
+        assert w is not None
+        # A record that came after the caller last looked may have had its wake-up spent
+        # already (perf_poll() reports a wake-up once): wait_until_async looks at the
+        # rings before each wait
+        return await w.wait_until_async(lambda: any(r.has_data() for r in rings), timeout)
 
     async def poll_async(self, timeout: float | None = None,
                          max_records: int | None = None) -> list[PerfBatch]:
@@ -832,12 +715,12 @@ class PerfBuffer(Closing):
         return self._aiter()
 
     async def _aiter(self) -> AsyncIterator[tuple[int, memoryview]]:
+        self._consumable()
         while True:
-            for ring in self._consumable():
-                cpu = ring.cpu
-                for rec in ring.records(self.lost_callback):
-                    yield cpu, rec
-            await self.wait_async(None)
+            for cpu, rec in self._drain_iter():
+                yield cpu, rec
+            if self.closed or not await self.wait_async(None):
+                return
 
     # -- overwritable ------------------------------------------------------
 
@@ -870,12 +753,18 @@ class PerfBuffer(Closing):
     # -- lifetime ----------------------------------------------------------
 
     def close(self) -> None:
-        """Disable the events, clear the map slots this buffer set, unmap, close (idempotent)."""
+        """Wake any thread waiting on this buffer, disable the events, clear the map slots
+        this buffer set (through its own fd of the map), unmap, close (idempotent; safe
+        from another thread)."""
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None:
+            waiter.close()
         rings, self._rings = self._rings, []
+        handle = getattr(self, "_handle", None)
         for cpu in getattr(self, "_set", []):
             try:
                 self._delete(self._map_fd, struct.pack("<I", cpu))
-            except (OSError, PyebpfError):  # the map may be gone already
+            except (OSError, PyebpfError):  # e.g. a frozen map; nothing else to undo
                 pass
         self._set = []
         for ring in rings:
@@ -884,13 +773,12 @@ class PerfBuffer(Closing):
             except (OSError, PyebpfError):
                 pass
             ring.close()
-        if self._ep is not None:
-            self._ep.close()
-            self._ep = None
+        if handle is not None:
+            handle.fd.close()
 
     def __repr__(self) -> str:
-        if self._ep is None:
-            return "<PerfBuffer closed>"
+        if self.closed:
+            return f"<PerfBuffer on {self._label} closed>"
         mode = " overwritable" if self.overwritable else ""
         return (f"<PerfBuffer{mode} cpus={self.cpus} ring_size={self.ring_size} "
                 f"lost_total={self.lost_total}>")
