@@ -79,7 +79,7 @@ def test_attrs_parse_tolerates_truncation_and_keeps_order() -> None:
     a = Attrs.parse(good + struct.pack("=HH", 40, 3) + b"xx")  # last one claims more than there is
     assert [t for t, _ in a.items] == [1, 2]
     assert a.uint(1) == 5 and a[2] == b"ab" and 3 not in a
-    assert a.str(2) == "ab" and a.uint(99, 7) == 7 and a.get(99) is None
+    assert a.string(2) == "ab" and a.uint(99, 7) == 7 and a.get(99) is None
     assert Attrs.parse(b"").items == [] and Attrs.parse(struct.pack("=HH", 2, 1)).items == []
 
 
@@ -119,9 +119,9 @@ def test_cls_bpf_filter_encoding_and_echo_parsing() -> None:
     assert (idx, handle, parent) == (5, 0, 0xFFFFFFF3)
     assert info == socket.htons(N.ETH_P_ALL)  # priority 0: the kernel picks
     a = Attrs.parse(bytes(m.body), 20)
-    assert a.str(N.TCA_KIND) == "bpf"
+    assert a.string(N.TCA_KIND) == "bpf"
     o = a.nested(N.TCA_OPTIONS)
-    assert o.uint(N.TCA_BPF_FD) == 9 and o.str(N.TCA_BPF_NAME) == "p:[77]"
+    assert o.uint(N.TCA_BPF_FD) == 9 and o.string(N.TCA_BPF_NAME) == "p:[77]"
     assert o.uint(N.TCA_BPF_FLAGS) == N.TCA_BPF_FLAG_ACT_DIRECT
     assert f == N.TcFilter(5, 0xFFFFFFF3, 1, 49152, N.ETH_P_ALL, "bpf", 77, "p:[77]", True,
                            "0102030405060708")
@@ -149,7 +149,7 @@ def test_clsact_qdisc_messages() -> None:
     (m,) = rec.sent
     assert m.type == N.RTM_DELQDISC
     assert struct.unpack("=BxxxiIII", m.header) == (0, 3, 0xFFFF0000, 0xFFFFFFF1, 0)
-    assert Attrs.parse(bytes(m.body), 20).str(N.TCA_KIND) == "clsact"
+    assert Attrs.parse(bytes(m.body), 20).string(N.TCA_KIND) == "clsact"
     assert N.tc_parent("ingress") == 0xFFFFFFF2 and N.tc_parent("egress") == 0xFFFFFFF3
     with pytest.raises(OptionError):
         N.tc_parent("sideways")
@@ -166,7 +166,7 @@ def test_route_with_lwt_encap_builds_on_message() -> None:
     a = Attrs.parse(bytes(m.body), 12)
     assert a[N.RTA_DST] == bytes([10, 1, 2, 0]) and a.uint(N.RTA_ENCAP_TYPE) == 6
     inner = a.nested(N.RTA_ENCAP).nested(N.LWT_BPF_IN)
-    assert inner.uint(N.LWT_BPF_PROG_FD) == 8 and inner.str(N.LWT_BPF_PROG_NAME) == "lwt"
+    assert inner.uint(N.LWT_BPF_PROG_FD) == 8 and inner.string(N.LWT_BPF_PROG_NAME) == "lwt"
 
 
 def test_generic_netlink_request_encoding() -> None:
@@ -176,7 +176,7 @@ def test_generic_netlink_request_encoding() -> None:
     wire = m.encode(seq=3)
     assert struct.unpack_from("=HH", wire, 4) == (N.GENL_ID_CTRL, N.NLM_F_REQUEST | N.NLM_F_ACK)
     assert wire[16:20] == bytes([N.CTRL_CMD_GETFAMILY, 2, 0, 0])
-    assert Attrs.parse(wire, 20).str(N.CTRL_ATTR_FAMILY_NAME) == "netdev"
+    assert Attrs.parse(wire, 20).string(N.CTRL_ATTR_FAMILY_NAME) == "netdev"
     assert m.describe().startswith("CTRL_CMD_GETFAMILY flags=REQUEST|ACK")
 
 

@@ -156,6 +156,7 @@ def _tcx_error(e: SyscallError, prog: Any, label: str, direction: str, ifindex: 
     elif err == _errno.ENOENT and anchored:
         msg = f"the program or link given as before=/after= is not attached to {hook} (see tcx_query)"
     elif err == _errno.ESTALE:
+        now: int | str
         try:
             now = tcx_query(ifindex, direction)[2]
         except (SyscallError, AttachError):
@@ -346,7 +347,8 @@ def _tc_error(e: SyscallError, prog: Any, label: str, direction: str, handle: in
               priority: int, replace: bool) -> AttachError:
     err = e.errno
     where = f"{label} tc {direction}"
-    said = f" (kernel: {e.extack})" if getattr(e, "extack", "") else ""
+    extack = str(getattr(e, "extack", "") or "")
+    said = f" (kernel: {extack})" if extack else ""
     if err == _errno.ENODEV:
         msg = f"no network interface {label} in this network namespace"
     elif err in (_errno.EPERM, _errno.EACCES):

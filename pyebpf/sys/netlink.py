@@ -496,7 +496,7 @@ def link_index(name: str, sock: NetlinkSocket | None = None) -> int:
 def link_name(ifindex: int, sock: NetlinkSocket | None = None) -> str:
     """The name of the interface with index ``ifindex``."""
     r = _getlink(ifindex, None, sock, f"ifindex {ifindex}")
-    return r.attrs(_IFINFO.size).str(IFLA_IFNAME)
+    return r.attrs(_IFINFO.size).string(IFLA_IFNAME)
 
 
 # --- XDP ---------------------------------------------------------------------------------------
@@ -655,7 +655,7 @@ def qdisc_list(ifindex: int, sock: NetlinkSocket | None = None) -> list[Qdisc]:
             continue
         _fam, idx, handle, parent, _info = _TCMSG.unpack_from(r.payload)
         if idx == ifindex:
-            out.append(Qdisc(idx, r.attrs(_TCMSG.size).str(TCA_KIND), handle, parent))
+            out.append(Qdisc(idx, r.attrs(_TCMSG.size).string(TCA_KIND), handle, parent))
     return out
 
 
@@ -699,8 +699,8 @@ def parse_filter(msg: NlMsg) -> TcFilter | None:
     a = msg.attrs(_TCMSG.size)
     opts = a.nested(TCA_OPTIONS)
     tag = opts.get(TCA_BPF_TAG)
-    return TcFilter(idx, parent, handle, info >> 16, socket.ntohs(info & 0xFFFF), a.str(TCA_KIND),
-                    opts.uint(TCA_BPF_ID), opts.str(TCA_BPF_NAME),
+    return TcFilter(idx, parent, handle, info >> 16, socket.ntohs(info & 0xFFFF), a.string(TCA_KIND),
+                    opts.uint(TCA_BPF_ID), opts.string(TCA_BPF_NAME),
                     bool(opts.uint(TCA_BPF_FLAGS) & TCA_BPF_FLAG_ACT_DIRECT),
                     tag.hex() if tag else "")
 

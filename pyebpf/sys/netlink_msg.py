@@ -386,7 +386,7 @@ class Attrs:
             return default
         return int.from_bytes(v, "little" if _LE else "big")
 
-    def str(self, attr_type: int, default: str = "") -> str:
+    def string(self, attr_type: int, default: str = "") -> str:
         v = self._by_type.get(attr_type)
         return default if v is None else v.split(b"\0", 1)[0].decode("utf-8", "replace")
 
@@ -464,7 +464,7 @@ def parse_error(msg: NlMsg) -> tuple[int, str, int | None]:
         # the request is echoed whole on errors unless capped (NETLINK_CAP_ACK)
         tlv = 4 + (_HDR.size if msg.flags & NLM_F_CAPPED or err == 0 else _align(orig_len))
         a = Attrs.parse(p, tlv)
-        text = a.str(NLMSGERR_ATTR_MSG)
+        text = a.string(NLMSGERR_ATTR_MSG)
         if NLMSGERR_ATTR_OFFS in a:
             offs = a.uint(NLMSGERR_ATTR_OFFS)
     return err, text, offs
