@@ -92,14 +92,14 @@ def open_map(map_or_fd: Any, want: int, who: str) -> MapHandle:
         except OSError:
             raise OptionError(f"{who}: fd {n} is not open") from None
     try:
-        require_kind(owned, "map", source=f"{who}: fd {_fileno(src)}")
+        require_kind(owned, "map", source=f"{who}: fd {_fileno(src)}", verb="is")
         info = map_info(owned)
         h = MapHandle(owned, info)
         owned.label = h.label
         if h.type != want:
             how = _READ_WITH.get(h.type, "")
             got = _type_name(h.type)
-            raise OptionError(f"{who}: {h.label} is {'an' if got[0] in 'aeiou' else 'a'} "
+            raise OptionError(f"{who}: {h.label} is {'an' if got[0] in 'aeio' else 'a'} "
                               f"{got} map, not a {_type_name(want)}" + (f"; {how}" if how else ""))
     except BaseException:
         owned.close()

@@ -74,6 +74,7 @@ class FdArrayMap(_FdValues):
     """Indexed fd maps (0..max_entries-1): empty slots are absent, ``del m[i]`` empties one."""
 
     def __len__(self) -> int:
+        self._check_open()
         return self.max_entries
 
     def encode_key(self, key: Any) -> bytes:

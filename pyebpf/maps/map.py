@@ -226,6 +226,10 @@ class Map(BatchOpsMixin):
     def _closed_error(self) -> ClosedError:
         return ClosedError(f"map {self.name!r} is closed")
 
+    def _check_open(self) -> None:
+        if self.fd.closed:
+            raise self._closed_error()
+
     @property
     def key_codec(self) -> Any:
         """The BTF codec of keys (None without BTF)."""
@@ -332,10 +336,12 @@ class Map(BatchOpsMixin):
     def lookup_bytes(self, key: bytes) -> bytes | None:
         """The raw value for raw ``key`` (per-CPU maps: every CPU's slot), or None."""
         try:
-            return self._tl.ops.lookup(key)
+            ops = self._tl.ops
         except AttributeError:  # this thread's first operation
-            return self.ops.lookup(key)
-        except ValueError as e:  # the key did not fit the syscall buffer: say why
+            ops = self.ops
+        try:
+            return ops.lookup(key)
+        except (ValueError, TypeError) as e:  # the key did not fit the syscall buffer: say why
             raise self._bytes_error(e, key) from None
 
     def update_bytes(self, key: bytes, value: bytes, flags: int = BPF_ANY) -> None:
@@ -346,10 +352,10 @@ class Map(BatchOpsMixin):
             ops = self.ops
         try:
             ops.update(key, value, flags)
-        except ValueError as e:
+        except (ValueError, TypeError) as e:
             raise self._bytes_error(e, key, value) from None
 
-    def _bytes_error(self, e: ValueError, key: Any, value: Any = None) -> Exception:
+    def _bytes_error(self, e: Exception, key: Any, value: Any = None) -> Exception:
         """The pyebpf error for a bytes operation that failed outside the kernel (checked
         only then, so the fast path pays nothing)."""
         if isinstance(e, PyebpfError):
@@ -501,6 +507,8 @@ class Map(BatchOpsMixin):
         """Pin the map at ``path``, which must be inside a bpffs (:mod:`pyebpf.pin`)."""
         from ..pin import pin_fd
 
+        if self.fd.closed:
+            raise self._closed_error()
         pin_fd(self.fd, path)
         self.pin_path = path
 
@@ -562,14 +570,17 @@ class IndexedMap(Map):
     _indexed = True
 
     def __len__(self) -> int:
+        self._check_open()
         return self.max_entries
 
     def keys(self) -> Iterator[Any]:
+        self._check_open()
         dec = self.decode_key
         for i in range(self.max_entries):
             yield dec(i.to_bytes(4, _BO))
 
     def keys_bytes(self) -> Iterator[bytes]:
+        self._check_open()
         for i in range(self.max_entries):
             yield i.to_bytes(4, _BO)
 
@@ -582,7 +593,7 @@ class IndexedMap(Map):
             yield (kb, v) if raw else (self.decode_key(kb), self.decode_value(v))
 
     def count(self) -> int:
-        return self.max_entries
+        return len(self)
 
     def clear(self) -> None:
         zero = bytes(self._stride * self._ncpus)

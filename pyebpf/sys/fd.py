@@ -206,16 +206,17 @@ def kind_name(kind: str) -> str:
 
 
 def require_kind(fd: int | FD, kind: str, *, source: str | None = None,
-                 hint: str = "") -> None:
+                 hint: str = "", verb: str | None = None) -> None:
     """Raise OptionError unless ``fd`` is of ``kind`` ("map", "prog", "link", "btf", ...).
 
     ``source`` says where the fd came from in the message (e.g. "the pin
-    /sys/fs/bpf/x"); the default is "fd N". A kind that /proc cannot tell passes."""
+    /sys/fs/bpf/x" ... "holds"); the default is "fd N" ... "is" (``verb`` overrides).
+    A kind that /proc cannot tell passes."""
     got = fd_kind(fd)
     if got == kind or got == "unknown":
         return
     where = source or f"fd {fd.fileno() if isinstance(fd, FD) else int(fd)}"
-    holds = "holds" if source else "is"
+    holds = verb or ("holds" if source else "is")
     msg = f"{where} {holds} {kind_name(got)}, not {kind_name(kind)}"
     raise OptionError(msg + (f"; {hint}" if hint else ""))
 
