@@ -33,7 +33,7 @@ except ImportError:
     from nobody import run_as_nobody  # type: ignore[no-redef]
     from unitobj import unit_object  # type: ignore[no-redef]
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (bpf, netns)")
+ROOT = os.geteuid() == 0
 
 PORT = 4343
 SLOT_TC_IN, SLOT_TC_OUT, SLOT_TC_IN2, SLOT_TC_PLAIN = 2, 3, 4, 5
@@ -41,6 +41,8 @@ SLOT_TC_IN, SLOT_TC_OUT, SLOT_TC_IN2, SLOT_TC_PLAIN = 2, 3, 4, 5
 
 @pytest.fixture(scope="module")
 def obj() -> Iterator[pyebpf.Object]:
+    if not ROOT:
+        pytest.skip("needs root (bpf, netns)")
     with pyebpf.load(unit_object("attach_net")) as o:
         o.globals["port"] = PORT
         yield o
@@ -386,3 +388,35 @@ def test_tc_no_permission(obj: pyebpf.Object, net: NetnsPair) -> None:
     name, msg, err = detail
     assert name == "AttachError" and err == errno.EPERM, detail
     assert "no permission to add a tc filter" in msg and "CAP_NET_ADMIN" in msg
+
+
+# --- pure parts (no root) --------------------------------------------------------------------
+
+
+def test_direction_and_anchor_rules() -> None:
+    from types import SimpleNamespace
+
+    from pyebpf.links.tc import BPF_F_AFTER, BPF_F_BEFORE, BPF_F_ID, _anchor, _direction
+    from pyebpf.sys.fd import FD
+
+    sec = lambda s, eat=None: SimpleNamespace(spec=SimpleNamespace(section=s),  # noqa: E731
+                                              expected_attach_type=eat)
+    assert _direction(sec("tcx/egress"), None, None) == "egress"
+    assert _direction(sec("tc", AttachType.TCX_INGRESS), None, None) == "ingress"
+    assert _direction(sec("tc/ingress"), "EGRESS", None) == "egress"  # explicit wins
+    assert _direction(sec("tc"), None, "ingress") == "ingress"
+    assert _direction(sec("tc"), AttachType.TCX_EGRESS, None) == "egress"
+    with pytest.raises(OptionError, match="names none"):
+        _direction(sec("classifier"), None, None)
+    assert _anchor(None, None) == (0, 0)
+    assert _anchor(True, None) == (BPF_F_BEFORE, 0) and _anchor(None, True) == (BPF_F_AFTER, 0)
+    assert _anchor(42, None) == (BPF_F_BEFORE | BPF_F_ID, 42)
+    fd = FD(os.open("/dev/null", os.O_RDONLY))
+    try:
+        assert _anchor(None, fd) == (BPF_F_AFTER, int(fd))
+        assert _anchor(None, SimpleNamespace(fd=fd)) == (BPF_F_AFTER, int(fd))
+    finally:
+        fd.close()
+    for bad in ((1, 2), (False, None), (-1, None), ("x", None)):
+        with pytest.raises(OptionError):
+            _anchor(*bad)

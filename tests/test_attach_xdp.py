@@ -35,7 +35,7 @@ except ImportError:
     from nobody import run_as_nobody  # type: ignore[no-redef]
     from unitobj import unit_object  # type: ignore[no-redef]
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (bpf, netns)")
+ROOT = os.geteuid() == 0
 
 PORT = 4242
 SLOT_A, SLOT_B = 0, 1
@@ -43,6 +43,8 @@ SLOT_A, SLOT_B = 0, 1
 
 @pytest.fixture(scope="module")
 def obj() -> Iterator[pyebpf.Object]:
+    if not ROOT:
+        pytest.skip("needs root (bpf, netns)")
     with pyebpf.load(unit_object("attach_net")) as o:
         o.globals["port"] = PORT
         yield o
@@ -116,7 +118,7 @@ def test_attach_by_index_and_query_by_index(obj: pyebpf.Object, net: NetnsPair) 
         assert count(obj, SLOT_A) == 2
 
 
-def test_query_reports_driver_features(net: NetnsPair) -> None:
+def test_query_reports_driver_features(obj: pyebpf.Object, net: NetnsPair) -> None:
     with N.NetlinkSocket(N.NETLINK_GENERIC) as s:
         if N.genl_family_id("netdev", s) is None:
             pytest.skip("kernel has no netdev generic netlink family (XDP features, Linux 6.3+)")
@@ -402,7 +404,7 @@ def test_netlink_attachment_undone_by_garbage_collection(obj: pyebpf.Object, net
         assert xdp_query(net.ifname["b"]).prog_ids == {}
 
 
-def test_netlink_attachment_undone_at_exit(net: NetnsPair) -> None:
+def test_netlink_attachment_undone_at_exit(obj: pyebpf.Object, net: NetnsPair) -> None:
     """A process that exits without closing leaves no XDP program or tc filter behind."""
     script = f"""
 import sys
@@ -441,3 +443,25 @@ def test_forked_child_exit_leaves_parent_attachment(obj: pyebpf.Object, net: Net
         _, status = os.waitpid(pid, 0)
         assert os.waitstatus_to_exitcode(status) == 0
         assert xdp_query(net.ifname["b"]).skb_prog_id == a.id
+
+
+# --- pure parts (no root) --------------------------------------------------------------------
+
+
+def test_xdp_info_views() -> None:
+    from pyebpf.links.xdp import _mode_flags
+
+    assert [_mode_flags(m) for m in ("skb", "generic", "DRV", "native", "hw", "offload", None)] == \
+        [2, 2, 4, 4, 8, 8, 0]
+    with pytest.raises(OptionError):
+        _mode_flags("fast")
+    one = XdpInfo(3, N.XDP_ATTACHED_SKB, 7, skb_prog_id=7, feature_flags=1 | 32)
+    assert one.mode == "skb" and one.prog_ids == {"skb": 7} and one.id_for() == 7
+    assert one.id_for("generic") == 7 and one.id_for("drv") == 0
+    assert one.features == ["basic", "rx-sg"]
+    multi = XdpInfo(3, N.XDP_ATTACHED_MULTI, 0, drv_prog_id=5, hw_prog_id=6)
+    assert multi.mode == "multi" and multi.prog_ids == {"drv": 5, "hw": 6}
+    with pytest.raises(OptionError, match="several XDP modes"):
+        multi.id_for()
+    assert XdpInfo(3).mode is None and XdpInfo(3).prog_ids == {} and XdpInfo(3).features == []
+    assert XdpInfo.from_state(N.XdpState(3, 2, 7, 0, 7, 0), 1, 0) == one.__class__(3, 2, 7, 0, 7, 0, 1, 0)
