@@ -348,6 +348,12 @@ def test_tc_update(obj: pyebpf.Object, net: NetnsPair) -> None:
         assert (count(obj, SLOT_TC_IN), count(obj, SLOT_TC_PLAIN)) == (0, 2)
         with pytest.raises(AttachError, match="cannot be attached"):
             link.update(p["xdp_a"])
+        with pytest.raises(AttachError, match=f"does not run program id {p['tc_in'].id}"):
+            link.update(p["tc_in2"], old_prog=p["tc_in"])
+        link.update(p["tc_in2"], old_prog=p["tc_plain"].id)
+        assert [f.prog_id for f in tc_query(net.ifname["b"])] == [p["tc_in2"].id]
+        with pytest.raises(OptionError, match="old_prog="):
+            link.update(p["tc_in"], old_prog="tc_in2")
 
 
 def test_tc_errors(obj: pyebpf.Object, net: NetnsPair) -> None:

@@ -273,13 +273,25 @@ class TcLink(NetlinkAttachment, Link):
                           "attach_tcx for a pinnable link", program=prog_label(self.program))
 
     def update(self, new_prog: Any, old_prog: Any = None) -> None:
-        """Replace the filter's program (same handle and priority; NLM_F_REPLACE)."""
+        """Replace the filter's program (same handle and priority; NLM_F_REPLACE).
+
+        With ``old_prog`` (a program or program id), only if the filter runs it now:
+        netlink has no compare-and-swap for filters, so this is checked just before.
+        """
         if self._sock is None:
             raise AttachError("cannot update: the tc filter is closed", program=prog_label(self.program))
-        if old_prog is not None and old_prog is not self.program:
-            raise OptionError("a tc filter update cannot check the old program; pass old_prog=None")
         _check_prog(new_prog, "a tc filter")
         f = self.filter
+        if old_prog is not None:
+            want = old_prog if isinstance(old_prog, int) else getattr(old_prog, "id", None)
+            if not isinstance(want, int) or isinstance(want, bool):
+                raise OptionError("old_prog= takes a program or a program id")
+            now = [g.prog_id for g in _nl.filter_list(f.ifindex, f.parent, self._sock)
+                   if (g.handle, g.priority) == (f.handle, f.priority)]
+            if now != [want]:
+                raise AttachError(f"tc filter {f.handle:#x} prio {f.priority} on {self.target} does "
+                                  f"not run program id {want} (now: {now[0] if now else 'no filter'})",
+                                  program=prog_label(new_prog))
         try:
             self.filter = _nl.filter_add_bpf(f.ifindex, f.parent, prog_fd(new_prog),
                                              name=_filter_name(new_prog), handle=f.handle,
