@@ -732,6 +732,7 @@ class PerfBuffer(Closing):
         unless ``pause=False`` (then a record being overwritten during the read
         can come out torn).  Samples the program emits while paused are lost.
         """
+        self._live()
         if not self.overwritable:
             raise PyebpfError("PerfBuffer: read_overwritable() needs overwritable=True")
         out: list[tuple[int, bytes]] = []

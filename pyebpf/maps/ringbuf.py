@@ -235,8 +235,8 @@ class _Ring:
         chunk = self._chunk
         discard_bit = BPF_RINGBUF_DISCARD_BIT
         cons = self.pos
-        cons_q[0] = cons
         try:
+            cons_q[0] = cons
             while True:
                 prod = prod_q[0]
                 if cons >= prod:
@@ -287,9 +287,9 @@ class _Ring:
         chunk = self._chunk
         discard_bit = BPF_RINGBUF_DISCARD_BIT
         cons = self.pos
-        cons_q[0] = cons
         count = 0
         try:
+            cons_q[0] = cons
             while True:
                 prod = prod_q[0]
                 if cons >= prod:
@@ -537,7 +537,8 @@ class RingBuffer(Closing):
                 # committed, so yield the CPU instead of spinning on epoll.
                 time.sleep(0)
                 continue
-            self._wait(ring, None, None)
+            if not self._wait(ring, None, None):
+                return  # closed while waiting
 
     # -- callback API ------------------------------------------------------
 
