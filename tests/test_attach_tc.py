@@ -82,6 +82,21 @@ def qdiscs(net: NetnsPair, side: str) -> list[str]:
         return [q.kind for q in N.qdisc_list(net.ifindex[side], s)]
 
 
+def eventually(cond: Any, timeout: float = 10.0) -> bool:
+    """Poll ``cond()``: a closed link's fd is released when the last reference to its file
+    goes, and another process reading our /proc/PID/fdinfo holds one for a moment."""
+    end = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > end:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+def tcx_ids(ifname: str | int, direction: str = "ingress") -> list[int]:
+    return tcx_query(ifname, direction)[0]
+
+
 def count(obj: pyebpf.Object, slot: int) -> int:
     return int(obj.maps["counts"][slot])
 
@@ -116,6 +131,8 @@ def test_tcx_ingress_and_egress(obj: pyebpf.Object, net: NetnsPair) -> None:
     finally:
         lin.close()
         lout.close()
+    assert net.run("b", lambda: eventually(lambda: tcx_ids(net.ifname["b"]) == []))
+    assert net.run("a", lambda: eventually(lambda: tcx_ids(net.ifname["a"], "egress") == []))
     fire(net, 1)
     assert (count(obj, SLOT_TC_IN), count(obj, SLOT_TC_OUT)) == (7, 7)
 
@@ -137,9 +154,11 @@ def test_tcx_before_after_ordering(obj: pyebpf.Object, net: NetnsPair) -> None:
             assert link_ids == [links[3].id, links[1].id, links[2].id, links[0].id]
             # by program id (BPF_F_ID), and last
             links.pop(2).close()
+            assert eventually(lambda: p["tc_plain"].id not in tcx_ids(ifname))
             links.append(attach_tcx(p["tc_plain"], ifname, "ingress", after=True))
             assert tcx_query(ifname, "ingress")[0][-1] == p["tc_plain"].id
             links.pop().close()
+            assert eventually(lambda: p["tc_plain"].id not in tcx_ids(ifname))
             links.append(attach_tcx(p["tc_plain"], ifname, "ingress", before=p["tc_in"].id))
             assert tcx_query(ifname, "ingress")[0] == [p["tc_out"].id, p["tc_in2"].id,
                                                        p["tc_plain"].id, p["tc_in"].id]
@@ -198,7 +217,7 @@ def test_tcx_pin_and_from_pin(obj: pyebpf.Object, net: NetnsPair) -> None:
         finally:
             if os.path.exists(path):
                 os.unlink(path)
-        assert tcx_query(net.ifname["b"], "ingress")[0] == []
+        assert eventually(lambda: tcx_ids(net.ifname["b"]) == [])
 
 
 def test_tcx_errors(obj: pyebpf.Object, net: NetnsPair) -> None:
@@ -244,7 +263,7 @@ def test_tcx_link_needs_only_the_program_fd(obj: pyebpf.Object, net: NetnsPair) 
 
     with net.enter("b"):
         assert run_as_nobody(body) == ("ok", p["tc_in"].id)
-        assert tcx_query(net.ifname["b"], "ingress")[0] == []
+        assert eventually(lambda: tcx_ids(net.ifname["b"]) == [])
 
 
 # --- legacy cls_bpf --------------------------------------------------------------------------
@@ -380,6 +399,10 @@ def test_tc_errors(obj: pyebpf.Object, net: NetnsPair) -> None:
         with pytest.raises(AttachError, match="no network interface"):
             tc_query("nope")
         assert tc_query(ifname, "egress") == []
+        with pytest.raises(AttachError, match="legacy tc filters have no bpf link"):
+            TcLink.from_pin("/sys/fs/bpf/anything")
+        with pytest.raises(AttachError, match="find them with tc_query"):
+            TcLink.from_id(1)
     assert "clsact" not in qdiscs(net, "b")  # failed attaches left nothing
 
 

@@ -15,7 +15,7 @@ import ctypes
 import errno as _errno
 import os
 import threading
-from typing import Any
+from typing import Any, cast
 
 from .._log import get_logger
 from ..errors import OptionError, SyscallError
@@ -105,8 +105,7 @@ class TcxLink(Link):
     @classmethod
     def from_pin(cls, path: str) -> TcxLink:
         """Open a tcx link pinned at ``path``; ifindex and direction come from the kernel."""
-        link = super().from_pin(path)
-        assert isinstance(link, TcxLink)
+        link = cast(TcxLink, super().from_pin(path))
         try:
             d = link.info().details
             link.ifindex = int(d.get("ifindex", 0))
@@ -271,6 +270,18 @@ class TcLink(NetlinkAttachment, Link):
     def _need_link_fd(self, what: str) -> FD:
         raise AttachError(f"cannot {what}: a legacy tc filter has no bpf link; attach with "
                           "attach_tcx for a pinnable link", program=prog_label(self.program))
+
+    @classmethod
+    def from_pin(cls, path: str) -> Link:
+        """A legacy tc filter is never pinned: refuses with AttachError."""
+        raise AttachError(f"cannot open {path} as a tc filter: legacy tc filters have no bpf "
+                          "link to pin; use Link.from_pin or TcxLink.from_pin")
+
+    @classmethod
+    def from_id(cls, link_id: int) -> Link:
+        """A legacy tc filter has no link id: refuses with AttachError."""
+        raise AttachError(f"cannot open link id {link_id} as a tc filter: legacy tc filters "
+                          "have no bpf link; find them with tc_query")
 
     def update(self, new_prog: Any, old_prog: Any = None) -> None:
         """Replace the filter's program (same handle and priority; NLM_F_REPLACE).

@@ -13,7 +13,7 @@ import atexit
 import errno as _errno
 import os
 import weakref
-from typing import Any
+from typing import Any, cast
 
 from .._log import get_logger
 from ..errors import OptionError, SyscallError
@@ -317,8 +317,7 @@ class XdpLink(Link):
     @classmethod
     def from_pin(cls, path: str) -> XdpLink:
         """Open an XDP link pinned at ``path``; ``ifindex`` comes from the kernel."""
-        link = super().from_pin(path)
-        assert isinstance(link, XdpLink)
+        link = cast(XdpLink, super().from_pin(path))
         try:
             link.ifindex = int(link.info().details.get("ifindex", 0))
         except SyscallError:
@@ -402,12 +401,22 @@ class XdpNetlinkLink(NetlinkAttachment, XdpLink):
                           "makes no bpf link; attach with netlink=False for a pinnable link",
                           program=prog_label(self.program))
 
+    @classmethod
+    def from_pin(cls, path: str) -> XdpLink:
+        """Netlink attachments are never pinned: opens ``path`` as an :class:`XdpLink`."""
+        return XdpLink.from_pin(path)
+
+    @classmethod
+    def from_id(cls, link_id: int) -> XdpLink:
+        """Netlink attachments have no id: opens ``link_id`` as an :class:`XdpLink`."""
+        return XdpLink(_bpf.link_get_fd_by_id(link_id))
+
     def update(self, new_prog: Any, old_prog: Any = None) -> None:
         """Swap in ``new_prog`` if our program (or ``old_prog``) is still the attached one."""
         if self._sock is None:
             raise AttachError("cannot update: the XDP attachment is closed", program=prog_label(self.program))
-        expected, owned = _replace_fd(old_prog) if old_prog is not None else (int(self._prog), None)
         _check_prog(new_prog)
+        expected, owned = _replace_fd(old_prog) if old_prog is not None else (int(self._prog), None)
         try:
             new_dup = FD(_dup(prog_fd(new_prog)), "prog")
             try:
