@@ -342,3 +342,28 @@ def NetlinkPairScope() -> NetnsPair:  # noqa: N802 - reads as a class at the cal
     if not ROOT:
         pytest.skip("needs root")
     return NetnsPair(prefix="pyebpfnl", ipv6=False)
+
+
+@needs_root
+def test_netns_helper_enters_restores_and_cleans_up() -> None:
+    """tests/netns.py itself: unique names, setns in and back, ifindexes, deletion."""
+    own = os.readlink("/proc/thread-self/ns/net")
+    net = NetlinkPairScope()
+    try:
+        assert all(str(os.getpid()) in n for n in net.ns.values()) and net.ns["a"] != net.ns["b"]
+        with net.enter("a"):
+            inside = os.readlink("/proc/thread-self/ns/net")
+            assert inside != own and socket.if_nametoindex(net.ifname["a"]) == net.ifindex["a"]
+            with net.enter("b"):  # nesting returns to a, not to the original
+                assert socket.if_nametoindex(net.ifname["b"]) == net.ifindex["b"]
+            assert os.readlink("/proc/thread-self/ns/net") == inside
+        assert os.readlink("/proc/thread-self/ns/net") == own
+        assert net.run("b", lambda: socket.if_nametoindex(net.ifname["b"])) == net.ifindex["b"]
+        with pytest.raises(OSError):
+            net.run("a", lambda: socket.if_nametoindex(net.ifname["b"]))  # only in b
+        assert net.udp("a", "b", 4000, 3) == 3
+        net.send_udp("b", "a", 4001, 1)  # nobody listens: still no error for the sender
+    finally:
+        net.close()
+    assert not any(os.path.exists(f"/run/netns/{n}") for n in net.ns.values())
+    net.close()  # idempotent
