@@ -18,6 +18,8 @@ import signal
 import struct
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, TextIO
 
 # struct event in fixtures/src/tools/opensnoop.bpf.c, up to its variable part ``buf``:
@@ -230,11 +232,41 @@ class Printer:
         return line + fname + b"\n"
 
 
-def _tracefs() -> str | None:
+def _syscalls() -> tuple[str, ...]:
+    """The traced syscalls this kernel has tracepoints for (all of them when tracefs
+    cannot tell: attaching then says what is wrong)."""
     for root in ("/sys/kernel/tracing", "/sys/kernel/debug/tracing"):
-        if os.path.isdir(os.path.join(root, "events", "syscalls")):
-            return root
-    return None
+        events = os.path.join(root, "events", "syscalls")
+        if os.path.isdir(events):
+            return tuple(sc for sc in SYSCALLS
+                         if os.path.isdir(os.path.join(events, f"sys_enter_{sc}")))
+    return SYSCALLS
+
+
+@contextmanager
+def _closing(links: list[Any]) -> Iterator[None]:
+    """Detach ``links`` on exit, all at once: each tracepoint detach waits for an RCU grace
+    period in the kernel, and in parallel threads those waits overlap."""
+    try:
+        yield
+    finally:
+        import threading
+
+        errors: list[BaseException] = []
+
+        def close(link: Any) -> None:
+            try:
+                link.close()
+            except BaseException as e:  # re-raised below, in the caller's thread
+                errors.append(e)
+
+        threads = [threading.Thread(target=close, args=(link,)) for link in links]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        if errors:
+            raise errors[0]
 
 
 def _pinned_set(obj: Any, slot_map: str, path: str, what: str) -> None:
@@ -275,12 +307,10 @@ def run(argv: list[str] | None = None, out: TextIO = sys.stdout) -> int:
     spec = ObjectSpec.from_file(object_path())
     # open(2) is missing on arm64 and riscv, openat2(2) before 5.6: skip what the kernel lacks,
     # as libbpf-tools does
-    tracefs = _tracefs()
-    if tracefs is not None:
-        for sc in SYSCALLS:
-            if not os.path.isdir(os.path.join(tracefs, "events", "syscalls", f"sys_enter_{sc}")):
-                spec.programs[f"tracepoint__syscalls__sys_enter_{sc}"].autoload = False
-                spec.programs[f"tracepoint__syscalls__sys_exit_{sc}"].autoload = False
+    syscalls = _syscalls()
+    for sc in SYSCALLS:
+        if sc not in syscalls:
+            spec.programs[f"tracepoint__syscalls__sys_enter_{sc}"].autoload = False
     # the container filters' maps exist only when asked for (the verifier drops their code)
     spec.maps["cgroup_filter"].autocreate = bool(args.cgroupmap)
     spec.maps["mntns_filter"].autocreate = bool(args.mntnsmap)
@@ -311,8 +341,14 @@ def run(argv: list[str] | None = None, out: TextIO = sys.stdout) -> int:
             _pinned_set(obj, "cgroup_filter", args.cgroupmap, "cgroupmap")
         if args.mntnsmap:
             _pinned_set(obj, "mntns_filter", args.mntnsmap, "mntnsmap")
-        with RingBuffer(obj.maps["events"]) as rb:
-            obj.attach()
+        links: list[Any] = []
+        with RingBuffer(obj.maps["events"]) as rb, _closing(links):
+            # one enter program per syscall; one exit program for all of them
+            for sc in syscalls:
+                enter = obj.programs[f"tracepoint__syscalls__sys_enter_{sc}"]
+                links.append(enter.attach_tracepoint("syscalls", f"sys_enter_{sc}"))
+                links.append(obj.programs["handle_exit"].attach_tracepoint("syscalls",
+                                                                           f"sys_exit_{sc}"))
             emit(header(args).encode() + b"\n")
             (bout or out).flush()
             try:
