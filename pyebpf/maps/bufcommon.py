@@ -201,15 +201,17 @@ class Waiter:
                     return False
                 self.wait(left)
 
-    async def wait_async(self, timeout: float | None) -> None:
-        """Until the epoll fd is readable (or closed), on the running event loop."""
+    async def wait_async(self, timeout: float | None,
+                         has_data: Callable[[], bool] | None = None) -> None:
+        """Until the epoll fd is readable (or closed), on the running event loop;
+        ``has_data`` is looked at once the loop watches the fd."""
         import asyncio  # imported lazily: ~15 ms that sync users don't need
 
         ep = self._enter()
         if ep is None:
             return
         try:
-            await asyncio.wait_for(readable(ep.fileno()), timeout)
+            await asyncio.wait_for(readable(ep.fileno(), has_data), timeout)
         except asyncio.TimeoutError:
             pass
         finally:
@@ -227,7 +229,7 @@ class Waiter:
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
                 return False
-            await self.wait_async(left)
+            await self.wait_async(left, has_data)
 
     def close(self) -> None:
         """Wake every waiter; the fds close when the last one has left (idempotent)."""
@@ -253,8 +255,9 @@ class Waiter:
             efd.close()
 
 
-async def readable(fd: int) -> None:
-    """Until ``fd`` is readable, on the running event loop."""
+async def readable(fd: int, has_data: Callable[[], bool] | None = None) -> None:
+    """Until ``fd`` is readable (or ``has_data()`` once the loop watches it), on the
+    running event loop."""
     import asyncio  # imported lazily: ~15 ms that sync users don't need
 
     loop = asyncio.get_running_loop()
@@ -266,6 +269,11 @@ async def readable(fd: int) -> None:
 
     loop.add_reader(fd, ready)
     try:
+        # A record that came after the caller last looked may have had its wake-up spent
+        # already (perf_poll() reports a wake-up once, and the loop polls the fd when it
+        # registers it): the record is in the ring, so look again.
+        if has_data is not None and has_data():
+            return
         await fut
     finally:
         loop.remove_reader(fd)

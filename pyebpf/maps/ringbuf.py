@@ -614,7 +614,7 @@ class RingBuffer(Closing):
             if ring.avail() > 0:
                 await asyncio.sleep(0)  # a BUSY record: let the loop run
                 continue
-            await self._waiter.wait_async(None)
+            await self._waiter.wait_async(None, ring.has_data)
 
     async def poll_async(self, timeout: float | None = None) -> Batch:
         """Wait on the event loop for data, then return a :class:`Batch` (empty on timeout)."""
@@ -786,7 +786,7 @@ class RingBufferManager(Closing):
                 continue
             if self._waiter.closed:
                 return
-            await self._waiter.wait_async(None)
+            await self._waiter.wait_async(None, self._has_data)
 
     def close(self) -> None:
         """Close the epoll fd and unmap every ring (map fds are not closed)."""
