@@ -406,6 +406,23 @@ def test_tc_errors(obj: pyebpf.Object, net: NetnsPair) -> None:
     assert "clsact" not in qdiscs(net, "b")  # failed attaches left nothing
 
 
+def test_tc_failed_filter_removes_the_qdisc_it_made(obj: pyebpf.Object, net: NetnsPair) -> None:
+    from types import SimpleNamespace
+
+    from pyebpf.uapi import ProgType
+
+    xdp = obj.programs["xdp_a"]
+    # claims to be a classifier, hands the kernel an XDP program: the filter add fails
+    # after the clsact qdisc was created
+    liar = SimpleNamespace(name="liar", type=ProgType.SCHED_CLS, fd=xdp.fd, id=xdp.id,
+                           expected_attach_type=None, spec=None)
+    with net.enter("b"):
+        with pytest.raises(AttachError) as ei:
+            attach_tc(liar, net.ifname["b"])
+        assert ei.value.errno == errno.EINVAL and ei.value.program == "liar"
+    assert "clsact" not in qdiscs(net, "b")
+
+
 def test_tc_no_permission(obj: pyebpf.Object, net: NetnsPair) -> None:
     def body() -> Any:
         with attach_tc(obj.programs["tc_in"], net.ifname["b"]):
