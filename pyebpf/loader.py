@@ -22,6 +22,7 @@ from .errors import ExternError, ObjectError, OptionError, SyscallError, Verifie
 from .maps.map import Map, StructOpsMap, map_class
 from .obj.object import ObjectSpec
 from .obj.program import MapRefKind, ProgramSpec, RelocType
+from .obj.sections import SecFlag
 from .obj.spec import MapSpec, PinType
 from .program import Program
 from .sys import bpf as _bpf
@@ -103,6 +104,12 @@ def _features() -> Any:
     from .features import btf_features
 
     return btf_features()
+
+
+def _uprobe_multi_link() -> bool:
+    from .features import uprobe_multi_link  # cached; a failed probe answers False
+
+    return uprobe_multi_link()
 
 
 def _kernel_supports(feat: str) -> bool:
@@ -590,6 +597,10 @@ class _Loader:
             attach_btf_id, eat = att
         elif p.attach_btf:
             attach_btf_id = self._attach_btf_id(p)
+        elif p.flags & SecFlag.USDT and _uprobe_multi_link():
+            # libbpf >= 1.3: USDT programs attach through one uprobe_multi link where the
+            # kernel has them, so they are loaded for that attach type
+            eat = int(AttachType.TRACE_UPROBE_MULTI)
         if p.sleepable:
             flags |= BPF_F_SLEEPABLE
         if p.type == ProgType.XDP and p.xdp_frags:
@@ -617,7 +628,7 @@ class _Loader:
             raise
         self.owned.append(res.fd)
         prog = Program(res.fd, name=p.name, type=prog_type,
-                       expected_attach_type=eat if p.expected_attach_type is not None
+                       expected_attach_type=eat if eat or p.expected_attach_type is not None
                        or p.type == ProgType.STRUCT_OPS else None,
                        spec=p, attach_btf_id=attach_btf_id, log=res.log)
         return prog

@@ -98,28 +98,28 @@ def _plan(prog: Any, explicit: bool = False
     return None, (), {}, f"no pyebpf attach handler {handler!r} for SEC({section!r})"
 
 
-def _auto_uprobe(prog: Any, section: str, target: str) -> Link:
+def _auto_uprobe(prog: Any, section: str, target: str, **kw: Any) -> Link:
     from .uprobe import auto_attach_uprobe
 
-    return auto_attach_uprobe(prog, section, target)
+    return auto_attach_uprobe(prog, section, target, **kw)
 
 
-def _auto_uprobe_multi(prog: Any, section: str, target: str) -> Link:
+def _auto_uprobe_multi(prog: Any, section: str, target: str, **kw: Any) -> Link:
     from .uprobe import auto_attach_uprobe_multi
 
-    return auto_attach_uprobe_multi(prog, section, target)
+    return auto_attach_uprobe_multi(prog, section, target, **kw)
 
 
-def _auto_usdt(prog: Any, section: str, target: str) -> Link:
+def _auto_usdt(prog: Any, section: str, target: str, **kw: Any) -> Link:
     from .usdt import auto_attach_usdt
 
-    return auto_attach_usdt(prog, section, target)
+    return auto_attach_usdt(prog, section, target, **kw)
 
 
-def _auto_kprobe_multi(prog: Any, section: str, target: str) -> Link:
+def _auto_kprobe_multi(prog: Any, section: str, target: str, **kw: Any) -> Link:
     from .kprobe import auto_attach_kprobe_multi
 
-    return auto_attach_kprobe_multi(prog, section, target)
+    return auto_attach_kprobe_multi(prog, section, target, **kw)
 
 
 _AUTO: dict[str, Any] = {
