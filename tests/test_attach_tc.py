@@ -420,6 +420,7 @@ def test_tc_failed_filter_removes_the_qdisc_it_made(obj: pyebpf.Object, net: Net
         with pytest.raises(AttachError) as ei:
             attach_tc(liar, net.ifname["b"])
         assert ei.value.errno == errno.EINVAL and ei.value.program == "liar"
+        assert "must be a loaded sched_cls program" in str(ei.value)
     assert "clsact" not in qdiscs(net, "b")
 
 

@@ -382,8 +382,9 @@ def _tc_error(e: SyscallError, prog: Any, label: str, direction: str, handle: in
     elif err == _errno.ENOENT and replace:
         msg = f"no filter with handle {handle:#x} and priority {priority} on {where} to replace{said}"
     elif err == _errno.EINVAL:
-        msg = (f"the kernel refused the tc filter on {where}{said}: a filter of another kind or "
-               "protocol may already use this priority")
+        msg = (f"the kernel refused the tc filter on {where}{said} (EINVAL): the program fd must "
+               "be a loaded sched_cls program, and no filter of another kind or protocol may "
+               f"use priority {priority or '(kernel-chosen)'} there (see tc_query)")
     else:
         msg = f"adding a tc filter on {where} failed: {e}"
     return AttachError(msg, program=prog_label(prog), cause=e)
