@@ -503,6 +503,7 @@ class Fuzzer:
         self.kbtf.find("task_struct")  # build the index outside any watchdog
         self.names = sorted({n for lay in self.layouts for n in _names(lay.data)})
         self.pin_root = ""
+        self.load_base: dict[str, float] = {}
         self.before: dict[str, set[int]] = {}
         if load:
             self.pin_root = f"/sys/fs/bpf/pyebpf-fuzz-{os.getpid()}-{os.urandom(3).hex()}"
@@ -553,10 +554,12 @@ class Fuzzer:
             self._load(data, fixture, notes, seed, case)
 
     def _load(self, data: bytes, fixture: str, notes: list[str], seed: int, case: int) -> None:
+        base = self._load_time(fixture)
         fds = K.fd_state()
         obj = None
         try:
-            with watchdog(self.timeout):
+            # the verifier's own time on the good object is not ours (ringbuf_drops: ~1 s)
+            with watchdog(self.timeout + 3 * base):
                 spec = pyebpf.ObjectSpec.from_bytes(data, name="fuzz")
                 if _footprint(spec) > MAP_BYTES_LIMIT:
                     self.counts["load skipped (huge maps)"] += 1
@@ -587,6 +590,23 @@ class Fuzzer:
                           trace=msg)
             for p in pins:
                 os.unlink(os.path.join(self.pin_root, p))
+
+    def _load_time(self, fixture: str) -> float:
+        """Seconds a load of the unmutated fixture takes (measured once, also to warm
+        the caches its first load fills)."""
+        t = self.load_base.get(fixture)
+        if t is None:
+            lay = next((x for x in self.layouts if x.name == fixture), None)
+            t0 = time.monotonic()
+            if lay is not None:
+                try:
+                    pyebpf.load(lay.data, pin_root=self.pin_root).close()
+                except PyebpfError:
+                    pass
+            t = self.load_base[fixture] = time.monotonic() - t0
+            for p in self._pins():
+                os.unlink(os.path.join(self.pin_root, p))
+        return t
 
     def _pins(self) -> list[str]:
         out = []
