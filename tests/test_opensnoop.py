@@ -243,17 +243,19 @@ def test_event_header_matches_btf() -> None:
 
 def test_tool_object_traces_the_three_syscalls() -> None:
     spec = ObjectSpec.from_file(object_path())
-    # one enter program per syscall, one exit program the tool attaches to all three
+    # one enter program per syscall, one exit program the tool attaches to all three (with
+    # or without the path walk of -F)
     assert {n: p.section for n, p in spec.programs.items()} == {
         **{f"tracepoint__syscalls__sys_enter_{sc}": f"tracepoint/syscalls/sys_enter_{sc}"
            for sc in tool.SYSCALLS},
-        "handle_exit": "tracepoint/syscalls/sys_exit_openat"}
+        "handle_exit": "tracepoint/syscalls/sys_exit_openat",
+        "handle_exit_full_path": "tracepoint/syscalls/sys_exit_openat"}
     # the corpus object the loader tests tabulate is a different, frozen one
     corpus = ObjectSpec.from_file(ROOT / "fixtures" / "opensnoop.bpf.o")
     assert set(corpus.programs) == {"tracepoint__syscalls__sys_enter_openat",
                                     "tracepoint__syscalls__sys_exit_openat"}
     ro = {v.name for v in spec.variables.values()}
-    assert {"targ_uid", "targ_flags", "full_path", "filter_cgroup", "filter_mntns"} <= ro
+    assert {"targ_uid", "targ_flags", "filter_cgroup", "filter_mntns"} <= ro
 
 
 def _args(*argv: str) -> argparse.Namespace:

@@ -311,6 +311,10 @@ def run(argv: list[str] | None = None, out: TextIO = sys.stdout) -> int:
     for sc in SYSCALLS:
         if sc not in syscalls:
             spec.programs[f"tracepoint__syscalls__sys_enter_{sc}"].autoload = False
+    # one exit program for all three syscalls, in two variants: with the path walk (-F)
+    # or without it (and without its CO-RE relocations: faster to load)
+    exit_name = "handle_exit_full_path" if args.full_path else "handle_exit"
+    spec.programs["handle_exit" if args.full_path else "handle_exit_full_path"].autoload = False
     # the container filters' maps exist only when asked for (the verifier drops their code)
     spec.maps["cgroup_filter"].autocreate = bool(args.cgroupmap)
     spec.maps["mntns_filter"].autocreate = bool(args.mntnsmap)
@@ -322,7 +326,6 @@ def run(argv: list[str] | None = None, out: TextIO = sys.stdout) -> int:
         "targ_failed": args.failed,
         "targ_flags": flags,
         "targ_rdonly": rdonly,
-        "full_path": args.full_path,
         "filter_cgroup": bool(args.cgroupmap),
         "filter_mntns": bool(args.mntnsmap),
     }
@@ -347,8 +350,8 @@ def run(argv: list[str] | None = None, out: TextIO = sys.stdout) -> int:
             for sc in syscalls:
                 enter = obj.programs[f"tracepoint__syscalls__sys_enter_{sc}"]
                 links.append(enter.attach_tracepoint("syscalls", f"sys_enter_{sc}"))
-                links.append(obj.programs["handle_exit"].attach_tracepoint("syscalls",
-                                                                           f"sys_exit_{sc}"))
+                links.append(obj.programs[exit_name].attach_tracepoint("syscalls",
+                                                                       f"sys_exit_{sc}"))
             emit(header(args).encode() + b"\n")
             (bout or out).flush()
             try:
