@@ -286,8 +286,9 @@ def test_lines_are_formatted_as_bcc_does() -> None:
     assert p.format(_record(uid=65534)) == b"65534 101    cat                 3   0 /etc/passwd\n"
     # -T: seconds since the first event, from microseconds, "%-14.9f"
     p = tool.Printer(_args("-T"))
-    assert p.format(_record(ts_ns=7_000_000_999)).startswith(b"0.000000000   100 ")
-    assert p.format(_record(ts_ns=8_500_001_999)).startswith(b"1.500001000   100 ")
+    first, second = p.format(_record(ts_ns=7_000_000_999)), p.format(_record(ts_ns=8_500_001_999))
+    assert first is not None and first.startswith(b"0.000000000   100 ")
+    assert second is not None and second.startswith(b"1.500001000   100 ")
     # -e: flags in octal; the mode only with O_CREAT or O_TMPFILE
     p = tool.Printer(_args("-e"))
     assert p.format(_record(flags=os.O_WRONLY | os.O_CREAT, mode=0o640)) == (

@@ -18,7 +18,7 @@ import signal
 import struct
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TextIO
 
@@ -63,14 +63,13 @@ class _Formatter(argparse.RawDescriptionHelpFormatter):
     # just to read the terminal width; os answers the same question.
     def __init__(self, prog: str) -> None:
         try:
-            width = int(os.environ.get("COLUMNS", "")) or os.get_terminal_size(
-                sys.__stdout__.fileno()).columns
-        except (ValueError, OSError, AttributeError):
+            width = int(os.environ.get("COLUMNS", "")) or os.get_terminal_size(1).columns
+        except (ValueError, OSError):
             width = 80
         super().__init__(prog, width=max(width - 2, 11))
 
 
-def _positive(what: str) -> Any:
+def _positive(what: str) -> Callable[[str], int]:
     def conv(text: str) -> int:
         try:
             v = int(text, 10)
@@ -130,7 +129,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--mntnsmap", metavar="MNTNSMAP",
                    help="trace mount namespaces in this BPF map only (a pinned hash map: "
                         "u64 mount namespace inode -> u32)")
-    p.add_argument("-u", "--uid", type=_uid, help="trace this UID only (0 is root)")
+    p.add_argument("-u", "--uid", type=_uid, help="trace this UID only (0 is root; a user name works too)")
     p.add_argument("-d", "--duration", type=_duration,
                    help="total duration of trace in seconds")
     p.add_argument("-n", "--name", help="only print process names containing this name")
