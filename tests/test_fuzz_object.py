@@ -151,7 +151,9 @@ def mutated(draw) -> bytes:
     return bytes(data)
 
 
-@settings(max_examples=int(os.environ.get("PYEBPF_FUZZ_EXAMPLES", "400")), deadline=5000,
+# tests/fuzz_objects.py (run below) mutates with knowledge of the structure; these
+# unstructured examples stay as a cheap second opinion
+@settings(max_examples=int(os.environ.get("PYEBPF_FUZZ_EXAMPLES", "150")), deadline=5000,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(data=mutated())
 def test_mutations_raise_only_pyebpf_errors(data: bytes, target) -> None:
@@ -166,18 +168,96 @@ def test_every_truncation(name: str, target) -> None:
         open_and_relocate(data[:n], target)
 
 
+# Elf64_Shdr fields: (offset, size)
+_SHDR_FIELDS = [(0, 4), (4, 4), (8, 8), (16, 8), (24, 8), (32, 8), (40, 4), (44, 4), (48, 8),
+                (56, 8)]
+
+
 def test_every_header_byte_flipped(target) -> None:
+    """Each ELF header byte with three bits flipped in turn; in each section header,
+    the lowest and the highest byte of every field (a small and a huge change: the
+    bytes between behave like one of the two), with bit 0, 3 or 7 by position."""
     data = DATA.get("subprogs") or next(iter(DATA.values()))
     shoff, shnum = _shdrs(data)
-    positions = list(range(64)) + list(range(shoff, shoff + 64 * shnum))
-    for pos in positions:
-        for bit in (0, 3, 7):
-            buf = bytearray(data)
-            buf[pos] ^= 1 << bit
-            open_and_relocate(bytes(buf), target)
+    cases = [(pos, bit) for pos in range(64) for bit in (0, 3, 7)]
+    for i in range(shnum):
+        for fo, size in _SHDR_FIELDS:
+            for pos in {shoff + 64 * i + fo, shoff + 64 * i + fo + size - 1}:
+                cases.append((pos, (0, 3, 7)[pos % 3]))
+    for pos, bit in cases:
+        buf = bytearray(data)
+        buf[pos] ^= 1 << bit
+        open_and_relocate(bytes(buf), target)
 
 
 def test_unmodified_fixtures_still_open(target) -> None:
     for name, data in DATA.items():
         spec = ObjectSpec.from_bytes(data, name=name)
         assert spec.programs, name
+
+
+# --- the structure-aware harness (tests/fuzz_objects.py) -------------------------------
+
+FUZZ_SECONDS = float(os.environ.get("PYEBPF_FUZZ_SECONDS", "20"))
+
+
+def _harness():
+    try:
+        from tests import fuzz_objects
+    except ImportError:
+        import fuzz_objects  # type: ignore[no-redef]
+    return fuzz_objects
+
+
+def test_harness_briefly(capsys) -> None:
+    """A short run of the harness over every fixture: parse, relocate and (as root)
+    load raise only pyebpf errors, within the watchdog, leaving nothing behind.
+    ``python3 -m tests.fuzz_objects --seconds N`` runs it for long."""
+    fz = _harness().run(seconds=FUZZ_SECONDS, seed=int.from_bytes(os.urandom(4), "little"),
+                        log=lambda s: None)
+    report = "\n\n".join(f"{f.key}\nseed {f.seed} case {f.case} ({f.fixture}): "
+                         f"{'; '.join(f.notes)}\n{f.trace}" for f in fz.findings.values())
+    assert not fz.findings, report
+    with capsys.disabled():
+        print(f"\nfuzz_objects: {fz.summary()}")
+    c = fz.counts
+    assert c["parsed"] and c["parse refused"] and c["relocated"], c
+    if os.geteuid() == 0:
+        assert c["loaded"] and c["load refused"], c
+
+
+def test_harness_covers_every_fixture_structure() -> None:
+    h = _harness()
+    lays = [h.layout_of(p.name, p.read_bytes()) for p in h.fixture_paths()]
+    assert len(lays) >= 50
+    assert all(lay.sections for lay in lays)
+    assert sum(bool(lay.btf_types) for lay in lays) >= len(lays) - 2  # all but BTF-less ones
+    assert sum(bool(lay.btf_ext_words) for lay in lays) >= len(lays) // 2
+    assert all(any(s.type == h.SHT_REL for s in lay.sections) for lay in lays
+               if any(s.name.startswith(".rel") for s in lay.sections))
+    # every mutation kind applies to some fixture
+    rng = __import__("random").Random(1)
+    for func, _ in h.MUTATIONS:
+        assert any(func(h.Mutator(rng, lay)) for lay in lays), func.__name__
+
+
+def test_harness_reports_other_exceptions_and_hangs(monkeypatch) -> None:
+    """The harness's own checks work: an exception that is not a PyebpfError and a
+    stage that never returns are both findings."""
+    h = _harness()
+    fz = h.Fuzzer(load=False, timeout=0.3, log=lambda s: None)
+    data = DATA["minimal"]
+    real = ObjectSpec.relocate
+
+    def bad(self, *a, **k):
+        raise KeyError("boom")
+
+    monkeypatch.setattr(ObjectSpec, "relocate", bad)
+    fz.check(data, "minimal", ["none"])
+    monkeypatch.setattr(ObjectSpec, "from_bytes", classmethod(lambda cls, *a, **k: __import__(
+        "time").sleep(5)))
+    fz.check(data, "minimal", ["none"])
+    monkeypatch.setattr(ObjectSpec, "relocate", real)
+    keys = sorted(fz.findings)
+    assert len(keys) == 2, keys
+    assert keys[0].startswith("parse: Hang") and keys[1].startswith("relocate: KeyError"), keys
