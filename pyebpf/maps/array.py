@@ -8,7 +8,7 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
-from ..errors import OptionError, SyscallError
+from ..errors import ClosedError, OptionError, SyscallError
 from ..sys.mm import mmap_fd
 from ..uapi import BPF_F_MMAPABLE, MapType
 from .map import _MISSING, _RAW, BPF_ANY, IndexedMap, NoDelete, register_map_class
@@ -17,6 +17,22 @@ from .percpu import PerCpuMixin
 __all__ = ["Array", "PerCpuArray"]
 
 _BO = sys.byteorder
+
+
+class _Closed:
+    """Array._mm once the array is closed: any access through it fails."""
+
+    def __getitem__(self, i: Any) -> Any:
+        raise ClosedError("closed")
+
+    def __setitem__(self, i: Any, v: Any) -> None:
+        raise ClosedError("closed")
+
+    def close(self) -> None:
+        pass
+
+
+_CLOSED: Any = _Closed()
 
 
 @register_map_class(MapType.ARRAY)
@@ -70,8 +86,7 @@ class Array(NoDelete, IndexedMap):
     def _mm_failed(self, e: Exception) -> Exception:
         """The error for an access through the mapping that failed: closed (maybe by
         another thread in the middle of it), or the caller's own mistake."""
-        if self._mm is None and self.fd.closed or isinstance(e, ValueError) and \
-                "closed" in str(e):
+        if self._mm is _CLOSED or isinstance(e, ValueError) and "closed" in str(e):
             return self._closed_error()
         return e
 
@@ -196,7 +211,10 @@ class Array(NoDelete, IndexedMap):
     def close(self) -> None:
         """Close the map: the fd, the view :attr:`memory` gave and the mapping (kept by
         the kernel until views derived from it are gone). Never raises BufferError."""
-        mm, self._mm = self._mm, None
+        # _CLOSED, not None: a thread racing this close must not fall back to syscalls
+        # on an fd about to be closed (and its number reused)
+        mm = self._mm
+        self._mm = _CLOSED if mm is not None and mm is not _MISSING else None
         v, self._view = self._view, None
         try:
             if v is not None:
@@ -204,7 +222,7 @@ class Array(NoDelete, IndexedMap):
                     v.release()
                 except BufferError:  # exported further (e.g. to numpy): it keeps the mapping
                     pass
-            if mm is not None and mm is not _MISSING:
+            if mm is not None and mm is not _MISSING and mm is not _CLOSED:
                 try:
                     mm.close()
                 except BufferError:

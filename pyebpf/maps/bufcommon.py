@@ -17,7 +17,7 @@ import select
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from .._log import get_logger
 from ..errors import ClosedError, OptionError, PyebpfError
@@ -25,7 +25,7 @@ from ..sys.fd import FD, eventfd, require_kind
 from ..sys.mm import epoll_create
 from ..uapi import MapType
 
-__all__ = ["MapHandle", "Waiter", "open_map", "readable", "wait_deadline", "wait_for"]
+__all__ = ["MapHandle", "MapLike", "MapOrFd", "Waiter", "open_map", "readable", "wait_deadline", "wait_for"]
 
 # The mmaps and epoll registrations are logged with the syscall layer's messages, so
 # the "pyebpf.sys" log shows everything done to the kernel.
@@ -37,6 +37,20 @@ _READ_WITH = {
     MapType.USER_RINGBUF: "write it with pyebpf.UserRingBuffer",
     MapType.PERF_EVENT_ARRAY: "read it with pyebpf.PerfBuffer",
 }
+
+
+class MapLike(Protocol):
+    """What RingBuffer needs of a map object (pyebpf's Map has both)."""
+
+    @property
+    def fd(self) -> Any: ...  # an int or an object with fileno()
+
+    @property
+    def max_entries(self) -> int: ...
+
+
+# A Map, or a ring buffer map's fd (int, or an object with fileno() such as pyebpf.sys.FD).
+MapOrFd = MapLike | int | Any
 
 
 def _type_name(t: int) -> str:

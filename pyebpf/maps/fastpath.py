@@ -7,9 +7,10 @@ from __future__ import annotations
 import struct
 from typing import Any
 
+from ..errors import OptionError
 from .map import _MISSING, _RAW, Map
 
-__all__ = ["build_fast"]
+__all__ = ["as_codec", "build_fast"]
 
 _SE = struct.error
 
@@ -114,3 +115,22 @@ def _plain_int(c: Any) -> bool:
     """A BTF integer codec whose encode takes a Python int as is (no bool, no bitfield)."""
     return (c is not None and type(c).__name__ == "IntCodec" and bool(c._fmt)
             and not c.is_bool)
+
+
+def as_codec(t: Any, size: int, what: str) -> Any:
+    """A codec for ``Map.with_types``: a Codec, a struct format or a ctypes type."""
+    from ..btf.codec import Codec, codec_from_ctypes, codec_from_format
+
+    if isinstance(t, Codec):
+        c = t
+    elif isinstance(t, str):
+        c = codec_from_format(t)
+        code = t.lstrip("=@")
+        if len(code) == 1 and code in "bBhHiIlLqQ" and len(t) - len(code) <= 1 \
+                and struct.calcsize(code) == c.size:
+            c._bulk = code  # native order, one integer: arrays decode by memoryview.cast
+    else:
+        c = codec_from_ctypes(t)
+    if c.size != size:
+        raise OptionError(f"{what}: {c.type_name} is {c.size} bytes, the map's is {size}")
+    return c

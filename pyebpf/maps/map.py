@@ -21,7 +21,7 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
-from ..errors import ClosedError, OptionError, PyebpfError
+from ..errors import ClosedError, OptionError, PyebpfError, SyscallError
 from ..sys import bpf as _bpf
 from ..sys.fd import FD, require_kind
 from ..uapi import MapType
@@ -77,6 +77,7 @@ BPF_EXIST = 2
 BPF_F_LOCK = 4
 
 _RAW = (bytes, bytearray, memoryview)
+_EBADF = 9
 _BO = sys.byteorder
 _MISSING: Any = object()
 
@@ -226,6 +227,12 @@ class Map(BatchOpsMixin):
     def _closed_error(self) -> ClosedError:
         return ClosedError(f"map {self.name!r} is closed")
 
+    def _syscall_failed(self, e: SyscallError) -> Exception:
+        """EBADF because another thread closed the map during the call: ClosedError."""
+        if e.errno == _EBADF and self.fd.closed:
+            return self._closed_error()
+        return e
+
     def _check_open(self) -> None:
         if self.fd.closed:
             raise self._closed_error()
@@ -343,6 +350,8 @@ class Map(BatchOpsMixin):
             return ops.lookup(key)
         except (ValueError, TypeError) as e:  # the key did not fit the syscall buffer: say why
             raise self._bytes_error(e, key) from None
+        except SyscallError as e:
+            raise self._syscall_failed(e) from None
 
     def update_bytes(self, key: bytes, value: bytes, flags: int = BPF_ANY) -> None:
         """Store raw ``value`` at raw ``key``."""
@@ -354,6 +363,8 @@ class Map(BatchOpsMixin):
             ops.update(key, value, flags)
         except (ValueError, TypeError) as e:
             raise self._bytes_error(e, key, value) from None
+        except SyscallError as e:
+            raise self._syscall_failed(e) from None
 
     def _bytes_error(self, e: Exception, key: Any, value: Any = None) -> Exception:
         """The pyebpf error for a bytes operation that failed outside the kernel (checked
@@ -385,17 +396,26 @@ class Map(BatchOpsMixin):
     def lookup(self, key: Any, default: Any = None, *, raw: bool = False) -> Any:
         """The value at ``key`` (decoded unless ``raw``), or ``default`` if absent."""
         if not raw:
-            return (self._fget or self._fast()[0])(key, default)
+            try:
+                return (self._fget or self._fast()[0])(key, default)
+            except SyscallError as e:  # closed by another thread in the middle?
+                raise self._syscall_failed(e) from None
         v = self.ops.lookup(self.encode_key(key))
         return default if v is None else v
 
     def get(self, key: Any, default: Any = None) -> Any:
         """``dict.get``: the decoded value at ``key``, or ``default`` if absent."""
-        return (self._fget or self._fast()[0])(key, default)
+        try:
+            return (self._fget or self._fast()[0])(key, default)
+        except SyscallError as e:  # closed by another thread in the middle?
+            raise self._syscall_failed(e) from None
 
     def update(self, key: Any, value: Any, flags: int = BPF_ANY) -> None:
         """Set ``key`` to ``value``; flags BPF_ANY (0), BPF_NOEXIST (1), BPF_EXIST (2), BPF_F_LOCK (4)."""
-        (self._fset or self._fast()[1])(key, value, flags)
+        try:
+            (self._fset or self._fast()[1])(key, value, flags)
+        except SyscallError as e:  # closed by another thread in the middle?
+            raise self._syscall_failed(e) from None
 
     # -- hot path: lookups and updates specialised once per map (codecs, per-thread ops) ---
 
@@ -448,6 +468,8 @@ class Map(BatchOpsMixin):
     def with_types(self, key: Any = None, value: Any = None) -> Map:
         """Use these types for keys/values instead of BTF: a ctypes type, a ``struct``
         format string (``"<IQ"``) or a :class:`pyebpf.btf.codec.Codec`. Returns self."""
+        from .fastpath import as_codec as _as_codec
+
         if key is not None:
             self._kc = _as_codec(key, self.key_size, f"map {self.name!r} key")
             self._fget = self._fset = None
@@ -488,10 +510,16 @@ class Map(BatchOpsMixin):
         return self.ops.lookup(self.encode_key(key)) is not None
 
     def __getitem__(self, key: Any) -> Any:
-        return (self._fget or self._fast()[0])(key)
+        try:
+            return (self._fget or self._fast()[0])(key)
+        except SyscallError as e:  # closed by another thread in the middle?
+            raise self._syscall_failed(e) from None
 
     def __setitem__(self, key: Any, value: Any) -> None:
-        (self._fset or self._fast()[1])(key, value, 0)
+        try:
+            (self._fset or self._fast()[1])(key, value, 0)
+        except SyscallError as e:  # closed by another thread in the middle?
+            raise self._syscall_failed(e) from None
 
     def __delitem__(self, key: Any) -> None:
         if not self.delete(key):
@@ -792,21 +820,3 @@ def map_class(map_type: int) -> type[Map]:
     if kind is not None and kind not in _loaded_kinds:
         _load_kind_module(kind)
     return _CLASSES.get(map_type, Map)
-
-
-def _as_codec(t: Any, size: int, what: str) -> Any:
-    from ..btf.codec import Codec, codec_from_ctypes, codec_from_format
-
-    if isinstance(t, Codec):
-        c = t
-    elif isinstance(t, str):
-        c = codec_from_format(t)
-        code = t.lstrip("=@")
-        if len(code) == 1 and code in "bBhHiIlLqQ" and len(t) - len(code) <= 1 \
-                and struct.calcsize(code) == c.size:
-            c._bulk = code  # native order, one integer: arrays decode by memoryview.cast
-    else:
-        c = codec_from_ctypes(t)
-    if c.size != size:
-        raise OptionError(f"{what}: {c.type_name} is {c.size} bytes, the map's is {size}")
-    return c

@@ -48,13 +48,13 @@ import itertools
 import mmap
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from typing import Any, Protocol
+from typing import Any
 
 from ..errors import ClosedError, OptionError, PyebpfError, SyscallError
 from ..sys.fd import Closing
 from ..sys.mm import mmap_fd
 from ..uapi import MapType
-from .bufcommon import MapHandle, Waiter, open_map, readable, wait_for
+from .bufcommon import MapHandle, MapLike, MapOrFd, Waiter, open_map, readable, wait_for  # noqa: F401 - MapLike re-exported
 from .ringbuf_types import BPF_RINGBUF_HDR_SZ, Batch, DropCounter, _count  # noqa: F401
 
 __all__ = [
@@ -77,18 +77,6 @@ _readable = readable  # old private name
 Callback = Callable[[memoryview], Any]
 
 
-class MapLike(Protocol):
-    """What RingBuffer needs of a map object (pyebpf's Map has both)."""
-
-    @property
-    def fd(self) -> Any: ...  # an int or an object with fileno()
-
-    @property
-    def max_entries(self) -> int: ...
-
-
-# A Map, or a ring buffer map's fd (int, or an object with fileno() such as pyebpf.sys.FD).
-MapOrFd = MapLike | int | Any
 
 
 def _resolve(map_or_fd: MapOrFd, size: int | None, who: str = "RingBuffer"
