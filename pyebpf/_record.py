@@ -82,7 +82,7 @@ def replace(obj: Any, **changes: Any) -> Any:
     unknown = set(changes).difference(obj._fields)
     if unknown:
         raise TypeError(f"{type(obj).__name__} has no field(s) {', '.join(sorted(unknown))}")
-    cls = type(obj)
+    cls: Any = type(obj)
     new = cls.__new__(cls)
     d = getattr(obj, "__dict__", None)
     if d is not None:

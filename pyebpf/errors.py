@@ -6,6 +6,8 @@ Errors carry structured data (section, offset, errno, ...) besides the message.
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class PyebpfError(Exception):
     """Base class of every error raised by pyebpf."""
@@ -74,6 +76,8 @@ class SyscallError(PyebpfError, OSError):
     (e.g. ``"BPF_MAP_CREATE"``) and ``hint`` a human explanation of the likely cause.
     """
 
+    errno: int  # always set (OSError's may be None; ours never is)
+
     def __init__(self, errno: int, command: str, hint: str = "", *, detail: str = ""):
         import errno as _errno
         import os as _os
@@ -94,11 +98,11 @@ class SyscallError(PyebpfError, OSError):
             msg += f": {self.hint}"
         return msg
 
-    def __reduce__(self):  # keep pickling/copy working despite the custom __init__
+    def __reduce__(self) -> tuple[Any, ...]:  # keep pickling/copy working despite the custom __init__
         return (_rebuild_syscall_error, (type(self), self.__dict__.copy(), self.errno))
 
 
-def _rebuild_syscall_error(cls, state, errno):
+def _rebuild_syscall_error(cls: type[SyscallError], state: dict[str, Any], errno: int) -> SyscallError:
     import os as _os
 
     obj = cls.__new__(cls)

@@ -21,7 +21,7 @@ import os
 import struct
 import threading
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ._log import get_logger
 from ._record import Frozen
@@ -29,6 +29,9 @@ from .errors import OptionError, PyebpfError, SyscallError, VerifierError
 from .sys import bpf as B
 from .sys.fd import FD
 from .uapi import BPF_F_MMAPABLE, BPF_F_NO_PREALLOC, AttachType, MapType, ProgType
+
+if TYPE_CHECKING:
+    from .btf.write import Features
 
 __all__ = [
     "Support",
@@ -70,7 +73,7 @@ _log = get_logger("pyebpf.features")
 
 F = TypeVar("F", bound=Callable[..., Any])
 _lock = threading.RLock()
-_caches: list[Callable[..., Any]] = []
+_caches: list[Callable[[], None]] = []  # each probe cache's cache_clear
 
 
 def _guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -104,15 +107,15 @@ def _cached(fn: F) -> F:
             return cached(*args)
 
     wrapper.cache_clear = cached.cache_clear  # type: ignore[attr-defined]
-    _caches.append(cached)
+    _caches.append(cached.cache_clear)
     return wrapper  # type: ignore[return-value]
 
 
 def clear_cache() -> None:
     """Forget every probe result (tests; or after the process gains capabilities)."""
     with _lock:
-        for c in _caches:
-            c.cache_clear()
+        for clear in _caches:
+            clear()
 
 
 _set = object.__setattr__
@@ -272,7 +275,7 @@ def btf_enum64() -> bool:
     return _btf_loads([1, _info(BTF_KIND_ENUM64), 8], b"\0enum64\0")
 
 
-def btf_features() -> Any:
+def btf_features() -> Features:
     """The probed :class:`pyebpf.btf.write.Features` for BTF sanitizing."""
     from .btf.write import Features
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import struct
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import insn as I
 from ._log import get_logger
@@ -36,6 +36,19 @@ from .uapi import (
     MapType,
     ProgType,
 )
+
+if TYPE_CHECKING:
+    from typing import TypedDict
+
+    from .btf.kernel import KernelBTF
+    from .btf.write import Features
+    from .object import Object
+
+    class _VirtualProbes(TypedDict, total=False):
+        """Keyword arguments of resolve_externs for the LINUX_HAS_* externs."""
+
+        has_bpf_cookie: bool
+        has_syscall_wrapper: bool
 
 __all__ = ["DEFAULT_PIN_ROOT", "load"]
 
@@ -61,7 +74,7 @@ def load(src: str | os.PathLike[str] | bytes | bytearray | ObjectSpec, *,
          pin_root: str = DEFAULT_PIN_ROOT,
          log_level: int = 0,
          log_size: int = 0,
-         btf_features: Any = None) -> Any:
+         btf_features: Features | None = None) -> Object:
     """Load a BPF object into the kernel and return an :class:`~pyebpf.object.Object`.
 
     ``src`` is a path, the ELF bytes, or an ObjectSpec (edited in place by the options:
@@ -99,7 +112,7 @@ def _kconfig_str(v: Any) -> str:
     raise OptionError(f"kconfig values are bool, int or str, not {type(v).__name__}")
 
 
-def _features() -> Any:
+def _features() -> Features:
     """The running kernel's BTF features, probed once per process."""
     from .features import btf_features
 
@@ -123,12 +136,12 @@ def _kernel_supports(feat: str) -> bool:
         return True
 
 
-def _virtual_extern_probes(spec: ObjectSpec) -> dict[str, bool]:
+def _virtual_extern_probes(spec: ObjectSpec) -> _VirtualProbes:
     """libbpf's values of the LINUX_HAS_* kconfig externs ``spec`` declares:
     kernel_supports(FEAT_BPF_COOKIE) and kernel_supports(FEAT_SYSCALL_WRAPPER)."""
     from . import features
 
-    kw: dict[str, bool] = {}
+    kw: _VirtualProbes = {}
     if "LINUX_HAS_BPF_COOKIE" in spec.externs:
         kw["has_bpf_cookie"] = bool(features.bpf_cookie())
     if "LINUX_HAS_SYSCALL_WRAPPER" in spec.externs:
@@ -183,7 +196,7 @@ class _Loader:
         self.log_level = log_level
         self.log_size = log_size
         self.btf_features = btf_features
-        self._kbtf: Any = None
+        self._kbtf: KernelBTF | None = None
         self.owned: list[Any] = []  # FDs, Maps and Programs to close on failure
         self.new_pins: list[str] = []
         self.btf_fd: FD | None = None
@@ -194,7 +207,7 @@ class _Loader:
         self.struct_ops_plans: dict[str, Any] = {}
 
     def run(self, globals: Mapping[str, Any] | None, max_entries: Mapping[str, int] | None,
-            kconfig: Mapping[str, Any] | None) -> Any:
+            kconfig: Mapping[str, Any] | None) -> Object:
         spec = self.spec
         try:
             self._apply_options(globals, max_entries, kconfig)
@@ -216,7 +229,7 @@ class _Loader:
 
     # -- helpers ----------------------------------------------------------------------------
 
-    def kernel_btf(self) -> Any:
+    def kernel_btf(self) -> KernelBTF:
         if self._kbtf is None:
             from .btf.kernel import kernel_btf
 
@@ -658,7 +671,7 @@ class _Loader:
                 mp.value_bytes = bytes(value)
                 mp.struct_ops_plan = plan  # type: ignore[attr-defined]
 
-    def _make_object(self) -> Any:
+    def _make_object(self) -> Object:
         from .object import Object
 
         obj = Object(self.spec, programs=self.programs, maps=self.maps, btf_fd=self.btf_fd,

@@ -156,7 +156,7 @@ class ProgInfo(Record):
     # -- arrays, fetched on demand --------------------------------------------------------------
 
     def _fd(self) -> FD:
-        fd = self._fd_ref() if self._fd_ref is not None else None
+        fd: FD | None = self._fd_ref() if self._fd_ref is not None else None
         if fd is None or fd.closed:
             raise PyebpfError(f"program {self.name!r} (id {self.id}): its fd is closed; "
                               "open it again (Program.from_id) to fetch instructions or BTF info")
@@ -291,7 +291,8 @@ class ProgInfo(Record):
 
 def _string(btf: Any, off: int) -> str | None:
     try:
-        return btf.string(off)
+        s: str = btf.string(off)
+        return s
     except (PyebpfError, LookupError, ValueError):
         return None
 

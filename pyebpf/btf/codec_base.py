@@ -7,7 +7,7 @@ import struct
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from enum import IntEnum
-from typing import Any
+from typing import Any, cast
 
 from .._record import Record
 from ..errors import BTFError, OptionError
@@ -424,7 +424,7 @@ def _char_arg(v: Any, n: int) -> bytes:
         v = bytes(v)
     if len(v) > n:
         raise OverflowError(f"{len(v)} bytes do not fit in char[{n}]")
-    return v
+    return cast(bytes, v)
 
 
 class CharArrayCodec(Codec):
@@ -519,7 +519,7 @@ class ArrayCodec(Codec):
 
     def flat(self) -> Flat | None:
         if "_flat" in self.__dict__:
-            return self._flat  # type: ignore[no-any-return]
+            return self._flat
         self._flat: Flat | None = None
         n, ef = self.n, self.elem.flat()
         if n == 0:

@@ -9,7 +9,7 @@ their own codec from the generated code.
 from __future__ import annotations
 
 import struct
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from .._record import Record
@@ -518,19 +518,22 @@ class UnionCodec(StructCodec):
         full = (1 << (8 * self.size)) - 1
         writers = []
         for i, f in enumerate(self.fields):
+            put: Callable[[bytearray, Any], None]
             if f.bits:
                 signed, names = _bf_parts(f)
 
-                def put(tmp: bytearray, x: Any, f: _Field = f, signed: bool = signed,
-                        names: Any = names) -> None:
+                def put_bits(tmp: bytearray, x: Any, f: _Field = f, signed: bool = signed,
+                             names: Any = names) -> None:
                     v = _bf_arg(x, f.bits, signed, names) << (f.bit - 8 * f.off)
                     n = (f.bit % 8 + f.bits + 7) // 8
                     _bf_put(tmp, f.off, n, (((1 << f.bits) - 1) << (f.bit % 8)), v)
+                put = put_bits
             elif f.tail:
                 put = self._put_tail_at(f)
             else:
-                def put(tmp: bytearray, x: Any, f: _Field = f) -> None:
+                def put_whole(tmp: bytearray, x: Any, f: _Field = f) -> None:
                     f.codec.encode_into(tmp, f.off, x)
+                put = put_whole
             writers.append((i, put, self._field_mask(f), self._field_mask(f, exact=True)))
         size, cls, coerce, path, codec = self.size, self.cls, self.coerce, self.type_name, self
 

@@ -192,6 +192,7 @@ class CoreRelocator:
                    out: list[tuple[int, int]]) -> None:
         view = self.targets[ti]
         finder = getattr(view, "candidates", None)
+        ids: Sequence[int]
         if finder is not None:
             # views index by types.essential_name (first "___"); libbpf cuts at the last
             # X___Y. Every libbpf match is in this superset; filter exactly below.

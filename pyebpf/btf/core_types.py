@@ -235,8 +235,8 @@ def fields_are_compat(lbtf: BTFView, lid: int, tbtf: BTFView, tid: int,
         if k in (Kind.PTR, Kind.FLOAT):
             return 1
         if k in (Kind.FWD, Kind.ENUM, Kind.ENUM64):
-            ln = core_essential(lt.name)  # type: ignore[union-attr]
-            tn = core_essential(tt.name)  # type: ignore[union-attr]
+            ln = core_essential(lt.name)
+            tn = core_essential(tt.name)
             ok = not ln or not tn or ln == tn
             if not ok:
                 _say(why, f"{kind_str(lt)} names differ: {lt.name!r} vs {tt.name!r}")

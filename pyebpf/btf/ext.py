@@ -376,10 +376,24 @@ def pack_func_info(records: Iterable[FuncInfo], insn_base: int = 0,
     program); ``type_id`` remaps type ids when the loaded BTF renumbered them.
     """
     out = bytearray()
-    for r in records:
-        out += struct.pack("<II", r.insn_off + insn_base,
-                           type_id(r.type_id) if type_id else r.type_id)
+    try:
+        for r in records:
+            out += struct.pack("<II", r.insn_off + insn_base,
+                               type_id(r.type_id) if type_id else r.type_id)
+    except struct.error:
+        raise _outside("func_info", records, insn_base) from None
     return bytes(out)
+
+
+def _outside(what: str, records: Iterable[Any], insn_base: int) -> BTFError:
+    # libbpf copies the run of records between the first and the last one inside the
+    # program, so a record out of order in a corrupt .BTF.ext can land before the
+    # program's start (a negative offset here; a huge one in libbpf, which the kernel
+    # refuses)
+    bad = next((r.insn_off + insn_base for r in records
+                if not 0 <= r.insn_off + insn_base <= 0xFFFFFFFF), None)
+    return BTFError(f".BTF.ext {what}: a record for instruction {bad} lies outside its "
+                    "program (records out of order in .BTF.ext?)")
 
 
 def pack_line_info(records: Iterable[LineInfo], str_off: Mapping[str, int],
@@ -396,6 +410,8 @@ def pack_line_info(records: Iterable[LineInfo], str_off: Mapping[str, int],
                                str_off[r.line_text], r.line_col)
     except KeyError as e:
         raise BTFError(f"line_info string {e} missing from the loaded BTF") from None
+    except struct.error:
+        raise _outside("line_info", records, insn_base) from None
     return bytes(out)
 
 

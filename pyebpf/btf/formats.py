@@ -13,7 +13,7 @@ writer (:mod:`pyebpf.btf.ext`) are written with ``struct``/``memoryview``.
 
 from __future__ import annotations
 
-from construct import (
+from construct import (  # type: ignore[import-untyped]
     Array,
     Computed,
     Const,

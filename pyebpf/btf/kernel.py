@@ -151,7 +151,7 @@ def _map_file(path: str) -> tuple[mmap.mmap | bytes, os.stat_result]:
         os.close(fd)
 
 
-def _walk(words: memoryview) -> array:
+def _walk(words: memoryview) -> array[int]:
     """Word index of every record in the type section, in type id order.
 
     This is the hot loop of opening kernel BTF, so it is hand-written: the construct
@@ -214,9 +214,9 @@ class KernelBTF:
         self._str_base = base.strings_len if base is not None else 0
         self._first_id = len(base) if base is not None else 1
         self._offsets = array("I")
-        self._table: array | None = None  # sorted name table, see module docstring
+        self._table: array[int] | None = None  # sorted name table, see module docstring
         self._names: bytes | None = None  # search path: name_off per own type, u32 native
-        self._sorted_names: array | None = None  # search path: the same, sorted
+        self._sorted_names: array[int] | None = None  # search path: the same, sorted
         self._types: dict[int, Type] = {}
         self._ids_memo: dict[bytes, tuple[int, ...]] = {}
         self._cand_memo: dict[bytes, tuple[int, ...]] = {}
@@ -335,7 +335,7 @@ class KernelBTF:
             self._table = table
         return True
 
-    def _plausible(self, offsets: array) -> bool:
+    def _plausible(self, offsets: array[int]) -> bool:
         # The checksum catches corruption; this catches a cache that matches a
         # different file (a stat() collision): the last record must end the section.
         words = self._words
@@ -347,7 +347,7 @@ class KernelBTF:
             return False
         info = words[last + 1]
         kind = (info >> 24) & 0x1F
-        return last + _FIXED[kind] + _PER_VLEN[kind] * (info & 0xFFFF) == n
+        return bool(last + _FIXED[kind] + _PER_VLEN[kind] * (info & 0xFFFF) == n)
 
     def _save_cache(self) -> bool:
         """Write the index atomically; any failure just means no cache (returns False)."""
@@ -551,7 +551,7 @@ class KernelBTF:
                 self._save_cache()
         return True
 
-    def _build_table(self) -> array:
+    def _build_table(self) -> array[int]:
         """Sorted ``crc32(name) << 24 | index`` of every named own type.
 
         Types named ``a___b`` get a second entry under ``crc32(a)``, so one bisect
@@ -706,7 +706,7 @@ class KernelBTF:
                 q = names.find(pat, q + 1)
         return tuple(sorted(ids))
 
-    def _name_index(self) -> tuple[bytes, array]:
+    def _name_index(self) -> tuple[bytes, array[int]]:
         """name_off per own type (as bytes, for find()) and the same values sorted."""
         names, srt = self._names, self._sorted_names
         if names is None or srt is None:

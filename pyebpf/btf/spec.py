@@ -243,10 +243,11 @@ def referenced_ids(t: Type) -> Iterator[int]:
         yield t.type  # type: ignore[union-attr]
 
 
-class _Offsets(dict):  # type: ignore[type-arg]
+class _Offsets(dict[int, str]):
     """offset -> string; hits stay in C (dict lookup), misses decode on demand."""
 
     __slots__ = ("table",)
+    table: _StringTable
 
     def __missing__(self, off: int) -> str:
         return self.table._lookup(off)

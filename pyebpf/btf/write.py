@@ -154,8 +154,8 @@ def encode_type(t: Type, off: Callable[[str], int]) -> list[int]:
     if k == Kind.DATASEC:
         assert isinstance(t, Datasec)
         w = [name, _info(k, len(t.vars)), t.size]
-        for v in t.vars:
-            w += (v.type, v.offset, v.size)
+        for sv in t.vars:
+            w += (sv.type, sv.offset, sv.size)
         return w
     if k == Kind.FWD:
         assert isinstance(t, Fwd)

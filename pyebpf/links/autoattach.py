@@ -155,7 +155,8 @@ def auto_attach(prog: Any) -> Link:
     handler, args, kw, reason = _plan(prog)
     if handler is None:
         raise AttachSkipped(reason or "not auto-attachable", program=prog_label(prog))
-    return _HANDLERS[handler](prog, *args, **kw)
+    link: Link = _HANDLERS[handler](prog, *args, **kw)
+    return link
 
 
 # Program types that libbpf attaches only through an explicit bpf_program__attach_*():

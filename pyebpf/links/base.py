@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import ctypes
 import errno as _errno
-from typing import Any, Protocol
+from enum import IntEnum
+from typing import Any, Protocol, TypeVar
 
 from .._log import get_logger
 from .._record import Record
@@ -132,7 +133,10 @@ def _info_with_string(fd: int, ptr_off: int, len_off: int, size: int = 4096) -> 
     return bytes(info.extra), buf.value.decode("utf-8", "replace")
 
 
-def _enum(cls: Any, v: int) -> Any:
+_E = TypeVar("_E", bound=IntEnum)
+
+
+def _enum(cls: type[_E], v: int) -> _E | int:
     try:
         return cls(v)
     except ValueError:

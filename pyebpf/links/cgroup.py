@@ -158,13 +158,13 @@ def cgroup_attach_type(value: Any) -> AttachType:
     elif isinstance(value, bool) or not isinstance(value, int):
         raise OptionError(f"attach_type must be an AttachType, int or name, not {value!r}")
     try:
-        at = AttachType(at)
+        hook = AttachType(at)
     except ValueError:
         raise OptionError(f"unknown attach type {value!r}") from None
-    if at not in PROG_TYPE_OF:
-        raise OptionError(f"{at.name} is not a cgroup attach type; cgroup hooks are "
+    if hook not in PROG_TYPE_OF:
+        raise OptionError(f"{hook.name} is not a cgroup attach type; cgroup hooks are "
                           f"{', '.join(sorted(ATTACH_NAMES))}")
-    return at
+    return hook
 
 
 # --- locating cgroup v2 ---------------------------------------------------------------------

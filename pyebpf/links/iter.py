@@ -153,7 +153,8 @@ class IterLink(Link):
         return li
 
     def open(self, *, text: bool = False, encoding: str = "utf-8",
-             buffering: int = io.DEFAULT_BUFFER_SIZE) -> io.BufferedReader | io.TextIOWrapper:
+             buffering: int = io.DEFAULT_BUFFER_SIZE
+             ) -> io.BufferedReader[IterStream] | io.TextIOWrapper[io.BufferedReader[IterStream]]:
         """A new iterator run (BPF_ITER_CREATE) as a buffered binary (or text) stream.
 
         Use it as a context manager; closing the stream closes its fd.

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import errno as _errno
-from typing import Any
+from typing import Any, cast
 
 from .._log import get_logger
 from ..errors import OptionError, SyscallError
@@ -63,8 +63,9 @@ def attach_tracepoint(prog: Any, category: str, name: str | None = None, *,
     except SyscallError as e:
         raise AttachError(f"cannot open a perf event for tracepoint {category}:{name} (id {tp_id}): {e}",
                           program=prog_label(prog), cause=e) from e
-    return attach_perf_event(prog, pfd, cookie=cookie, force_ioctl=force_ioctl,
+    link = attach_perf_event(prog, pfd, cookie=cookie, force_ioctl=force_ioctl,
                              link_class=TracepointLink, target=f"{category}:{name}")
+    return cast(TracepointLink, link)  # made by link_class
 
 
 class RawTracepointLink(Link):

@@ -202,7 +202,7 @@ def _kconfig_cookie(obj: Any) -> bool | None:
         data = kmaps[0].data
         if off is None or data is None or off >= len(data):
             return None
-        return data[off] != 0
+        return bool(data[off] != 0)
     except (AttributeError, KeyError, LookupError, TypeError, ValueError, PyebpfError) as e:
         _log.debug("cannot read LINUX_HAS_BPF_COOKIE of the object: %s", e)
         return None

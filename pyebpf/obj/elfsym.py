@@ -256,7 +256,7 @@ class ElfBinary:
 
     @property
     def is_shared(self) -> bool:
-        return self.elf_type == ET_DYN
+        return bool(self.elf_type == ET_DYN)
 
     def find(self, name: str) -> int:
         """The file offset of function ``name`` (``func``, ``func@VER`` or ``func@@VER``)."""

@@ -88,7 +88,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from enum import IntEnum
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 from .._log import get_logger
 from ..btf.types import (
@@ -112,7 +112,7 @@ from ..btf.types import (
 )
 from ..errors import BTFError, ExternError, ObjectError
 from ..uapi import BPF_F_MMAPABLE, BPF_F_RDONLY_PROG, MapType
-from .elf import SHN_UNDEF, STB_GLOBAL, STB_WEAK, STT_NOTYPE, ElfObject
+from .elf import SHN_UNDEF, STB_GLOBAL, STB_WEAK, STT_NOTYPE, ElfObject, Symbol
 
 # the kernel's config/kallsyms/version readers moved to .kdata; still exported from here
 from .kdata import (
@@ -124,6 +124,9 @@ from .kdata import (
 )
 from .maps import internal_map_name, object_name
 from .spec import ExternKind, ExternSpec, MapSpec
+
+if TYPE_CHECKING:
+    from ..btf.spec import BTF
 
 __all__ = [
     "KCONFIG_SECTION",
@@ -267,11 +270,11 @@ def _align_of(btf: BTFView, type_id: int) -> int:
     return 0
 
 
-def _is_extern_sym(s) -> bool:
+def _is_extern_sym(s: Symbol) -> bool:
     return s.shndx == SHN_UNDEF and s.bind in (STB_GLOBAL, STB_WEAK) and s.type == STT_NOTYPE
 
 
-def _sort_key(e: ExternDesc) -> tuple:
+def _sort_key(e: ExternDesc) -> tuple[int, int, int, bytes]:
     # libbpf cmp_externs: EXT_KCFG (1) before EXT_KSYM (2); kcfg by -align, size; then name
     if e.kind == ExternKind.KCONFIG:
         return (0, -e.align, e.size, e.name.encode())
@@ -317,7 +320,7 @@ def _datasecs(btf: BTFView) -> dict[int, tuple[int, Datasec]]:
     return out
 
 
-def _collect(elf: ElfObject, btf: BTFView, syms: list, obj_name: str | None
+def _collect(elf: ElfObject, btf: BTFView, syms: list[Symbol], obj_name: str | None
              ) -> tuple[dict[str, ExternDesc], MapSpec | None]:
     secs = _datasecs(btf)
     descs: list[ExternDesc] = []
@@ -353,7 +356,8 @@ def _collect(elf: ElfObject, btf: BTFView, syms: list, obj_name: str | None
                                     size=size, sym_index=s.index, sec_btf_id=sec_id,
                                     kcfg_type=ktype, signed=signed, align=align))
         elif sec.name == KSYMS_SECTION:
-            type_id = skip_modifiers(btf, t.type)
+            # _find_extern_btf returns only a VAR or a FUNC
+            type_id = skip_modifiers(btf, cast("Var | Func", t).type)
             is_func = isinstance(t, Func)
             if is_func and not isinstance(btf.type(type_id), FuncProto):
                 raise ObjectError(f"extern function '{name}' has no FUNC_PROTO")
@@ -365,12 +369,12 @@ def _collect(elf: ElfObject, btf: BTFView, syms: list, obj_name: str | None
             raise ObjectError(f"unrecognized extern section '{sec.name}'")
     descs.sort(key=_sort_key)
     off = 0
-    for i, e in enumerate(descs):
-        e.index = i
-        if e.kind == ExternKind.KCONFIG:
-            e.offset = (off + e.align - 1) // e.align * e.align
-            off = e.offset + e.size
-    externs = {e.name: e for e in descs}
+    for i, d in enumerate(descs):
+        d.index = i
+        if d.kind == ExternKind.KCONFIG:
+            d.offset = (off + d.align - 1) // d.align * d.align
+            off = d.offset + d.size
+    externs = {d.name: d for d in descs}
     kmap = None
     if kcfg_sec_id:
         if obj_name is None:
@@ -577,7 +581,9 @@ def resolve_externs(externs: Mapping[str, ExternSpec], *, kconfig: Mapping[str, 
                 e.value = 0
 
 
-def _resolve_kcfg(e: ExternSpec, kconfig, kbtf, kallsyms, kver, cookie, wrapper) -> None:
+def _resolve_kcfg(e: ExternSpec, kconfig: Mapping[str, str] | None, kbtf: BTFView | None,
+                  kallsyms: Mapping[str, int] | None, kver: int | None, cookie: bool | None,
+                  wrapper: bool | None) -> None:
     if not isinstance(e, ExternDesc):
         raise ExternError(f"extern '{e.name}': not from collect_externs()", name=e.name)
     name = e.name
@@ -683,7 +689,7 @@ def _s32(v: int) -> int:
 # -- BTF fixup for the kernel ------------------------------------------------------------------
 
 
-def fixup_extern_btf(btf, externs: Mapping[str, ExternSpec]) -> None:
+def fixup_extern_btf(btf: BTF, externs: Mapping[str, ExternSpec]) -> None:
     """Rewrite extern DATASECs of ``btf`` (a mutable :class:`~pyebpf.btf.spec.BTF`) as libbpf
     does before loading it: the kernel refuses extern linkage in a DATASEC.
 

@@ -132,7 +132,7 @@ class ObjectSpec:
 
         ctx = RelocContext(elf, self.text_shndx, maps_shndx, legacy_shndx,
                            externs=self.externs)
-        sec_index = {}
+        sec_index: dict[str, int] = {}
         for sec in secs:
             sec_index.setdefault(sec.name, sec.index)
         for m in self.maps.values():
@@ -196,7 +196,7 @@ class ObjectSpec:
         from ..btf.write import fixup_datasec
 
         elf = self.elf
-        sizes = {}
+        sizes: dict[str, int] = {}
         for s in elf.sections:
             sizes.setdefault(s.name, s.size)
         var_syms: dict[str, Any] = {}
@@ -404,7 +404,7 @@ class ObjectSpec:
         func_info = ext.func_info if ext is not None else {}
         line_info = ext.line_info if ext is not None else {}
         # compute everything first: a failure leaves every program as it was
-        results = []
+        results: list[tuple[ProgramSpec, bytearray, list[Any], list[Any], list[Any], list[Any]]] = []
         for p in self.programs.values():
             if not p.autoload:
                 results.append((p, bytearray(p.orig_insns), [], [], [], []))
@@ -425,7 +425,7 @@ class ObjectSpec:
         and relocation numbers in messages are per section, as in libbpf's log."""
         from ..btf.core import patch_insn
 
-        shndx = {}
+        shndx: dict[str, int] = {}
         for sec in self.elf.sections:
             shndx.setdefault(sec.name, sec.index)
         for sec_name, relos in core_by_sec.items():

@@ -24,7 +24,7 @@ can spread struct_ops over several sections; ``.link`` variants get ``BPF_F_LINK
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 from .._record import Record
 from ..btf.types import MODIFIER_KINDS, BTFView, Kind, Struct, essential_name, sizeof
@@ -350,18 +350,19 @@ def resolve_struct_ops(map_spec: MapSpec,
     def fail(msg: str) -> ObjectError:
         return ObjectError(f"struct_ops init_kern {name}: {msg}")
 
-    btfs = list(kernel_btf) if isinstance(kernel_btf, (list, tuple)) else [kernel_btf]
+    btfs: list[BTFView] = (list(kernel_btf) if isinstance(kernel_btf, (list, tuple))
+                           else [cast(BTFView, kernel_btf)])
     if not btfs:
         raise BTFError("struct_ops init_kern: no kernel BTF given")
     btf_index, ktype_id = _find_kernel_struct(btfs, tname)
-    kernel_btf = btfs[btf_index]
-    vtype_ids = kernel_btf.find(VALUE_PREFIX + tname, Kind.STRUCT)
+    kbtf = btfs[btf_index]
+    vtype_ids = kbtf.find(VALUE_PREFIX + tname, Kind.STRUCT)
     if not vtype_ids:
         raise BTFError(f"struct_ops init_kern: struct {VALUE_PREFIX}{tname} is not found "
                        "in kernel BTF")
     vtype_id = vtype_ids[0]
-    ktype = kernel_btf.type(ktype_id)
-    vtype = kernel_btf.type(vtype_id)
+    ktype = kbtf.type(ktype_id)
+    vtype = kbtf.type(vtype_id)
     assert isinstance(ktype, Struct) and isinstance(vtype, Struct)
     data_member = next((m for m in vtype.members if m.type == ktype_id), None)
     if data_member is None:
@@ -371,7 +372,7 @@ def resolve_struct_ops(map_spec: MapSpec,
     if data_off + ktype.size > vtype.size:
         raise BTFError(f"struct {VALUE_PREFIX}{tname}: data member beyond the value size")
     value = bytearray(vtype.size)
-    kmembers = {}
+    kmembers: dict[str, int] = {}
     for i, km in enumerate(ktype.members):
         kmembers.setdefault(km.name, i)  # first of a duplicate name, as find_member_by_name
 
@@ -398,8 +399,8 @@ def resolve_struct_ops(map_spec: MapSpec,
         if mb.bitfield or km.bitfield_size:
             raise fail(f"bitfield {mb.name} is not supported")
         kmoff = km.bit_offset // 8
-        kmtype_id = _skip_mods(kernel_btf, km.type)
-        kmtype = kernel_btf.type(kmtype_id)
+        kmtype_id = _skip_mods(kbtf, km.type)
+        kmtype = kbtf.type(kmtype_id)
         if mb.kind != kmtype.kind:
             raise fail(f"Unmatched member type {mb.name} {int(mb.kind)} != "
                        f"{int(kmtype.kind)}(kernel)")
@@ -412,7 +413,7 @@ def resolve_struct_ops(map_spec: MapSpec,
                     # libbpf reads the slot as a program pointer: junk there is refused
                     raise fail(f"member {mb.name} is not a struct_ops program")
                 continue
-            target = kernel_btf.type(_skip_mods(kernel_btf, kmtype.type))  # type: ignore[union-attr]
+            target = kbtf.type(_skip_mods(kbtf, kmtype.type))  # type: ignore[union-attr]
             if target.kind != Kind.FUNC_PROTO:
                 raise fail(f"kernel member {mb.name} is not a func ptr")
             prev = attach.get(prog)
@@ -424,7 +425,7 @@ def resolve_struct_ops(map_spec: MapSpec,
             func_offsets[mb.name] = data_off + kmoff
             continue
         try:
-            kmsize = sizeof(kernel_btf, kmtype_id)
+            kmsize = sizeof(kbtf, kmtype_id)
         except BTFError:
             kmsize = -1
         if kmsize != mb.size:

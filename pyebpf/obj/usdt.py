@@ -536,7 +536,7 @@ def _pread(f: Any, off: int, size: int, what: str, path: str) -> bytes:
     if off < 0 or size < 0 or off + size > os.fstat(f.fileno()).st_size:
         raise UsdtError(f"{what} (offset {off}, {size} bytes) lies outside the file", path=path)
     f.seek(off)
-    data = f.read(size)
+    data: bytes = f.read(size)
     if len(data) != size:
         raise UsdtError(f"{what} (offset {off}, {size} bytes) lies outside the file", path=path)
     return data

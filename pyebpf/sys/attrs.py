@@ -9,7 +9,9 @@ Info structs (``bpf_prog_info`` and friends) are here too.
 from __future__ import annotations
 
 import ctypes
+from collections.abc import Callable
 from ctypes import c_char, c_int32, c_uint8, c_uint32, c_uint64
+from typing import TypeVar
 
 __all__ = [
     "BatchAttr",
@@ -40,13 +42,16 @@ __all__ = [
 ]
 
 
+_S = TypeVar("_S", bound="type[_Attr]")
+
+
 def _end(cls: type[ctypes.Structure], field: str) -> int:
     f = getattr(cls, field)
-    return f.offset + f.size
+    return int(f.offset + f.size)
 
 
-def _sized(last: str):
-    def deco(cls):
+def _sized(last: str) -> Callable[[_S], _S]:
+    def deco(cls: _S) -> _S:
         cls.SIZE = _end(cls, last)
         return cls
 

@@ -118,7 +118,7 @@ def _buf(data: bytes | bytearray | memoryview | None) -> tuple[Any, int]:
     return b, _addressof(b)
 
 
-def _out(size: int) -> tuple[Any, int]:
+def _out(size: int) -> tuple[ctypes.Array[ctypes.c_char], int]:
     b = (ctypes.c_char * max(size, 1))()
     return b, _addressof(b)
 
@@ -253,7 +253,8 @@ def map_freeze(fd: int | FD) -> None:
 
 def _end_of(cls: Any, field: str) -> int:
     f = getattr(cls, field)
-    return f.offset + f.size
+    end: int = f.offset + f.size
+    return end
 
 
 _possible_cpus: int | None = None
@@ -353,7 +354,8 @@ class MapOps:
             self._trace(1, key, 0)
         return self._vmv.tobytes()
 
-    def _lookup_failed(self, key: bytes) -> None:
+    def _lookup_failed(self, key: bytes) -> bytes | None:
+        # always None (absent); typed as lookup's result so lookup can return it directly
         if get_errno() != _errno.ENOENT:
             self._fail(Cmd.MAP_LOOKUP_ELEM, self._lk)
         if "logging" in _modules and _nodebug(_DEBUG, True) and _debug_on(_DEBUG):
@@ -882,7 +884,8 @@ def get_next_id(cmd: int, start_id: int) -> int | None:
         if err == _errno.ENOENT:
             return None
         raise SyscallError(err, cmd_name(cmd), errno_hint(err, cmd))
-    return a.next_id
+    next_id: int = a.next_id
+    return next_id
 
 
 def _fd_by_id(cmd: int, obj_id: int, open_flags: int, kind: str, token_fd: int | FD | None) -> FD:
@@ -953,7 +956,8 @@ def prog_xlated_insns(fd: int | FD) -> bytes:
     buf = (ctypes.c_char * n)()
     info = A.ProgInfo(xlated_prog_len=n, xlated_prog_insns=_addressof(buf))
     obj_get_info_by_fd(fd, info)
-    return buf.raw[: info.xlated_prog_len]
+    raw: bytes = buf.raw[: info.xlated_prog_len]
+    return raw
 
 
 def btf_data(fd: int | FD) -> bytes:
@@ -962,7 +966,8 @@ def btf_data(fd: int | FD) -> bytes:
     buf = (ctypes.c_char * max(n, 1))()
     info = A.BtfInfo(btf=_addressof(buf), btf_size=n)
     obj_get_info_by_fd(fd, info)
-    return buf.raw[: info.btf_size]
+    raw: bytes = buf.raw[: info.btf_size]
+    return raw
 
 
 # --- attach, links ---------------------------------------------------------------------------

@@ -490,7 +490,8 @@ def link_index(name: str, sock: NetlinkSocket | None = None) -> int:
     r = _getlink(0, name, sock, what)
     if len(r.payload) < _IFINFO.size:
         raise NetlinkError(_errno.EPROTO, "RTM_GETLINK", "truncated reply", detail=what)
-    return _IFINFO.unpack_from(r.payload)[2]
+    ifindex: int = _IFINFO.unpack_from(r.payload)[2]
+    return ifindex
 
 
 def link_name(ifindex: int, sock: NetlinkSocket | None = None) -> str:

@@ -142,6 +142,8 @@ class PerfEventAttr(ctypes.Structure):
         ("config3", c_uint64),
     ]
 
+    size: int  # a ctypes field (above); declared for the type checker
+
     def __init__(self, **kw: int):
         super().__init__(**kw)
         if not self.size:
@@ -151,7 +153,8 @@ class PerfEventAttr(ctypes.Structure):
 
 def _alias(field: str) -> property:
     def get(self: ctypes.Structure) -> int:
-        return getattr(self, field)
+        v: int = getattr(self, field)
+        return v
 
     def put(self: ctypes.Structure, v: int) -> None:
         setattr(self, field, v)
@@ -209,7 +212,8 @@ def fs_magic(path: str) -> int | None:
     buf = _Statfs()
     if _statfs(os.fsencode(path), ctypes.byref(buf)) != 0:
         return None
-    return buf.f_type & 0xFFFFFFFF
+    magic: int = buf.f_type & 0xFFFFFFFF
+    return magic
 
 
 def is_bpffs(path: str) -> bool:

@@ -247,7 +247,7 @@ def _fmt_attr(attr: Any) -> str:
 
 def bpf(cmd: int, attr: Any, size: int, *, hint: str | None = None, detail: str = "") -> int:
     """bpf(cmd, &attr, size); returns the result, raises SyscallError on failure."""
-    ret = raw_syscall(NR_BPF, cmd, ctypes.byref(attr), size)
+    ret: int = raw_syscall(NR_BPF, cmd, ctypes.byref(attr), size)
     if ret < 0:
         err = get_errno()
         if log.isEnabledFor(DEBUG):
@@ -260,7 +260,7 @@ def bpf(cmd: int, attr: Any, size: int, *, hint: str | None = None, detail: str 
 
 def bpf_errno(cmd: int, attr: Any, size: int) -> tuple[int, int]:
     """bpf() without raising: (result, errno); errno is 0 on success. For probes and retry loops."""
-    ret = raw_syscall(NR_BPF, cmd, ctypes.byref(attr), size)
+    ret: int = raw_syscall(NR_BPF, cmd, ctypes.byref(attr), size)
     err = get_errno() if ret < 0 else 0
     if log.isEnabledFor(DEBUG):
         res = f"-1 {_errno.errorcode.get(err, err)}" if ret < 0 else str(ret)
@@ -270,7 +270,7 @@ def bpf_errno(cmd: int, attr: Any, size: int) -> tuple[int, int]:
 
 def sys_perf_event_open(attr: Any, pid: int, cpu: int, group_fd: int, flags: int) -> int:
     """perf_event_open(&attr, pid, cpu, group_fd, flags); raises SyscallError."""
-    ret = raw_syscall(
+    ret: int = raw_syscall(
         NR_PERF_EVENT_OPEN, ctypes.byref(attr), ctypes.c_int(pid), ctypes.c_int(cpu),
         ctypes.c_int(group_fd), ctypes.c_ulong(flags),
     )
