@@ -254,10 +254,48 @@ def test_harness_reports_other_exceptions_and_hangs(monkeypatch) -> None:
 
     monkeypatch.setattr(ObjectSpec, "relocate", bad)
     fz.check(data, "minimal", ["none"])
-    monkeypatch.setattr(ObjectSpec, "from_bytes", classmethod(lambda cls, *a, **k: __import__(
-        "time").sleep(5)))
+    def spin(cls, *a, **k):
+        while True:
+            pass
+
+    monkeypatch.setattr(ObjectSpec, "from_bytes", classmethod(spin))
     fz.check(data, "minimal", ["none"])
     monkeypatch.setattr(ObjectSpec, "relocate", real)
     keys = sorted(fz.findings)
     assert len(keys) == 2, keys
     assert keys[0].startswith("parse: Hang") and keys[1].startswith("relocate: KeyError"), keys
+
+
+# --- regressions found by the harness --------------------------------------------------
+
+
+def test_ext_record_outside_its_program_is_a_btf_error() -> None:
+    """A .BTF.ext record out of order lands before its program's start once the
+    program's records are sliced and shifted (as libbpf does); packing it for the
+    kernel raised struct.error (fuzz_objects seed 404 case 2653)."""
+    from pyebpf.btf.ext import FuncInfo, LineInfo, pack_func_info, pack_line_info
+    from pyebpf.errors import BTFError
+
+    li = [LineInfo(0, 1, 2, 3, 4, "f.c", "x"), LineInfo(-3, 1, 2, 3, 4, "f.c", "y")]
+    with pytest.raises(BTFError, match="line_info: a record for instruction -3 lies outside"):
+        pack_line_info(li, {"f.c": 1, "x": 2, "y": 3})
+    with pytest.raises(BTFError, match="func_info: a record for instruction -1 lies outside"):
+        pack_func_info([FuncInfo(2, 1)], insn_base=-3)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root (loads)")
+def test_load_with_line_info_record_out_of_order() -> None:
+    import kobjects as K
+
+    import pyebpf
+    from pyebpf.errors import BTFError
+
+    data = bytearray(DATA["maps_btf"])
+    # a line_info record's insn_off (bytes) in use_maps' section: 0xd8 -> 8
+    assert struct.unpack_from("<I", data, 0x1978)[0] == 0xD8, "fixture rebuilt: find the record anew"
+    struct.pack_into("<I", data, 0x1978, 8)
+    pyebpf.load(DATA["maps_btf"]).close()  # warm caches
+    fds = K.fd_state()
+    with pytest.raises(BTFError, match="lies outside its program"):
+        pyebpf.load(bytes(data))
+    assert K.fd_state() == fds
