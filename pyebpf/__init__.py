@@ -19,12 +19,21 @@ from .errors import (
 )
 
 if TYPE_CHECKING:
+    # the submodules that __getattr__ serves after a bare ``import pyebpf``
+    from . import errors as errors
+    from . import features as features
+    from . import links as links
+    from . import maps as maps
+    from . import pin as pin
+    from . import stats as stats
+    from . import uapi as uapi
     from .btf.kernel import KernelBTF, kernel_btf
     from .btf.spec import BTF
     from .links import Link
     from .links.base import AttachError
     from .loader import load
     from .maps.map import Map
+    from .maps.perfbuf import PerfBuffer
     from .maps.ringbuf import RingBuffer, RingBufferManager
     from .maps.user_ringbuf import UserRingBuffer
     from .obj.object import ObjectSpec

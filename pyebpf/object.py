@@ -15,7 +15,11 @@ from .sys.mm import mmap_fd
 from .uapi import BPF_F_MMAPABLE
 
 if TYPE_CHECKING:
+    from .btf.spec import BTF
+    from .links.base import Link
     from .links.struct_ops import StructOpsLink
+    from .obj.object import ObjectSpec
+    from .obj.spec import VariableSpec
 
 __all__ = ["Globals", "Object", "StructOpsLink"]
 
@@ -30,7 +34,7 @@ class Object:
     program taken out of a dropped Object stays usable.
     """
 
-    def __init__(self, spec: Any, *, programs: Mapping[str, Program], maps: Mapping[str, Map],
+    def __init__(self, spec: ObjectSpec, *, programs: Mapping[str, Program], maps: Mapping[str, Map],
                  btf_fd: FD | None = None, pins: list[str] | None = None) -> None:
         self.spec = spec
         self.name: str = spec.name
@@ -40,7 +44,7 @@ class Object:
         self.maps: Mapping[str, Map] = MappingProxyType(self._maps)
         self.btf_fd = btf_fd
         self.pins_created = list(pins or [])  # by-name map pins this load made (kept on close)
-        self.links: dict[str, Any] = {}
+        self.links: dict[str, Link] = {}
         self.attach_skipped: dict[str, str] = {}
         # Globals gets what it needs, not the Object: a back reference would make a cycle, and
         # an Object dropped without close() must be released by reference counting at once
@@ -48,13 +52,13 @@ class Object:
         self._closed = False
 
     @property
-    def btf(self) -> Any:
+    def btf(self) -> BTF | None:
         """The object's BTF (types of maps, globals and events)."""
         return self.spec.btf
 
     # -- attach ---------------------------------------------------------------------------------
 
-    def attach(self) -> dict[str, Any]:
+    def attach(self) -> dict[str, Link]:
         """Auto-attach every loaded program whose SEC() row allows it, and every struct_ops map.
 
         Returns {name: Link} for what this call attached; ``attach_skipped`` records
@@ -63,15 +67,9 @@ class Object:
         """
         if self._closed:
             raise PyebpfError(f"object {self.name!r} is closed: nothing to attach")
-        try:
-            from .links import auto_attach  # type: ignore[attr-defined]
-        except ImportError as e:
-            raise PyebpfError("pyebpf.links.auto_attach is not available in this build") from e
-        try:
-            from .links import AttachSkipped  # type: ignore[attr-defined]
-        except ImportError:
-            from .links.base import AttachSkipped
-        made: dict[str, Any] = {}
+        from .links import AttachSkipped, auto_attach
+
+        made: dict[str, Link] = {}
         try:
             for name, prog in self._programs.items():
                 if name in self.links:
@@ -182,14 +180,14 @@ class Globals(Mapping[str, Any]):
     with ``load(..., globals={...})``.
     """
 
-    def __init__(self, spec: Any, maps: Mapping[str, Map], name: str) -> None:
+    def __init__(self, spec: ObjectSpec, maps: Mapping[str, Map], name: str) -> None:
         self._spec = spec
         self._maps = maps
         self._name = name
         self._mmaps: dict[str, mmap.mmap] = {}
         self._closed = False
 
-    def _var(self, name: str) -> Any:
+    def _var(self, name: str) -> VariableSpec:
         if self._closed:
             raise PyebpfError(f"global {name!r}: object {self._name!r} is closed")
         var = self._spec.variables.get(name)
@@ -197,7 +195,7 @@ class Globals(Mapping[str, Any]):
             raise KeyError(name)
         return var
 
-    def _map(self, var: Any) -> Map:
+    def _map(self, var: VariableSpec) -> Map:
         m = self._maps.get(var.map_name)
         if m is None:
             raise OptionError(f"global {var.name!r}: its map {var.map_name!r} was not created")
@@ -248,7 +246,7 @@ class Globals(Mapping[str, Any]):
         cur[var.offset:var.offset + var.size] = raw
         m.ops.update(b"\0\0\0\0", bytes(cur), 0)
 
-    def _codec(self, var: Any) -> Any:
+    def _codec(self, var: VariableSpec) -> Any:
         btf = self._spec.btf
         if btf is None:
             return None

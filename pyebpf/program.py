@@ -12,7 +12,26 @@ from .sys.fd import FD
 from .uapi import AttachType, ProgType
 
 if TYPE_CHECKING:
+    import builtins
+    import socket
+    from collections.abc import Mapping, Sequence
+
+    from .links.base import Link
+    from .links.cgroup import CgroupLink
+    from .links.iter import IterLink
+    from .links.lwt import LwtRoute
+    from .links.netfilter import NetfilterLink
+    from .links.netns import NetnsLink, NetnsProgAttachment
+    from .links.perf_event import PerfEventLink, PerfEventLinks
+    from .links.socket import SocketAttachment, SockmapLink, SockmapProgAttachment
+    from .links.tc import TcLink, TcxLink
+    from .links.tracing import RawTracepointLink, TracepointLink, TracingLink
+    from .links.uprobe import UprobeLink, UprobeMultiLink
+    from .links.usdt import UsdtLink
+    from .links.xdp import XdpLink
+    from .maps.map import Map
     from .obj.program import ProgramSpec
+    from .object import Object
     from .proginfo import ProgInfo
 
 __all__ = ["Program", "TestRunResult"]
@@ -52,14 +71,14 @@ class Program:
 
     def __init__(self, fd: FD, *, name: str, type: int, expected_attach_type: int | None = None,
                  spec: ProgramSpec | None = None, attach_btf_id: int | None = None,
-                 obj: Any = None, log: str = "") -> None:
+                 obj: Object | None = None, log: str = "") -> None:
         self.fd = fd
         self.name = name
         self.type: ProgType | int = _enum(ProgType, type)
         self.expected_attach_type: AttachType | int | None = _enum(AttachType, expected_attach_type)
         self.spec = spec
         self.attach_btf_id = attach_btf_id
-        self._obj = weakref.ref(obj) if obj is not None else None
+        self._obj: weakref.ref[Object] | None = weakref.ref(obj) if obj is not None else None
         self.log = log  # the verifier log when a log level was requested
         self.pin_path: str | None = None
         self._info: ProgInfo | None = None
@@ -93,7 +112,7 @@ class Program:
         return cls.from_fd(_bpf.prog_get_fd_by_id(prog_id))
 
     @property
-    def object(self) -> Any:
+    def object(self) -> Object | None:
         """The :class:`pyebpf.object.Object` that loaded this program (None if gone)."""
         return self._obj() if self._obj is not None else None
 
@@ -149,123 +168,166 @@ class Program:
         bpf(Cmd.PROG_TEST_RUN, a, A.TestRunAttr.SIZE, detail=f"program {self.name!r}")
         return TestRunResult(a.retval, a.duration, b"", buf.raw)
 
-    def attach(self, *args: Any, **kw: Any) -> Any:
-        """Attach (see :func:`pyebpf.links.attach_program`); returns a Link."""
-        from .links import attach_program  # type: ignore[attr-defined]
+    def attach(self, *args: Any, **kw: Any) -> Link | PerfEventLinks:
+        """Attach (see :func:`pyebpf.links.attach_program`); returns a Link (a
+        :class:`~pyebpf.links.perf_event.PerfEventLinks` for a per-CPU perf_event program)."""
+        from .links import attach_program
 
         return attach_program(self, *args, **kw)
 
     # --- attach, one method per hook (libbpf's bpf_program__attach_* family) ----------------
-    # Each is thin: the work is in pyebpf.links.<hook>, one module per hook.
+    # Each is thin: the work is in pyebpf.links.<hook>, one module per hook, imported on first
+    # use so that loading an object does not import every hook. The keyword options mirror
+    # the pyebpf.links.<hook>.attach_<kind> function's.
 
-    def attach_tracepoint(self, category: str, name: str | None = None, **opts: Any) -> Any:
+    def attach_tracepoint(self, category: str, name: str | None = None, *, cookie: int = 0,
+                          force_ioctl: bool = False, tracefs: str | None = None) -> TracepointLink:
         """Attach to tracepoint ``category:name`` (perf event + bpf link)."""
         from .links.tracing import attach_tracepoint
 
-        return attach_tracepoint(self, category, name, **opts)
+        return attach_tracepoint(self, category, name, cookie=cookie, force_ioctl=force_ioctl,
+                                 tracefs=tracefs)
 
-    def attach_raw_tracepoint(self, name: str, **opts: Any) -> Any:
+    def attach_raw_tracepoint(self, name: str, *, cookie: int = 0) -> RawTracepointLink:
         """Attach a raw_tp program to raw tracepoint ``name``."""
         from .links.tracing import attach_raw_tracepoint
 
-        return attach_raw_tracepoint(self, name, **opts)
+        return attach_raw_tracepoint(self, name, cookie=cookie)
 
-    def attach_trace(self, **opts: Any) -> Any:
+    def attach_trace(self, *, cookie: int = 0, target_prog: Program | FD | int | None = None,
+                     target_btf_id: int = 0, raw_tracepoint_open: bool = False) -> TracingLink:
         """Attach a tp_btf/fentry/fexit/fmod_ret/freplace program to its load-time target."""
         from .links.tracing import attach_trace
 
-        return attach_trace(self, **opts)
+        return attach_trace(self, cookie=cookie, target_prog=target_prog,
+                            target_btf_id=target_btf_id, raw_tracepoint_open=raw_tracepoint_open)
 
-    def attach_perf_event(self, perf_fd: Any, **opts: Any) -> Any:
+    def attach_perf_event(self, perf_fd: FD | int, *, cookie: int = 0,
+                          force_ioctl: bool = False) -> PerfEventLink:
         """Attach to an open perf event fd; the link takes the fd over."""
         from .links.perf_event import attach_perf_event
 
-        return attach_perf_event(self, perf_fd, **opts)
+        return attach_perf_event(self, perf_fd, cookie=cookie, force_ioctl=force_ioctl)
 
     def attach_uprobe(self, binary: str, func: str | None = None, *, pid: int | None = None,
                       retprobe: bool = False, offset: int = 0, cookie: int = 0,
-                      **opts: Any) -> Any:
+                      ref_ctr_offset: int = 0, mode: str = "default",
+                      pmu_dir: str = "/sys/bus/event_source/devices",
+                      tracefs: str | None = None) -> UprobeLink:
         """Attach a uprobe (``retprobe``: uretprobe) to ``func`` (+``offset``) in ``binary``,
         a path or a library name; ``func`` None means ``offset`` is a file offset."""
         from .links.uprobe import attach_uprobe
 
         return attach_uprobe(self, binary, func, pid=pid, retprobe=retprobe, offset=offset,
-                             cookie=cookie, **opts)
+                             cookie=cookie, ref_ctr_offset=ref_ctr_offset, mode=mode,
+                             pmu_dir=pmu_dir, tracefs=tracefs)
 
-    def attach_uprobe_multi(self, binary: str, pattern: str | None = None, **opts: Any) -> Any:
+    def attach_uprobe_multi(self, binary: str, pattern: str | None = None, *,
+                            funcs: Sequence[str] | None = None,
+                            offsets: Sequence[int] | None = None,
+                            ref_ctr_offsets: Sequence[int] | None = None,
+                            cookies: Sequence[int] | Mapping[str, int] | None = None,
+                            pid: int | None = None, retprobe: bool | None = None,
+                            session: bool | None = None) -> UprobeMultiLink:
         """Attach one uprobe_multi link to every function of ``binary`` matching the glob
         ``pattern`` (or to ``funcs=``/``offsets=``), with optional ``cookies=``."""
         from .links.uprobe import attach_uprobe_multi
 
-        return attach_uprobe_multi(self, binary, pattern, **opts)
+        return attach_uprobe_multi(self, binary, pattern, funcs=funcs, offsets=offsets,
+                                   ref_ctr_offsets=ref_ctr_offsets, cookies=cookies, pid=pid,
+                                   retprobe=retprobe, session=session)
 
     def attach_usdt(self, binary: str, provider: str, name: str, *, pid: int | None = None,
-                    cookie: int = 0, **opts: Any) -> Any:
+                    cookie: int = 0) -> UsdtLink:
         """Attach to USDT probe ``provider:name`` in ``binary`` (a program using usdt.bpf.h)."""
         from .links.usdt import attach_usdt
 
-        return attach_usdt(self, binary, provider, name, pid=pid, cookie=cookie, **opts)
+        return attach_usdt(self, binary, provider, name, pid=pid, cookie=cookie)
 
-    def attach_xdp(self, iface: str | int, **opts: Any) -> Any:
-        """Attach an XDP program to interface ``iface`` (name or index)."""
+    def attach_xdp(self, iface: str | int, *, mode: str | None = None, netlink: bool = False,
+                   replace: Program | Link | FD | int | None = None, flags: int = 0) -> XdpLink:
+        """Attach an XDP program to interface ``iface`` (name or index); ``netlink=True``
+        gives an :class:`~pyebpf.links.xdp.XdpNetlinkLink`, itself an XdpLink."""
         from .links.xdp import attach_xdp
 
-        return attach_xdp(self, iface, **opts)
+        return attach_xdp(self, iface, mode=mode, netlink=netlink, replace=replace, flags=flags)
 
-    def attach_tcx(self, iface: str | int, direction: str | None = None, **opts: Any) -> Any:
+    def attach_tcx(self, iface: str | int, direction: str | None = None, *,
+                   before: Program | Link | int | bool | None = None,
+                   after: Program | Link | int | bool | None = None,
+                   expected_revision: int = 0) -> TcxLink:
         """Attach a tc program to ``iface`` through a tcx link (``"ingress"``/``"egress"``)."""
         from .links.tc import attach_tcx
 
-        return attach_tcx(self, iface, direction, **opts)
+        return attach_tcx(self, iface, direction, before=before, after=after,
+                          expected_revision=expected_revision)
 
-    def attach_tc(self, iface: str | int, direction: str | None = None, **opts: Any) -> Any:
+    def attach_tc(self, iface: str | int, direction: str | None = None, *, handle: int = 0,
+                  priority: int = 0, replace: bool = False) -> TcLink:
         """Attach a tc program as a legacy cls_bpf direct-action filter (netlink)."""
         from .links.tc import attach_tc
 
-        return attach_tc(self, iface, direction, **opts)
+        return attach_tc(self, iface, direction, handle=handle, priority=priority,
+                         replace=replace)
 
-    def attach_cgroup(self, cgroup: str | int | Any, **opts: Any) -> Any:
-        """Attach to a cgroup v2 (path or fd); the attach type comes from SEC() by default."""
+    def attach_cgroup(self, cgroup: str | int | Any, *, attach_type: AttachType | int | str | None = None,
+                      link: bool = True, flags: int = 0, multi: bool = False,
+                      override: bool = False, replace: Program | FD | int | None = None
+                      ) -> CgroupLink:
+        """Attach to a cgroup v2 (path, fd, or an object with ``.fd``); the attach type comes
+        from SEC() by default. ``link=False`` gives a
+        :class:`~pyebpf.links.cgroup.CgroupAttachment`, itself a CgroupLink."""
         from .links.cgroup import attach_cgroup
 
-        return attach_cgroup(self, cgroup, **opts)
+        return attach_cgroup(self, cgroup, attach_type=attach_type, link=link, flags=flags,
+                             multi=multi, override=override, replace=replace)
 
-    def attach_netns(self, netns: str | int | None = None, **opts: Any) -> Any:
+    def attach_netns(self, netns: str | int | None = None, *,
+                     link: bool = True) -> NetnsLink | NetnsProgAttachment:
         """Attach an sk_lookup or flow_dissector program to a network namespace."""
         from .links.netns import attach_netns
 
-        return attach_netns(self, netns, **opts)
+        return attach_netns(self, netns, link=link)
 
-    def attach_netfilter(self, **opts: Any) -> Any:
+    def attach_netfilter(self, *, pf: str | int = "ipv4", hook: str | int = "local_in",
+                         priority: int = 0, defrag: bool = False, flags: int = 0,
+                         netns: str | int | None = None) -> NetfilterLink:
         """Attach a netfilter program (``pf``, ``hook``, ``priority``, ``flags``)."""
         from .links.netfilter import attach_netfilter
 
-        return attach_netfilter(self, **opts)
+        return attach_netfilter(self, pf=pf, hook=hook, priority=priority, defrag=defrag,
+                                flags=flags, netns=netns)
 
-    def attach_socket(self, sock: Any, **opts: Any) -> Any:
-        """Attach a socket filter (or sk_reuseport program) to a Python socket."""
+    def attach_socket(self, sock: socket.socket | int | Any, *,
+                      reuseport: bool | None = None) -> SocketAttachment:
+        """Attach a socket filter (or sk_reuseport program) to a Python socket (or an fd)."""
         from .links.socket import attach_socket
 
-        return attach_socket(self, sock, **opts)
+        return attach_socket(self, sock, reuseport=reuseport)
 
-    def attach_sockmap(self, sockmap: Any, attach_type: Any = None, **opts: Any) -> Any:
+    def attach_sockmap(self, sockmap: Map | FD | int, attach_type: AttachType | int | str | None = None,
+                       *, link: bool = True) -> SockmapLink | SockmapProgAttachment:
         """Attach an sk_msg/sk_skb program to a sockmap or sockhash."""
         from .links.socket import attach_sockmap
 
-        return attach_sockmap(self, sockmap, attach_type, **opts)
+        return attach_sockmap(self, sockmap, attach_type, link=link)
 
-    def attach_lwt(self, dest: str, *, dev: str | int, **opts: Any) -> Any:
+    def attach_lwt(self, dest: str, *, dev: str | int, hook: str | None = None,
+                   netns: str | int | None = None) -> LwtRoute:
         """Attach an lwt_in/out/xmit program by adding a route to ``dest`` via ``dev`` with a
         BPF encap; closing the returned LwtRoute deletes the route."""
         from .links.lwt import attach_lwt
 
-        return attach_lwt(self, dest, dev=dev, **opts)
+        return attach_lwt(self, dest, dev=dev, hook=hook, netns=netns)
 
-    def attach_iter(self, map: Any = None, **opts: Any) -> Any:
+    def attach_iter(self, map: Map | FD | int | None = None, *, cgroup: str | int | Any = None,
+                    cgroup_fd: int | None = None, cgroup_id: int = 0, order: int | str = 0,
+                    tid: int = 0, pid: int = 0, pid_fd: int = 0) -> IterLink:
         """Create an iterator link (``map=``, ``cgroup=``/``order=``, ``tid=``/``pid=``)."""
         from .links.iter import attach_iter
 
-        return attach_iter(self, map, **opts)
+        return attach_iter(self, map, cgroup=cgroup, cgroup_fd=cgroup_fd, cgroup_id=cgroup_id,
+                           order=order, tid=tid, pid=pid, pid_fd=pid_fd)
 
     def pin(self, path: str) -> None:
         """Pin the program at ``path``, which must be inside a bpffs (:mod:`pyebpf.pin`)."""
@@ -293,7 +355,7 @@ class Program:
     def __enter__(self) -> Program:
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, *exc: builtins.object) -> None:
         self.close()
 
     def __repr__(self) -> str:

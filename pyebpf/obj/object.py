@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from .. import insn as I
 from .._log import get_logger
@@ -35,6 +35,9 @@ from .program import ProgramSpec, RelocType
 from .reloc import RelocContext, apply_data_relocs, collect_relocs, find_prog
 from .sections import SecFlag, attach_target, match_section
 from .spec import ExternKind, ExternSpec, MapSpec, VariableSpec
+
+if TYPE_CHECKING:
+    from ..btf.spec import BTF
 
 log = get_logger("pyebpf.obj")
 
@@ -62,7 +65,7 @@ class ObjectSpec:
         self.maps: dict[str, MapSpec] = {}
         self.variables: dict[str, VariableSpec] = {}
         self.externs: dict[str, ExternSpec] = {}
-        self.btf: Any = None  # pyebpf.btf.spec.BTF
+        self.btf: BTF | None = None
         self.btf_ext: Any = None  # pyebpf.btf.ext.BTFExt
         self.license = ""
         self.kern_version = 0
@@ -384,7 +387,8 @@ class ObjectSpec:
                 from ..btf.kernel import kernel_btf
 
                 target_btf = kernel_btf()
-            relocator = CoreRelocator(self.btf, [target_btf])
+            # CO-RE records come from .BTF.ext, which is only read with a .BTF
+            relocator = CoreRelocator(cast("BTF", self.btf), [target_btf])
 
         code: dict[str, bytearray] = {}
         core: dict[str, list[Any]] = {}
