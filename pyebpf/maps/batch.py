@@ -318,7 +318,7 @@ class BatchOpsMixin:
         return sum(1 for k in keys if self.delete(k))
 
 
-def _bulk_format(codec: Any, size: int) -> str | None:
+def _bulk_format(codec: Any, size: int) -> Any:
     """A memoryview.cast format decoding an array of this codec's values at once."""
     bulk = getattr(codec, "_bulk", None)  # set by _as_codec for native one-int formats
     if bulk:

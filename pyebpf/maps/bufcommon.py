@@ -111,7 +111,7 @@ def open_map(map_or_fd: Any, want: int, who: str) -> MapHandle:
         h = MapHandle(owned, info)
         owned.label = h.label
         if h.type != want:
-            how = _READ_WITH.get(h.type, "")
+            how = _READ_WITH.get(MapType(h.type), "") if h.type in _READ_WITH else ""
             got = _type_name(h.type)
             raise OptionError(f"{who}: {h.label} is {'an' if got[0] in 'aeio' else 'a'} "
                               f"{got} map, not a {_type_name(want)}" + (f"; {how}" if how else ""))

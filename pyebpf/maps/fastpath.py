@@ -128,7 +128,7 @@ def as_codec(t: Any, size: int, what: str) -> Any:
         code = t.lstrip("=@")
         if len(code) == 1 and code in "bBhHiIlLqQ" and len(t) - len(code) <= 1 \
                 and struct.calcsize(code) == c.size:
-            c._bulk = code  # native order, one integer: arrays decode by memoryview.cast
+            c._bulk = code  # type: ignore[attr-defined]  # native order, one integer: arrays decode by memoryview.cast
     else:
         c = codec_from_ctypes(t)
     if c.size != size:

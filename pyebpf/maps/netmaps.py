@@ -92,7 +92,7 @@ class _PairValues:
         b = bytes(raw)
         first = int.from_bytes(b[:4], _BO)
         prog = int.from_bytes(b[4:8], _BO) if len(b) >= 8 else 0
-        return self._pair(first, prog)  # type: ignore[call-arg]
+        return self._pair(first, prog)  # type: ignore[call-arg,call-overload]
 
 
 class _DevValues(_PairValues):

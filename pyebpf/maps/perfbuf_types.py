@@ -116,18 +116,16 @@ class PerfBatch:
             order = fmt[0] if fmt and fmt[0] in "@=<>!" else "@"
             body = fmt[1:] if fmt and fmt[0] in "@=<>!" else fmt
             mv = memoryview(self.data)
-            parts = []
+            parts: list[Iterator[tuple[Any, ...]]] = []
             for start, count, stride in self._runs:
                 size = stride - _SAMPLE_HDR
                 if st.size > size or order == "@":
-                    parts = None
                     break
                 whole = struct.Struct(f"{order}{_SAMPLE_HDR}x{body}{size - st.size}x")
                 if whole.size != stride:
-                    parts = None
                     break
                 parts.append(whole.iter_unpack(mv[start : start + count * stride]))
-            if parts is not None:
+            else:  # every run had a whole-record struct
                 return itertools.chain.from_iterable(parts)
         return (st.unpack_from(self.data, s) for s in self._offsets)
 

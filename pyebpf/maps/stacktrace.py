@@ -228,7 +228,7 @@ class _ElfSymbols:
             fmt = ("<" if elf.little_endian else ">") + ("IBBHQQ" if elf.elfclass == 64 else "IIIBBH")
             rows: dict[int, tuple[int, str]] = {}
             for secname in (".dynsym", ".symtab"):
-                sec = elf.get_section_by_name(secname)
+                sec = elf.get_section_by_name(secname)  # type: ignore[assignment]
                 if sec is None or sec["sh_entsize"] == 0:
                     continue
                 strtab = elf.get_section(sec["sh_link"]).data()

@@ -99,7 +99,7 @@ class UserRingBuffer(Closing):
         self._fd = fd
         self._size = size
         self._mask = size - 1
-        self._keep = keep
+        self._keep: MapHandle | None = keep
         self._lock = threading.Lock()
         self._pending: dict[int, tuple[memoryview, int]] = {}
         self._cons_mm: mmap.mmap | None = None
