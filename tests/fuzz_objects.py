@@ -99,6 +99,7 @@ class Layout:
     btf_types: list[tuple[int, int]] = dataclasses.field(default_factory=list)  # (offset, size)
     btf_strings: tuple[int, int] = (0, 0)
     btf_ext_words: list[int] = dataclasses.field(default_factory=list)
+    btf_refs: list[tuple[int, int]] = dataclasses.field(default_factory=list)  # (offset, owner id)
 
     def named(self, *prefixes: str) -> list[Section]:
         return [s for s in self.sections if s.name.startswith(prefixes) and s.type != SHT_NOBITS]
@@ -129,6 +130,9 @@ def layout_of(name: str, data: bytes) -> Layout:
     return lay
 
 
+# kinds whose size_or_type is a type id: PTR, TYPEDEF, VOLATILE, CONST, RESTRICT, FUNC,
+# VAR, DECL_TAG, TYPE_TAG
+_REF_KINDS = (2, 8, 9, 10, 11, 12, 14, 17, 18)
 # trailing bytes after the 12-byte header, per BTF kind: fixed part, per-vlen part
 _KIND_TAIL = {1: (4, 0), 2: (0, 0), 3: (12, 0), 4: (0, 12), 5: (0, 12), 6: (0, 8), 7: (0, 0),
               8: (0, 0), 9: (0, 0), 10: (0, 0), 11: (0, 0), 12: (0, 0), 13: (0, 8),
@@ -148,6 +152,16 @@ def _btf_layout(lay: Layout, sec: Section) -> None:
             break
         size = 12 + fixed + per * vlen
         lay.btf_types.append((pos, size))
+        tid = len(lay.btf_types)
+        if kind in _REF_KINDS:
+            lay.btf_refs.append((pos + 8, tid))
+        elif kind == 3:  # ARRAY: element and index types
+            lay.btf_refs += [(pos + 12, tid), (pos + 16, tid)]
+        elif kind in (4, 5, 15):  # STRUCT/UNION members, DATASEC vars: type is word 1 / 0
+            first = 4 if kind != 15 else 0
+            lay.btf_refs += [(pos + 12 + 12 * i + first, tid) for i in range(vlen)]
+        elif kind == 13:  # FUNC_PROTO: return type, then each parameter's type
+            lay.btf_refs += [(pos + 8, tid)] + [(pos + 16 + 8 * i, tid) for i in range(vlen)]
         pos += size
     lay.btf_strings = (base + hdr_len + str_off, str_len)
 
@@ -319,6 +333,22 @@ class Mutator:
             self.put(pos + 12 + 4 * w, 4, f".BTF type[{idx + 1}] word {w}")
         return True
 
+    def btf_ref(self) -> bool:
+        """Point a type reference somewhere legal-looking but wrong: at its own type (a
+        cycle), a neighbour, void, the last type or one past it."""
+        if not self.lay.btf_refs:
+            return False
+        pos, tid = self.rng.choice(self.lay.btf_refs)
+        if pos + 4 > len(self.buf):
+            return False
+        last = len(self.lay.btf_types)
+        old = struct.unpack_from("<I", self.buf, pos)[0]
+        new = self.rng.choice([tid, tid, tid - 1, tid + 1, old + 1, old - 1, 0, last, last + 1,
+                               self.rng.randrange(1, last + 1)]) & 0xFFFFFFFF
+        struct.pack_into("<I", self.buf, pos, new)
+        self.notes.append(f".BTF type[{tid}] ref @{pos:#x}: {old} -> {new}")
+        return True
+
     def btf_strings(self) -> bool:
         off, size = self.lay.btf_strings
         if size < 2:
@@ -390,7 +420,7 @@ class Mutator:
 MUTATIONS: list[tuple[Callable[[Mutator], bool], int]] = [
     (Mutator.elf_header, 2), (Mutator.section_header, 3), (Mutator.named_section_header, 3),
     (Mutator.symbol, 3), (Mutator.relocation, 4), (Mutator.instruction, 5),
-    (Mutator.btf_header, 2), (Mutator.btf_type, 6), (Mutator.btf_strings, 2),
+    (Mutator.btf_header, 2), (Mutator.btf_type, 5), (Mutator.btf_ref, 5), (Mutator.btf_strings, 2),
     (Mutator.btf_ext, 5), (Mutator.maps, 3), (Mutator.bytes_, 2),
 ]
 
@@ -463,14 +493,35 @@ class Finding:
     data: bytes
     seed: int = 0
     case: int = 0
+    where: str = "?"  # the innermost pyebpf frame: "obj/externs.py:_align_of"
 
     @property
     def key(self) -> str:
-        """Where in pyebpf it happened: the error type and the innermost pyebpf frame."""
-        frames = [ln.strip() for ln in self.trace.splitlines()
-                  if ln.strip().startswith("File ") and "/pyebpf/" in ln]
-        where = frames[-1] if frames else "?"
-        return f"{self.stage}: {self.error.split(':')[0]} at {where}"
+        """What and where: the stage, the error type and the innermost pyebpf function
+        (no line number, so that a known finding stays known while the file changes)."""
+        return f"{self.stage}: {self.error.split(':')[0]} in {self.where}"
+
+    @property
+    def known(self) -> str | None:
+        """Why this finding is known (reported, not fixed yet), or None."""
+        return KNOWN.get(self.key)
+
+
+# Findings reported to the owners of the code and not fixed yet, by Finding.key: they
+# are counted and listed, but do not fail a run. Remove an entry once it is fixed.
+KNOWN: dict[str, str] = {
+    "parse: RecursionError in obj/externs.py:_align_of":
+        "a kconfig extern's struct type that contains itself (a member typed as the struct) "
+        "recurses without bound in _align_of (test_fuzz_object.py has the xfail reproducer)",
+}
+
+
+def _where(e: BaseException) -> str:
+    frames = [f for f in traceback.extract_tb(e.__traceback__) if "/pyebpf/" in f.filename]
+    if not frames:
+        return "?"
+    f = frames[-1]
+    return f"{f.filename.rsplit('/pyebpf/', 1)[1]}:{f.name}"
 
 
 _RINGBUFS = (27, 31)  # BPF_MAP_TYPE_RINGBUF, USER_RINGBUF: max_entries is the byte size
@@ -508,6 +559,7 @@ class Fuzzer:
                         for p in fixture_paths()]
         self.counts: Counter[str] = Counter()
         self.findings: dict[str, Finding] = {}
+        self.known: dict[str, Finding] = {}
         from pyebpf.btf.kernel import kernel_btf
 
         self.kbtf = kernel_btf()
@@ -629,7 +681,11 @@ class Fuzzer:
                  seed: int, case: int, trace: str | None = None) -> None:
         f = Finding(stage, fixture, notes, f"{type(e).__name__}: {e}"[:500],
                     trace or "".join(traceback.format_exception(type(e), e, e.__traceback__)),
-                    data, seed, case)
+                    data, seed, case, _where(e))
+        if f.known:
+            self.counts["known findings"] += 1
+            self.known.setdefault(f.key, f)
+            return
         self.counts["findings"] += 1
         if f.key in self.findings:
             return
@@ -653,7 +709,7 @@ class Fuzzer:
 
     def summary(self) -> str:
         keys = ["cases", "parsed", "parse refused", "relocated", "relocate refused", "loaded",
-                "load refused", "load skipped (huge maps)", "findings"]
+                "load refused", "load skipped (huge maps)", "findings", "known findings"]
         return ", ".join(f"{k} {self.counts[k]}" for k in keys if k in self.counts or k == "findings")
 
 
@@ -704,14 +760,14 @@ def main(argv: list[str] | None = None) -> int:
     if a.replay is not None:
         fz = Fuzzer(load=load, timeout=a.timeout, out=None)
         fz.check(a.replay.read_bytes(), a.replay.name, ["replay"])
-        for f in fz.findings.values():
-            print(f.trace)
+        for f in [*fz.findings.values(), *fz.known.values()]:
+            print(f"{f.key}{' (known)' if f.known else ''}\n{f.trace}")
         fz.finish()
         return 1 if fz.findings else 0
     if a.case is not None:
         fz = run(cases=1, seed=a.seed, first_case=a.case, load=load, out=None, timeout=a.timeout)
-        for f in fz.findings.values():
-            print(f"mutations: {f.notes}\n{f.trace}")
+        for f in [*fz.findings.values(), *fz.known.values()]:
+            print(f"{f.key}{' (known)' if f.known else ''}\nmutations: {f.notes}\n{f.trace}")
     else:
         seconds = a.seconds if a.seconds is not None or a.cases is not None else 60.0
         print(f"fuzzing {len(fixture_paths())} fixtures, seed {a.seed}, "
@@ -720,8 +776,9 @@ def main(argv: list[str] | None = None) -> int:
         fz = run(seconds=seconds, cases=a.cases, seed=a.seed, load=load, out=a.out,
                  timeout=a.timeout)
         print(f"[seed {a.seed}] {time.monotonic() - t0:.0f} s: {fz.summary()}")
-        for f in fz.findings.values():
-            print(f"- {f.key} (seed {f.seed} case {f.case}, {f.fixture}: {'; '.join(f.notes)})")
+        for f in [*fz.findings.values(), *fz.known.values()]:
+            print(f"- {f.key}{' (known)' if f.known else ''} (seed {f.seed} case {f.case}, "
+                  f"{f.fixture}: {'; '.join(f.notes)})")
     return 1 if fz.findings else 0
 
 
