@@ -52,7 +52,6 @@ _MOVED = {
     "HashMap": "hash", "LruHashMap": "hash", "PerCpuHash": "hash", "LruPerCpuHash": "hash",
     "Array": "array", "PerCpuArray": "array", "LpmTrie": "lpm", "Queue": "queue",
     "Stack": "queue", "BloomFilter": "queue", "Arena": "arena",
-    # fd-valued kinds: fdmaps.py (helper maps-prog) when present, else the basic ones below
     "ProgArray": "fdmaps", "ArrayOfMaps": "fdmaps", "HashOfMaps": "fdmaps",
 }
 
@@ -63,13 +62,8 @@ def __getattr__(name: str) -> Any:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     import importlib
 
-    full = f"{__name__.rpartition('.')[0]}.{mod}"
-    try:
-        return getattr(importlib.import_module(full), name)
-    except ModuleNotFoundError as e:
-        if e.name != full or f"_{name}" not in globals():
-            raise
-        return globals()[f"_{name}"]
+    return getattr(importlib.import_module(f"{__name__.rpartition('.')[0]}.{mod}"), name)
+
 
 BPF_ANY = 0
 BPF_NOEXIST = 1
@@ -489,7 +483,8 @@ class Map(BatchOpsMixin):
     def __len__(self) -> int:
         """Number of entries: a walk of the keys (the kernel keeps no count), so it is
         O(n) syscalls and only a snapshot while programs write the map. Arrays answer
-        max_entries at once."""
+        max_entries at once. (``list(m)`` asks ``len(m)`` first, as for any sized
+        container: ``list(m.keys())`` walks the keys once.)"""
         return self.count()
 
     def __bool__(self) -> bool:
@@ -661,28 +656,6 @@ class _FdArray(IndexedMap):
             self.ops.delete(kb)
 
 
-class _ProgArray(_FdArray):
-    """Tail-call table: ``m[i] = program`` (a Program or fd); lookups give program ids."""
-
-
-class _ArrayOfMaps(_FdArray):
-    """Array of maps: ``m[i] = inner_map`` (a Map or fd); lookups give map ids."""
-
-
-class _HashOfMaps(Map):
-    """Hash of maps: values are map fds on update and map ids on lookup."""
-
-    _batchable = False
-
-    def encode_value(self, value: Any) -> bytes:
-        if isinstance(value, _RAW):
-            return super().encode_value(value)
-        return int(getattr(value, "fd", value)).to_bytes(4, _BO)
-
-    def decode_value(self, raw: bytes | memoryview) -> Any:
-        return int.from_bytes(bytes(raw[:4]), _BO)
-
-
 class PerfEventArray(_FdArray):
     """perf_event_array: one perf event fd per CPU (consumed by a perf buffer)."""
 
@@ -761,9 +734,6 @@ class StructOpsMap(Map):
 # Built-in defaults; kind modules (hash.py, array.py, fdmaps.py, ...) override them by
 # registering their own classes with @register_map_class.
 _CLASSES: dict[int, type[Map]] = {
-    MapType.PROG_ARRAY: _ProgArray,
-    MapType.ARRAY_OF_MAPS: _ArrayOfMaps,
-    MapType.HASH_OF_MAPS: _HashOfMaps,
     MapType.PERF_EVENT_ARRAY: PerfEventArray,
     MapType.RINGBUF: RingBuf,
     MapType.USER_RINGBUF: RingBuf,

@@ -707,6 +707,10 @@ class RingBufferManager(Closing):
         self._check_open()
         return self._waiter.fileno()
 
+    @property
+    def closed(self) -> bool:
+        return self._waiter.closed
+
     def _check_open(self) -> None:
         if self._waiter.closed:
             raise ClosedError("ring buffer manager is closed")
