@@ -21,4 +21,5 @@ apt_install "${pkgs[@]}"
 mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf
 mountpoint -q /sys/kernel/tracing || mount -t tracefs tracefs /sys/kernel/tracing
 
-exec "$PY" -m pytest tests -p no:cacheprovider "$@"
+# no path given: pytest runs pyproject's testpaths (tests/); given paths run alone
+exec "$PY" -m pytest -p no:cacheprovider "$@"
