@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 import weakref
-from typing import TYPE_CHECKING, Any
+from enum import IntEnum
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ._record import Frozen
 from .sys import bpf as _bpf
@@ -15,6 +16,7 @@ if TYPE_CHECKING:
     import builtins
     import socket
     from collections.abc import Mapping, Sequence
+    from typing import Protocol
 
     from .links.base import Link
     from .links.cgroup import CgroupLink
@@ -34,7 +36,23 @@ if TYPE_CHECKING:
     from .object import Object
     from .proginfo import ProgInfo
 
+    class _HasFd(Protocol):
+        """Anything that holds an open fd in ``.fd`` (a cgroup wrapper, ...)."""
+
+        @property
+        def fd(self) -> FD | int: ...
+
+    class _HasFileno(Protocol):
+        """A socket-like object."""
+
+        def fileno(self) -> int: ...
+
+    # a cgroup v2 directory: a path, an open fd, or an object holding one
+    _Cgroup = str | os.PathLike[str] | int | FD | _HasFd
+
 __all__ = ["Program", "TestRunResult"]
+
+_E = TypeVar("_E", bound=IntEnum)
 
 
 _set = object.__setattr__
@@ -57,9 +75,7 @@ class TestRunResult(Frozen):
         _set(self, "ctx_out", ctx_out)
 
 
-def _enum(cls: Any, v: int | None) -> Any:
-    if v is None:
-        return None
+def _enum(cls: type[_E], v: int) -> _E | int:
     try:
         return cls(v)
     except ValueError:
@@ -67,7 +83,13 @@ def _enum(cls: Any, v: int | None) -> Any:
 
 
 class Program:
-    """A loaded program. Owns its fd: ``close()``, ``with`` or garbage collection closes it."""
+    """A loaded program. Owns its fd: ``close()``, ``with`` or garbage collection closes it.
+
+    ``type`` is a :class:`~pyebpf.uapi.ProgType`, or the plain int when the kernel reports
+    a type newer than pyebpf knows (a program opened by id, pin or fd): typed
+    ``ProgType | int`` so that such a program still opens. ``expected_attach_type`` is
+    likewise an :class:`~pyebpf.uapi.AttachType`, an int, or None.
+    """
 
     def __init__(self, fd: FD, *, name: str, type: int, expected_attach_type: int | None = None,
                  spec: ProgramSpec | None = None, attach_btf_id: int | None = None,
@@ -75,7 +97,8 @@ class Program:
         self.fd = fd
         self.name = name
         self.type: ProgType | int = _enum(ProgType, type)
-        self.expected_attach_type: AttachType | int | None = _enum(AttachType, expected_attach_type)
+        self.expected_attach_type: AttachType | int | None = (
+            None if expected_attach_type is None else _enum(AttachType, expected_attach_type))
         self.spec = spec
         self.attach_btf_id = attach_btf_id
         self._obj: weakref.ref[Object] | None = weakref.ref(obj) if obj is not None else None
@@ -270,7 +293,7 @@ class Program:
         return attach_tc(self, iface, direction, handle=handle, priority=priority,
                          replace=replace)
 
-    def attach_cgroup(self, cgroup: str | int | Any, *, attach_type: AttachType | int | str | None = None,
+    def attach_cgroup(self, cgroup: _Cgroup, *, attach_type: AttachType | int | str | None = None,
                       link: bool = True, flags: int = 0, multi: bool = False,
                       override: bool = False, replace: Program | FD | int | None = None
                       ) -> CgroupLink:
@@ -298,7 +321,7 @@ class Program:
         return attach_netfilter(self, pf=pf, hook=hook, priority=priority, defrag=defrag,
                                 flags=flags, netns=netns)
 
-    def attach_socket(self, sock: socket.socket | int | Any, *,
+    def attach_socket(self, sock: socket.socket | int | _HasFileno, *,
                       reuseport: bool | None = None) -> SocketAttachment:
         """Attach a socket filter (or sk_reuseport program) to a Python socket (or an fd)."""
         from .links.socket import attach_socket
@@ -320,7 +343,7 @@ class Program:
 
         return attach_lwt(self, dest, dev=dev, hook=hook, netns=netns)
 
-    def attach_iter(self, map: Map | FD | int | None = None, *, cgroup: str | int | Any = None,
+    def attach_iter(self, map: Map | FD | int | None = None, *, cgroup: _Cgroup | None = None,
                     cgroup_fd: int | None = None, cgroup_id: int = 0, order: int | str = 0,
                     tid: int = 0, pid: int = 0, pid_fd: int = 0) -> IterLink:
         """Create an iterator link (``map=``, ``cgroup=``/``order=``, ``tid=``/``pid=``)."""
