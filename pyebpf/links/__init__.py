@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from .autoattach import attach_program, auto_attach, skip_reason
-from .base import AttachError, AttachSkipped, Link, LinkInfo, link_info
+from .base import AttachError, AttachSkipped, Link, LinkInfo, ProgRef, link_info
 from .iter import IterLink, IterStream, attach_iter
 from .kprobe import KprobeLink, KprobeUnavailable, attach_kprobe, attach_ksyscall
 from .perf_event import PerfEventLink, PerfEventLinks, attach_perf_event, sample_software_event
@@ -68,6 +68,7 @@ __all__ = [
     "KprobeUnavailable",
     "Link",
     "LinkInfo",
+    "ProgRef",
     "LwtRoute",
     "NetfilterLink",
     "NetnsLink",

@@ -57,10 +57,14 @@ class ProgramLike(Protocol):
 
     name: str
     fd: FD
-    type: ProgType
-    expected_attach_type: AttachType | None
+    type: ProgType | int
+    expected_attach_type: AttachType | int | None
     spec: Any
     attach_btf_id: int | None
+
+
+# a program given by reference: a Program (or another ProgramLike), its FD, or a raw fd
+ProgRef = ProgramLike | FD | int
 
 
 def prog_fd(prog: Any) -> int:
@@ -298,7 +302,7 @@ class Link(Closing):
         unpin(self.pinned_path)
         self.pinned_path = None
 
-    def update(self, new_prog: Any, old_prog: Any = None) -> None:
+    def update(self, new_prog: ProgRef, old_prog: ProgRef | None = None) -> None:
         """Swap in ``new_prog`` (BPF_LINK_UPDATE); with ``old_prog`` only if it is the current one.
 
         The kernel allows this for iterator, cgroup, XDP, tcx, netns and struct_ops links, not

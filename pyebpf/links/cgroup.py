@@ -26,7 +26,7 @@ from ..sys import bpf as _bpf
 from ..sys.fd import FD
 from ..sys.syscall import Cmd, bpf_errno, errno_hint
 from ..uapi import AttachType, ProgType
-from .base import AttachError, Link, prog_fd, prog_label
+from .base import AttachError, Link, ProgRef, prog_fd, prog_label
 
 __all__ = [
     "ATTACH_NAMES",
@@ -433,7 +433,7 @@ class CgroupLink(Link):
         self.attach_type = attach_type
         self.cgroup_path = cgroup_path
 
-    def update(self, new_prog: Any, old_prog: Any = None) -> None:
+    def update(self, new_prog: ProgRef, old_prog: ProgRef | None = None) -> None:
         """Swap in ``new_prog`` (BPF_LINK_UPDATE); with ``old_prog`` only if that is the one
         running now. The new program must suit the same hook."""
         _check_prog(new_prog, self.attach_type)
@@ -497,7 +497,7 @@ class CgroupAttachment(CgroupLink):
         """Whether this program is still attached to the cgroup for this attach type."""
         return not self.closed and self._prog_id in self.query().prog_ids
 
-    def update(self, new_prog: Any, old_prog: Any = None) -> None:
+    def update(self, new_prog: ProgRef, old_prog: ProgRef | None = None) -> None:
         """Put ``new_prog`` in this program's place on the cgroup (``old_prog`` is ignored:
         the program replaced is always this attachment's)."""
         if self.closed:

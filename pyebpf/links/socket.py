@@ -20,7 +20,7 @@ from ..sys import bpf as _bpf
 from ..sys import sock as _sock
 from ..sys.fd import FD
 from ..uapi import AttachType, MapType, ProgType
-from .base import AttachError, Link, prog_fd, prog_label
+from .base import AttachError, Link, ProgRef, prog_fd, prog_label
 
 __all__ = [
     "SockmapLink",
@@ -96,7 +96,7 @@ class SocketAttachment(Link):
         raise AttachError(f"cannot {what}: a {self.kind} attachment is a socket option, not a "
                           "bpf link", program=prog_label(self.program))
 
-    def update(self, new_prog: Any, old_prog: Any = None) -> None:
+    def update(self, new_prog: ProgRef, old_prog: ProgRef | None = None) -> None:
         """Replace the socket's program with ``new_prog`` (same kind) by attaching it again."""
         if not self._attached:
             raise AttachError("cannot update: the attachment is closed", program=prog_label(self.program))

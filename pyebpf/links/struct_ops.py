@@ -11,13 +11,16 @@ it; it has no link fd.
 from __future__ import annotations
 
 import errno as _errno
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import SyscallError
 from ..sys import bpf as _bpf
 from ..sys.fd import FD
 from ..uapi import BPF_F_LINK, AttachType, MapType
-from .base import AttachError, Link, LinkInfo
+from .base import AttachError, Link, LinkInfo, ProgRef
+
+if TYPE_CHECKING:
+    from ..maps.map import Map
 
 __all__ = ["StructOpsLink", "attach_struct_ops"]
 
@@ -89,7 +92,7 @@ class StructOpsLink(Link):
             li.details["map_id"] = int.from_bytes(bytes(raw.extra)[0:4], "little")
         return li
 
-    def update(self, new_prog: Any, old_prog: Any = None) -> None:
+    def update(self, new_prog: ProgRef | Map, old_prog: ProgRef | Map | None = None) -> None:
         """A struct_ops link switches maps, not programs: ``update(map)`` is :meth:`update_map`."""
         if getattr(new_prog, "type", None) == MapType.STRUCT_OPS:
             self.update_map(new_prog, old_map=old_prog)

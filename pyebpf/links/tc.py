@@ -26,7 +26,7 @@ from ..sys.fd import FD
 from ..sys.netlink import ETH_P_ALL, NetlinkError, NetlinkSocket, TcFilter
 from ..sys.syscall import Cmd, bpf
 from ..uapi import AttachType, ProgType
-from .base import AttachError, Link, prog_fd, prog_label
+from .base import AttachError, Link, ProgRef, prog_fd, prog_label
 from .xdp import NET_PERM_HINT, NetlinkAttachment, resolve_iface
 
 __all__ = [
@@ -283,7 +283,7 @@ class TcLink(NetlinkAttachment, Link):
         raise AttachError(f"cannot open link id {link_id} as a tc filter: legacy tc filters "
                           "have no bpf link; find them with tc_query")
 
-    def update(self, new_prog: Any, old_prog: Any = None) -> None:
+    def update(self, new_prog: ProgRef, old_prog: ProgRef | None = None) -> None:
         """Replace the filter's program (same handle and priority; NLM_F_REPLACE).
 
         With ``old_prog`` (a program or program id), only if the filter runs it now:

@@ -40,7 +40,7 @@ from ..obj.usdt import (
 )
 from ..sys import bpf as _bpf
 from ..uapi import BPF_ANY, BPF_NOEXIST, AttachType, ProgType
-from .base import AttachError, AttachSkipped, Link, LinkInfo, link_info, prog_label
+from .base import AttachError, AttachSkipped, Link, LinkInfo, ProgRef, link_info, prog_label
 
 __all__ = ["UsdtLink", "attach_usdt", "auto_attach_usdt", "parse_usdt_section"]
 
@@ -101,7 +101,7 @@ class UsdtLink(Link):
                           "the link (libbpf cannot pin USDT links either)",
                           program=prog_label(self.program))
 
-    def update(self, new_prog: Any, old_prog: Any = None) -> None:
+    def update(self, new_prog: ProgRef, old_prog: ProgRef | None = None) -> None:
         raise AttachError("the kernel cannot replace the program of uprobes (USDT link); "
                           "detach and attach the new program instead",
                           program=prog_label(self.program))

@@ -37,7 +37,7 @@ from ..sys.netlink import (
     XdpState,
 )
 from ..uapi import AttachType, LinkType, ProgType
-from .base import AttachError, Link, prog_fd, prog_label
+from .base import AttachError, Link, ProgRef, prog_fd, prog_label
 
 __all__ = [
     "XDP_FLAGS_DRV_MODE",
@@ -411,7 +411,7 @@ class XdpNetlinkLink(NetlinkAttachment, XdpLink):
         """Netlink attachments have no id: opens ``link_id`` as an :class:`XdpLink`."""
         return XdpLink(_bpf.link_get_fd_by_id(link_id))
 
-    def update(self, new_prog: Any, old_prog: Any = None) -> None:
+    def update(self, new_prog: ProgRef, old_prog: ProgRef | None = None) -> None:
         """Swap in ``new_prog`` if our program (or ``old_prog``) is still the attached one."""
         if self._sock is None:
             raise AttachError("cannot update: the XDP attachment is closed", program=prog_label(self.program))

@@ -83,6 +83,8 @@ def attach_every_hook(prog: pyebpf.Program, sockmap: pyebpf.Map, sock: socket.so
     # every link has the base class's lifetime and pin/update/info
     xdp.pin("/sys/fs/bpf/x")
     xdp.update(prog)
+    xdp.update(prog.fd, old_prog=3)
+    xdp.update("prog")  # type: ignore[arg-type]
     xdp.close()
     prog.attach_xdp("lo", no_such_option=True)  # type: ignore[call-arg]
     prog.attach_tcx("lo", expected_revision="1")  # type: ignore[arg-type]
