@@ -27,7 +27,7 @@ class Arena(NoKeysMap):
         return self.max_entries * _mmap.PAGESIZE
 
     def _map(self) -> _mmap.mmap:
-        mm = self._mm
+        mm: _mmap.mmap | None = self._mm
         if mm is None:
             if self.fd.closed:
                 raise self._closed_error()

@@ -75,8 +75,8 @@ class Array(NoDelete, IndexedMap):
             self._mdec = c.decode if c is not None else (lambda b, o: b[o:o + vs])
         return self
 
-    def _mm_ok(self, key: Any) -> Any:
-        mm = self._mm
+    def _mm_ok(self, key: Any) -> _mmap.mmap | None:
+        mm: _mmap.mmap | None = self._mm
         if mm is _MISSING:
             mm = self._memory()
         if mm is not None and type(key) is int and 0 <= key < self.max_entries:

@@ -11,6 +11,12 @@ from typing import TYPE_CHECKING, Any
 from .._log import DEBUG
 from ..errors import SyscallError
 
+if TYPE_CHECKING:
+    import threading
+
+    from ..sys.bpf import MapOps
+    from ..sys.fd import FD
+
 __all__ = ["PIPELINE_MIN", "BatchBuffers", "BatchOpsMixin"]
 
 # errnos meaning "this map kind has no batch ops" (524 is the kernel-internal ENOTSUPP)
@@ -169,18 +175,19 @@ class BatchOpsMixin:
 
     if TYPE_CHECKING:  # provided by Map
         name: str
-        fd: Any
+        fd: FD
         key_size: int
         value_size: int
         max_entries: int
         percpu: bool
         key_codec: Any
         value_codec: Any
-        ops: Any
-        _tl: Any
+        _tl: threading.local
         _stride: int
         _ncpus: int
 
+        @property
+        def ops(self) -> MapOps: ...
         def encode_key(self, key: Any) -> bytes: ...
         def encode_value(self, value: Any) -> bytes: ...
         def decode_key(self, raw: bytes) -> Any: ...

@@ -47,10 +47,12 @@ def build_fast(self: Map) -> tuple[Any, Any]:
 
             def ev(value: Any) -> bytes:
                 if type(value) is own:
-                    return venc(value)
+                    raw: bytes = venc(value)
+                    return raw
                 if isinstance(value, _RAW):
                     return self._encode_one(value)
-                return venc(vco(value, "value"))
+                raw = venc(vco(value, "value"))
+                return raw
 
             if getattr(vc, "packs_whole", False) and vc.size == self.value_size:
                 vinto = vc.encode_into_own  # type(value) is own: no second class check

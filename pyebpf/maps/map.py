@@ -211,7 +211,8 @@ class Map(BatchOpsMixin):
         """The preallocated syscall helper for this map and the calling thread (bytes in,
         bytes out): each thread gets its own, so one Map may be shared by threads."""
         try:
-            return self._tl.ops
+            tl_ops: _bpf.MapOps = self._tl.ops
+            return tl_ops
         except AttributeError:
             if self.fd.closed:
                 raise self._closed_error() from None
@@ -283,7 +284,8 @@ class Map(BatchOpsMixin):
             return bytes(key)
         c = self.key_codec
         if c is not None:
-            return c.encode(c.coerce(key, "key"))
+            raw: bytes = c.encode(c.coerce(key, "key"))
+            return raw
         return self._int_or_fail(key, self.key_size, "key")
 
     def _encode_one(self, value: Any) -> bytes:
@@ -294,7 +296,8 @@ class Map(BatchOpsMixin):
             return bytes(value)
         c = self.value_codec
         if c is not None:
-            return c.encode(c.coerce(value, "value"))
+            raw: bytes = c.encode(c.coerce(value, "value"))
+            return raw
         return self._int_or_fail(value, self.value_size, "value")
 
     def encode_value(self, value: Any) -> bytes:
@@ -336,6 +339,7 @@ class Map(BatchOpsMixin):
 
     def lookup_bytes(self, key: bytes) -> bytes | None:
         """The raw value for raw ``key`` (per-CPU maps: every CPU's slot), or None."""
+        ops: _bpf.MapOps
         try:
             ops = self._tl.ops
         except AttributeError:  # this thread's first operation
@@ -683,7 +687,7 @@ class NoKeysMap(Map):
     def keys(self) -> Iterator[Any]:
         raise OptionError(f"map {self.name!r} ({_type_name(self.type)}) has no keys to iterate")
 
-    keys_bytes = keys  # type: ignore[assignment]
+    keys_bytes = keys
 
     def items(self, *, raw: bool = False) -> Iterator[tuple[Any, Any]]:
         raise OptionError(f"map {self.name!r} ({_type_name(self.type)}) has no keys to iterate")

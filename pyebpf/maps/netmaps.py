@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import socket as _socket
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
 from ..errors import OptionError
@@ -76,7 +76,7 @@ class _PairValues:
 
     name: str
     value_size: int
-    _pair: type[NamedTuple]
+    _pair: Callable[[int, int], tuple[int, int]]  # the NamedTuple of the kind
 
     def _encode_pair(self, first: int, prog: Any) -> bytes:
         if self.value_size == 4:
@@ -92,7 +92,7 @@ class _PairValues:
         b = bytes(raw)
         first = int.from_bytes(b[:4], _BO)
         prog = int.from_bytes(b[4:8], _BO) if len(b) >= 8 else 0
-        return self._pair(first, prog)  # type: ignore[call-arg,call-overload]
+        return self._pair(first, prog)
 
 
 class _DevValues(_PairValues):
@@ -113,19 +113,19 @@ class _DevValues(_PairValues):
 
 
 @register_map_class(MapType.DEVMAP)
-class DevMap(_DevValues, FdArrayMap):  # type: ignore[misc]
+class DevMap(_DevValues, FdArrayMap):
     """XDP redirect targets by index: ``m[i] = "eth0"`` / ``ifindex`` / ``(ifindex, prog)``
     where ``prog`` is an ``xdp/devmap`` program run before transmit. Lookups give
     :class:`DevMapValue`."""
 
 
 @register_map_class(MapType.DEVMAP_HASH)
-class DevMapHash(_DevValues, _FdValues):  # type: ignore[misc]
+class DevMapHash(_DevValues, _FdValues):
     """XDP redirect targets by arbitrary u32 key (often the ifindex itself)."""
 
 
 @register_map_class(MapType.CPUMAP)
-class CpuMap(_PairValues, FdArrayMap):  # type: ignore[misc]
+class CpuMap(_PairValues, FdArrayMap):
     """XDP redirect to CPUs: ``m[cpu] = qsize`` or ``(qsize, prog)`` with an ``xdp/cpumap``
     program; deleting an entry stops that CPU's kthread. Lookups give :class:`CpuMapValue`."""
 
@@ -225,7 +225,7 @@ class _SocketValues:
 
 
 @register_map_class(MapType.SOCKMAP)
-class SockMap(_SocketValues, FdArrayMap):  # type: ignore[misc]
+class SockMap(_SocketValues, FdArrayMap):
     """Sockets by index for sk_msg/sk_skb redirects: ``m[i] = sock``. Lookups give socket
     cookies (see :func:`socket_cookie`). Programs attach with :meth:`attach_program`."""
 
@@ -238,7 +238,7 @@ class SockMap(_SocketValues, FdArrayMap):  # type: ignore[misc]
 
 
 @register_map_class(MapType.SOCKHASH)
-class SockHash(_SocketValues, _FdValues):  # type: ignore[misc]
+class SockHash(_SocketValues, _FdValues):
     """Sockets by key for sk_msg/sk_skb redirects: ``m[key] = sock``; lookups give cookies."""
 
     def attach_program(self, prog: Any, attach_type: int | None = None) -> None:
@@ -250,7 +250,7 @@ class SockHash(_SocketValues, _FdValues):  # type: ignore[misc]
 
 
 @register_map_class(MapType.REUSEPORT_SOCKARRAY)
-class ReuseportSockArray(_SocketValues, FdArrayMap):  # type: ignore[misc]
+class ReuseportSockArray(_SocketValues, FdArrayMap):
     """SO_REUSEPORT sockets by index for ``bpf_sk_select_reuseport``: ``m[i] = sock``
     (bound, in the same reuseport group); lookups give socket cookies."""
 

@@ -20,7 +20,7 @@ class PerCpuMixin:
         def values(self, *, raw: bool = False) -> Any: ...
 
     def _cpu_values(self, key: Any) -> list[Any]:
-        v = self.lookup(key)
+        v: list[Any] | None = self.lookup(key)
         if v is None:
             raise KeyError(key)
         return v

@@ -85,7 +85,8 @@ class StackTrace(Map):
 
     def stack(self, stack_id: int) -> list[Any]:
         """The frames of ``stack_id``; [] if absent."""
-        return self.lookup(stack_id, [])
+        frames: list[Any] = self.lookup(stack_id, [])
+        return frames
 
     def symbolize(self, stack_id: int, *, pid: int | None = None) -> list[Symbol]:
         """Kernel symbols for ``stack_id``, or the user symbols of process ``pid``

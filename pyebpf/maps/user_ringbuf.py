@@ -41,8 +41,8 @@ from ..errors import ClosedError, OptionError, SyscallError
 from ..sys.fd import Closing
 from ..sys.mm import mmap_fd
 from ..uapi import MapType
-from .bufcommon import MapHandle, Waiter, open_map
-from .ringbuf import BPF_RINGBUF_BUSY_BIT, BPF_RINGBUF_DISCARD_BIT, BPF_RINGBUF_HDR_SZ, MapOrFd
+from .bufcommon import MapHandle, MapOrFd, Waiter, open_map
+from .ringbuf import BPF_RINGBUF_BUSY_BIT, BPF_RINGBUF_DISCARD_BIT, BPF_RINGBUF_HDR_SZ
 
 __all__ = ["UserRingBuffer"]
 
