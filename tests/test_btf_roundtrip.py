@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 import pytest
 from elftools.elf.elffile import ELFFile
+from hyp_examples import examples
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from unitobj import unit_object
@@ -107,7 +108,8 @@ def graphs(draw: st.DrawFn) -> BTF:
     return BTF(draw(st.lists(type_strategy(ref), min_size=n, max_size=n)))
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(100), deadline=None,
+          suppress_health_check=[HealthCheck.too_slow])
 @given(graphs())
 def test_generated_graph_roundtrip(btf: BTF) -> None:
     data = marshal(btf)
@@ -136,7 +138,7 @@ def test_attribute_tags_set_kind_flag(attr: bool) -> None:
     assert list(parsed) == list(btf)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(75), deadline=None)
 @given(graphs(), st.data())
 def test_generated_graph_mutations_raise_only_btferror(btf: BTF, data: st.DataObject) -> None:
     blob = bytearray(marshal(btf))
@@ -151,7 +153,8 @@ def test_generated_graph_mutations_raise_only_btferror(btf: BTF, data: st.DataOb
             pass
 
 
-@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(40), deadline=None,
+          suppress_health_check=[HealthCheck.too_slow])
 @given(graphs(), st.data())
 def test_generated_split_roundtrip(base: BTF, data: st.DataObject) -> None:
     base = BTF.from_bytes(marshal(base))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 import pytest
+from hyp_examples import examples
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -736,7 +737,7 @@ def _random_btf(draw):
     return BTF(draw(st.lists(one, min_size=n, max_size=n)))
 
 
-@settings(max_examples=int(os.environ.get("CORE_FUZZ_EXAMPLES", "300")), deadline=None)
+@settings(max_examples=int(os.environ.get("CORE_FUZZ_EXAMPLES", examples(100))), deadline=None)
 @given(local=_random_btf(), target=_random_btf(), type_id=st.integers(0, 9),
        access=st.sampled_from(["0", "0:0", "0:1", "1", "0:0:0", "0:1:2", "2:0", "0:0:1:0"]),
        kind=st.integers(0, 12))

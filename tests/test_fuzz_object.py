@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from hyp_examples import examples
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -153,7 +154,7 @@ def mutated(draw) -> bytes:
 
 # tests/fuzz_objects.py (run below) mutates with knowledge of the structure; these
 # unstructured examples stay as a cheap second opinion
-@settings(max_examples=int(os.environ.get("PYEBPF_FUZZ_EXAMPLES", "150")), deadline=5000,
+@settings(max_examples=int(os.environ.get("PYEBPF_FUZZ_EXAMPLES", examples(150))), deadline=5000,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(data=mutated())
 def test_mutations_raise_only_pyebpf_errors(data: bytes, target) -> None:
@@ -209,11 +210,8 @@ def _harness():
     return fuzz_objects
 
 
-def test_harness_briefly(capsys) -> None:
-    """A short run of the harness over every fixture: parse, relocate and (as root)
-    load raise only pyebpf errors, within the watchdog, leaving nothing behind.
-    ``python3 -m tests.fuzz_objects --seconds N`` runs it for long."""
-    fz = _harness().run(seconds=FUZZ_SECONDS, seed=int.from_bytes(os.urandom(4), "little"),
+def _run_harness(seconds: float, capsys) -> None:
+    fz = _harness().run(seconds=seconds, seed=int.from_bytes(os.urandom(4), "little"),
                         log=lambda s: None)
     report = "\n\n".join(f"{f.key}\nseed {f.seed} case {f.case} ({f.fixture}): "
                          f"{'; '.join(f.notes)}\n{f.trace}" for f in fz.findings.values())
@@ -226,6 +224,19 @@ def test_harness_briefly(capsys) -> None:
     assert c["parsed"] and c["parse refused"] and c["relocated"], c
     if os.geteuid() == 0:
         assert c["loaded"] and c["load refused"], c
+
+
+def test_harness_briefly(capsys) -> None:
+    """A short run of the harness over every fixture: parse, relocate and (as root)
+    load raise only pyebpf errors, within the watchdog, leaving nothing behind.
+    ``python3 -m tests.fuzz_objects --seconds N`` runs it for long."""
+    _run_harness(FUZZ_SECONDS, capsys)
+
+
+@pytest.mark.soak
+def test_harness_long(capsys) -> None:
+    """The soak step's fuzz run (PYEBPF_FUZZ_LONG_SECONDS, default 300)."""
+    _run_harness(float(os.environ.get("PYEBPF_FUZZ_LONG_SECONDS", "300")), capsys)
 
 
 def test_harness_covers_every_fixture_structure() -> None:
