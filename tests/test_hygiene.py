@@ -163,7 +163,7 @@ class _Watch:
         gc.collect()
         self.rss_warm = _rss()[0]
 
-    def finish(self, cycles: int, what: str) -> None:
+    def finish(self, cycles: int, what: str, *, check_rss: bool = True) -> None:
         elapsed = time.perf_counter() - self.t0
         gc.collect()
         self.fds_back(f"after {cycles} cycles")
@@ -174,7 +174,8 @@ class _Watch:
         print(f"{what}: {cycles} cycles in {elapsed:.0f} s ({elapsed / cycles * 1000:.1f} ms "
               f"each); VmRSS {self.rss_warm >> 10} KiB after warm-up -> {rss >> 10} KiB "
               f"({grew / 1024:+.0f} KiB), VmHWM {hwm >> 10} KiB")
-        assert grew <= RSS_SLACK, f"RSS grew by {grew >> 10} KiB over {cycles} cycles"
+        if check_rss:
+            assert grew <= RSS_SLACK, f"RSS grew by {grew >> 10} KiB over {cycles} cycles"
 
 
 def _warmup(n: int) -> int:
@@ -242,7 +243,10 @@ def _refcount_cycles(n: int) -> None:
         finally:
             if was_enabled:
                 gc.enable()
-        w.finish(n, "dropped, reference counting only")
+        # RSS is reported, not bounded: with the collector off, garbage cycles that hold
+        # no fd (tracebacks, caches) pile up until it runs, and the allocator keeps the
+        # arenas they used; what this test holds to is fds released at once
+        w.finish(n, "dropped, reference counting only", check_rss=False)
 
 
 # Found while writing this test: the specialised get/set closures that maps/fastpath.py
