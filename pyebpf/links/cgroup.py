@@ -26,7 +26,7 @@ from ..sys import bpf as _bpf
 from ..sys.fd import FD
 from ..sys.syscall import Cmd, bpf_errno, errno_hint
 from ..uapi import AttachType, ProgType
-from .base import AttachError, Link, ProgRef, prog_fd, prog_label
+from .base import AttachError, Link, ProgramLike, ProgRef, prog_fd, prog_label
 
 __all__ = [
     "ATTACH_NAMES",
@@ -731,7 +731,7 @@ def _attached_here(prog: Any, fd: int, at: AttachType) -> bool:
         return False
 
 
-def attach_cgroup(prog: Any, cgroup: str | int | Any, *, attach_type: Any = None, link: bool = True,
+def attach_cgroup(prog: ProgramLike, cgroup: str | int | Any, *, attach_type: Any = None, link: bool = True,
                   flags: int = 0, multi: bool = False, override: bool = False,
                   replace: Any = None) -> CgroupLink:
     """Attach ``prog`` to a cgroup v2 directory (a path, an fd, or an object with ``.fd``).

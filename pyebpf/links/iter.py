@@ -18,7 +18,7 @@ from ..errors import OptionError, SyscallError
 from ..sys import bpf as _bpf
 from ..sys.fd import FD
 from ..uapi import AttachType
-from .base import AttachError, Link, LinkInfo, prog_fd, prog_label
+from .base import AttachError, Link, LinkInfo, ProgramLike, prog_fd, prog_label
 
 __all__ = ["CGROUP_ITER_ORDERS", "IterLink", "IterStream", "attach_iter", "cgroup_order",
            "iter_info", "needs_parameter"]
@@ -226,7 +226,7 @@ def _check_params(prog: Any, target: str, map: Any, cgroup_given: bool, order: i
                           "(without a cgroup it starts at the root)", program=label)
 
 
-def attach_iter(prog: Any, map: Any = None, *, cgroup: str | int | Any = None,
+def attach_iter(prog: ProgramLike, map: Any = None, *, cgroup: str | int | Any = None,
                 cgroup_fd: int | None = None, cgroup_id: int = 0, order: int | str = 0,
                 tid: int = 0, pid: int = 0, pid_fd: int = 0) -> IterLink:
     """Create an iterator link for an ``iter/<target>`` program (BPF_LINK_CREATE(BPF_TRACE_ITER)).

@@ -24,7 +24,7 @@ from ..sys import bpf as _bpf
 from ..sys import perf as _perf
 from ..sys.perf import PERF_FLAG_FD_CLOEXEC, PERF_TYPE_TRACEPOINT, PerfEventAttr, TracefsError
 from ..uapi import BPF_F_KPROBE_MULTI_RETURN, AttachType, ProgType
-from .base import AttachError, AttachSkipped, Link, prog_fd, prog_label
+from .base import AttachError, AttachSkipped, Link, ProgramLike, prog_fd, prog_label
 from .perf_event import PerfEventLink, attach_perf_event, has_perf_link
 from .tracing import tracefs_root, tracepoint_id
 
@@ -260,7 +260,7 @@ def has_syscall_wrapper(*, pmu_dir: str = PMU_DIR, tracefs: str | None = None) -
         return False
 
 
-def attach_kprobe(prog: Any, func: str, offset: int = 0, retprobe: bool = False, *,
+def attach_kprobe(prog: ProgramLike, func: str, offset: int = 0, retprobe: bool = False, *,
                   cookie: int = 0, mode: str = "default", pmu_dir: str = PMU_DIR,
                   tracefs: str | None = None) -> KprobeLink:
     """Attach a kprobe (or kretprobe) program to kernel function ``func`` at ``offset``.
@@ -326,7 +326,7 @@ def attach_kprobe(prog: Any, func: str, offset: int = 0, retprobe: bool = False,
     return link  # type: ignore[return-value]
 
 
-def attach_ksyscall(prog: Any, name: str, retprobe: bool = False, *, cookie: int = 0,
+def attach_ksyscall(prog: ProgramLike, name: str, retprobe: bool = False, *, cookie: int = 0,
                     pmu_dir: str = PMU_DIR, tracefs: str | None = None) -> KprobeLink:
     """Attach to syscall ``name`` through its kernel wrapper (``__x64_sys_<name>`` etc.), as libbpf."""
     if not name:
@@ -420,7 +420,7 @@ def parse_kprobe_multi_section(section: str) -> tuple[str, bool, bool] | None:
     raise OptionError(f"{section!r} is not a kprobe.multi, kretprobe.multi or kprobe.session section")
 
 
-def attach_kprobe_multi(prog: Any, pattern: str | None = None, *, syms: Sequence[str] | None = None,
+def attach_kprobe_multi(prog: ProgramLike, pattern: str | None = None, *, syms: Sequence[str] | None = None,
                         addrs: Sequence[int] | None = None, cookies: Sequence[int] | None = None,
                         retprobe: bool | None = None, session: bool = False) -> Link:
     """Attach one kprobe_multi link to many kernel functions: those matching glob ``pattern``

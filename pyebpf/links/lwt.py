@@ -22,7 +22,7 @@ from ..sys import netlink as _nl
 from ..sys import sock as _sock
 from ..sys.fd import FD
 from ..uapi import ProgType
-from .base import AttachError, Link, prog_fd, prog_label
+from .base import AttachError, Link, ProgramLike, prog_fd, prog_label
 
 __all__ = ["HOOKS", "LwtRoute", "attach_lwt", "parse_dest"]
 
@@ -114,7 +114,7 @@ def _route_msg(msg_type: int, flags: int, dest: Any, ifindex: int) -> _nl.Messag
     return m
 
 
-def attach_lwt(prog: Any, dest: str, *, dev: str | int, hook: str | None = None,
+def attach_lwt(prog: ProgramLike, dest: str, *, dev: str | int, hook: str | None = None,
                netns: Any = None) -> LwtRoute:
     """Add a route to ``dest`` through ``dev`` whose packets run ``prog`` (a BPF encap).
 

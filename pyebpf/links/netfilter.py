@@ -14,7 +14,7 @@ from ..errors import OptionError, SyscallError
 from ..sys import bpf as _bpf
 from ..sys import sock as _sock
 from ..uapi import AttachType, ProgType
-from .base import AttachError, Link, prog_fd, prog_label
+from .base import AttachError, Link, ProgramLike, prog_fd, prog_label
 
 __all__ = [
     "BPF_F_NETFILTER_IP_DEFRAG",
@@ -92,7 +92,7 @@ class NetfilterLink(Link):
         self.flags = flags
 
 
-def attach_netfilter(prog: Any, *, pf: str | int = "ipv4", hook: str | int = "local_in",
+def attach_netfilter(prog: ProgramLike, *, pf: str | int = "ipv4", hook: str | int = "local_in",
                      priority: int = 0, defrag: bool = False, flags: int = 0,
                      netns: Any = None) -> NetfilterLink:
     """Link a netfilter program to hook ``hook`` of family ``pf`` at ``priority``.

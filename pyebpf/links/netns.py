@@ -18,7 +18,7 @@ from ..sys import bpf as _bpf
 from ..sys import sock as _sock
 from ..sys.fd import FD
 from ..uapi import AttachType, ProgType
-from .base import AttachError, Link, prog_fd, prog_label
+from .base import AttachError, Link, ProgramLike, prog_fd, prog_label
 
 __all__ = [
     "NetnsLink",
@@ -139,7 +139,7 @@ class NetnsProgAttachment(Link):
             super().close()
 
 
-def attach_netns(prog: Any, netns: str | int | None = None, *,
+def attach_netns(prog: ProgramLike, netns: str | int | None = None, *,
                  link: bool = True) -> NetnsLink | NetnsProgAttachment:
     """Attach a sk_lookup or flow_dissector program to a network namespace.
 

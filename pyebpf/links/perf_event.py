@@ -18,7 +18,7 @@ from ..sys.perf import (
     PerfEventAttr,
 )
 from ..uapi import AttachType
-from .base import AttachError, Link, prog_fd, prog_label
+from .base import AttachError, Link, ProgramLike, prog_fd, prog_label
 
 __all__ = [
     "PerfEventLink",
@@ -59,7 +59,7 @@ class PerfEventLink(Link):
         super().close()
 
 
-def attach_perf_event(prog: Any, perf_fd: FD | int, *, cookie: int = 0, force_ioctl: bool = False,
+def attach_perf_event(prog: ProgramLike, perf_fd: FD | int, *, cookie: int = 0, force_ioctl: bool = False,
                       link_class: type[PerfEventLink] = PerfEventLink,
                       target: str = "") -> PerfEventLink:
     """Attach ``prog`` to an open perf event; the returned link owns ``perf_fd`` (an FD or raw int).

@@ -20,7 +20,7 @@ from ..sys import bpf as _bpf
 from ..sys import sock as _sock
 from ..sys.fd import FD
 from ..uapi import AttachType, MapType, ProgType
-from .base import AttachError, Link, ProgRef, prog_fd, prog_label
+from .base import AttachError, Link, ProgramLike, ProgRef, prog_fd, prog_label
 
 __all__ = [
     "SockmapLink",
@@ -173,7 +173,7 @@ def _setsockopt_attach(prog: Any, n: int, reuseport: bool) -> None:
         raise AttachError(msg, program=prog_label(prog), cause=e) from e
 
 
-def attach_socket(prog: Any, sock: Any, *, reuseport: bool | None = None) -> SocketAttachment:
+def attach_socket(prog: ProgramLike, sock: Any, *, reuseport: bool | None = None) -> SocketAttachment:
     """Attach a socket filter (SO_ATTACH_BPF) or sk_reuseport program
     (SO_ATTACH_REUSEPORT_EBPF) to ``sock`` (a socket object or an fd).
 
@@ -319,7 +319,7 @@ class SockmapProgAttachment(Link):
             super().close()
 
 
-def attach_sockmap(prog: Any, sockmap: Any, attach_type: Any = None, *,
+def attach_sockmap(prog: ProgramLike, sockmap: Any, attach_type: Any = None, *,
                    link: bool = True) -> SockmapLink | SockmapProgAttachment:
     """Attach a sk_msg or sk_skb program to a sockmap/sockhash (a Map or a map fd).
 

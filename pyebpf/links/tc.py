@@ -26,7 +26,7 @@ from ..sys.fd import FD
 from ..sys.netlink import ETH_P_ALL, NetlinkError, NetlinkSocket, TcFilter
 from ..sys.syscall import Cmd, bpf
 from ..uapi import AttachType, ProgType
-from .base import AttachError, Link, ProgRef, prog_fd, prog_label
+from .base import AttachError, Link, ProgramLike, ProgRef, prog_fd, prog_label
 from .xdp import NET_PERM_HINT, NetlinkAttachment, resolve_iface
 
 __all__ = [
@@ -171,7 +171,7 @@ def _tcx_error(e: SyscallError, prog: Any, label: str, direction: str, ifindex: 
     return AttachError(msg, program=prog_label(prog), cause=e)
 
 
-def attach_tcx(prog: Any, iface: str | int, direction: str | None = None, *, before: Any = None,
+def attach_tcx(prog: ProgramLike, iface: str | int, direction: str | None = None, *, before: Any = None,
                after: Any = None, expected_revision: int = 0) -> TcxLink:
     """Attach a tc program to ``iface``'s tcx ``direction`` hook (BPF_LINK_CREATE(BPF_TCX_*)).
 
@@ -390,7 +390,7 @@ def _tc_error(e: SyscallError, prog: Any, label: str, direction: str, handle: in
     return AttachError(msg, program=prog_label(prog), cause=e)
 
 
-def attach_tc(prog: Any, iface: str | int, direction: str | None = "ingress", *, handle: int = 0,
+def attach_tc(prog: ProgramLike, iface: str | int, direction: str | None = "ingress", *, handle: int = 0,
               priority: int = 0, replace: bool = False) -> TcLink:
     """Attach a tc program as a cls_bpf direct-action filter on ``iface`` (bpf_tc_attach).
 

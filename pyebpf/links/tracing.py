@@ -11,7 +11,7 @@ from ..sys import bpf as _bpf
 from ..sys import perf as _perf
 from ..sys.perf import PERF_FLAG_FD_CLOEXEC, PERF_TYPE_TRACEPOINT, PerfEventAttr
 from ..uapi import AttachType, ProgType
-from .base import AttachError, Link, prog_fd, prog_label
+from .base import AttachError, Link, ProgramLike, prog_fd, prog_label
 from .perf_event import PerfEventLink, attach_perf_event
 
 __all__ = [
@@ -39,7 +39,7 @@ class TracepointLink(PerfEventLink):
     kind = "tracepoint"
 
 
-def attach_tracepoint(prog: Any, category: str, name: str | None = None, *,
+def attach_tracepoint(prog: ProgramLike, category: str, name: str | None = None, *,
                       cookie: int = 0, force_ioctl: bool = False,
                       tracefs: str | None = None) -> TracepointLink:
     """Attach ``prog`` to tracepoint ``category:name`` (``"category/name"`` also accepted).
@@ -74,7 +74,7 @@ class RawTracepointLink(Link):
     kind = "raw_tracepoint"
 
 
-def attach_raw_tracepoint(prog: Any, name: str, *, cookie: int = 0) -> RawTracepointLink:
+def attach_raw_tracepoint(prog: ProgramLike, name: str, *, cookie: int = 0) -> RawTracepointLink:
     """Attach a raw_tp (or raw_tp.w) program to raw tracepoint ``name`` (BPF_RAW_TRACEPOINT_OPEN).
 
     BPF_LINK_CREATE(BPF_TRACE_RAW_TP) is not used: kernels reject it for raw_tp programs (EINVAL).
@@ -135,7 +135,7 @@ def _expected(prog: Any) -> int:
     return int(eat or 0)
 
 
-def attach_trace(prog: Any, *, cookie: int = 0, target_prog: Any = None,
+def attach_trace(prog: ProgramLike, *, cookie: int = 0, target_prog: Any = None,
                  target_btf_id: int = 0, raw_tracepoint_open: bool = False) -> TracingLink:
     """Attach a tp_btf/fentry/fexit/fmod_ret (or freplace) program to the target it was loaded for.
 
@@ -152,6 +152,6 @@ def attach_trace(prog: Any, *, cookie: int = 0, target_prog: Any = None,
     return _btf_link(prog, _expected(prog), cookie, raw_tracepoint_open=raw_tracepoint_open)
 
 
-def attach_lsm(prog: Any, *, cookie: int = 0) -> TracingLink:
+def attach_lsm(prog: ProgramLike, *, cookie: int = 0) -> TracingLink:
     """Attach a BPF LSM program to the hook it was loaded for (BPF_LINK_CREATE(BPF_LSM_MAC))."""
     return _btf_link(prog, _expected(prog) or AttachType.LSM_MAC, cookie)

@@ -35,7 +35,7 @@ from ..sys import bpf as _bpf
 from ..sys import perf as _perf
 from ..sys.perf import PERF_FLAG_FD_CLOEXEC, PERF_TYPE_TRACEPOINT, PerfEventAttr, TracefsError
 from ..uapi import BPF_F_UPROBE_MULTI_RETURN, AttachType, ProgType
-from .base import AttachError, AttachSkipped, Link, prog_fd, prog_label
+from .base import AttachError, AttachSkipped, Link, ProgramLike, prog_fd, prog_label
 from .perf_event import PerfEventLink, attach_perf_event, has_perf_link
 
 __all__ = [
@@ -288,7 +288,7 @@ def _perf_pid_cpu(pid: int | None) -> tuple[int, int]:
     return pid, -1
 
 
-def attach_uprobe(prog: Any, binary: str, func: str | None = None, *, pid: int | None = None,
+def attach_uprobe(prog: ProgramLike, binary: str, func: str | None = None, *, pid: int | None = None,
                   retprobe: bool = False, offset: int = 0, cookie: int = 0,
                   ref_ctr_offset: int = 0, mode: str = "default",
                   pmu_dir: str = PMU_DIR, tracefs: str | None = None) -> UprobeLink:
@@ -430,7 +430,7 @@ def _u64s(name: str, vals: Sequence[int] | None, count: int) -> list[int] | None
     return out
 
 
-def attach_uprobe_multi(prog: Any, binary: str, pattern: str | None = None, *,
+def attach_uprobe_multi(prog: ProgramLike, binary: str, pattern: str | None = None, *,
                         funcs: Sequence[str] | None = None, offsets: Sequence[int] | None = None,
                         ref_ctr_offsets: Sequence[int] | None = None,
                         cookies: Sequence[int] | Mapping[str, int] | None = None,

@@ -40,7 +40,16 @@ from ..obj.usdt import (
 )
 from ..sys import bpf as _bpf
 from ..uapi import BPF_ANY, BPF_NOEXIST, AttachType, ProgType
-from .base import AttachError, AttachSkipped, Link, LinkInfo, ProgRef, link_info, prog_label
+from .base import (
+    AttachError,
+    AttachSkipped,
+    Link,
+    LinkInfo,
+    ProgramLike,
+    ProgRef,
+    link_info,
+    prog_label,
+)
 
 __all__ = ["UsdtLink", "attach_usdt", "auto_attach_usdt", "parse_usdt_section"]
 
@@ -369,7 +378,7 @@ def _abs_ips(elf: UsdtElf, probes: Sequence[UsdtProbe], pid: int, label: str | N
     return out
 
 
-def attach_usdt(prog: Any, binary: str, provider: str, name: str, *, pid: int | None = None,
+def attach_usdt(prog: ProgramLike, binary: str, provider: str, name: str, *, pid: int | None = None,
                 cookie: int = 0) -> UsdtLink:
     """Attach ``prog`` (built with ``<bpf/usdt.bpf.h>``) to every site of USDT probe
     ``provider:name`` in ``binary`` (a path, or a library/program name searched as libbpf does).

@@ -37,7 +37,7 @@ from ..sys.netlink import (
     XdpState,
 )
 from ..uapi import AttachType, LinkType, ProgType
-from .base import AttachError, Link, ProgRef, prog_fd, prog_label
+from .base import AttachError, Link, ProgramLike, ProgRef, prog_fd, prog_label
 
 __all__ = [
     "XDP_FLAGS_DRV_MODE",
@@ -461,7 +461,7 @@ def _dup(fd: int) -> int:
     return fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3)
 
 
-def attach_xdp(prog: Any, iface: str | int, *, mode: str | None = None, netlink: bool = False,
+def attach_xdp(prog: ProgramLike, iface: str | int, *, mode: str | None = None, netlink: bool = False,
                replace: Any = None, flags: int = 0) -> XdpLink:
     """Attach an XDP program to ``iface`` (name or index, in the current network namespace).
 
