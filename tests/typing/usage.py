@@ -26,7 +26,7 @@ from pyebpf.links.tc import TcLink, TcxLink
 from pyebpf.links.tracing import RawTracepointLink, TracepointLink, TracingLink
 from pyebpf.links.uprobe import UprobeLink, UprobeMultiLink
 from pyebpf.links.usdt import UsdtLink
-from pyebpf.links.xdp import XdpLink
+from pyebpf.links.xdp import XdpLink, attach_xdp
 from pyebpf.program import TestRunResult
 from pyebpf.uapi import AttachType, ProgType
 
@@ -80,6 +80,9 @@ def attach_every_hook(prog: pyebpf.Program, sockmap: pyebpf.Map, sock: socket.so
     assert_type(prog.attach_sockmap(sockmap), SockmapLink | SockmapProgAttachment)
     assert_type(prog.attach_lwt("192.0.2.0/24", dev="lo", hook="xmit"), LwtRoute)
     assert_type(prog.attach_iter(sockmap), IterLink)
+    # a Program is a ProgramLike: the hook functions take it directly
+    assert_type(attach_xdp(prog, "lo"), XdpLink)
+    attach_xdp(sockmap, "lo")  # type: ignore[arg-type]
     # every link has the base class's lifetime and pin/update/info
     xdp.pin("/sys/fs/bpf/x")
     xdp.update(prog)
