@@ -30,6 +30,7 @@ from pathlib import Path
 import pytest
 from cgroups import scratch_cgroup
 from netns import NetnsPair
+from targets import private_target
 
 from pyebpf.errors import SyscallError
 from pyebpf.links.base import Link
@@ -44,7 +45,7 @@ from pyebpf.uapi import AttachType
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
 
 HERE = Path(__file__).resolve().parent
-TARGET = HERE.parent / "fixtures" / "targets" / "uprobe_target"
+TARGET = private_target("uprobe_target")  # tests/targets.py says why a copy
 
 
 def _tcp_with(name: str) -> int:

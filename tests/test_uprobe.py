@@ -17,6 +17,7 @@ import uuid
 
 import kobjects
 import pytest
+from targets import private_target
 
 import pyebpf
 from pyebpf import ObjectSpec
@@ -32,7 +33,7 @@ from pyebpf.uapi import LinkType
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT_DIR = os.path.abspath(os.path.join(HERE, ".."))
 OBJ = os.path.join(ROOT_DIR, "fixtures", "unit", "attach_uprobe.bpf.o")
-TARGET = os.path.join(ROOT_DIR, "fixtures", "targets", "uprobe_target")
+TARGET = private_target("uprobe_target")  # tests/targets.py says why a copy
 
 SLOT_ADD, SLOT_RET, SLOT_ARG, SLOT_COOKIE, SLOT_STR, SLOT_AUTO, SLOT_AUTO_RET, SLOT_AUTO_MULTI = range(8)
 SLOT_SESSION, SLOT_MULTI, SLOT_MULTI_RET = 8, 16, 48

@@ -9,20 +9,18 @@ Every test checks that the uprobes it made are gone afterwards and that no fd le
 
 from __future__ import annotations
 
-import atexit
 import errno
 import gc
 import os
-import shutil
 import struct
 import subprocess
-import tempfile
 import time
 from collections.abc import Iterator
 
 import kobjects
 import pytest
 from nobody import run_as_nobody
+from targets import private_target
 
 import pyebpf
 from pyebpf import ObjectSpec, features, links
@@ -39,19 +37,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 FIX = os.path.normpath(os.path.join(HERE, "..", "fixtures"))
 THROW = os.path.join(FIX, "targets", "usdt_throw")
 
-# The targets run from private copies: the kernel keys uprobes and semaphore counts by
-# inode and offset, so another test run attaching to the committed binary for every
-# process would otherwise raise our target's semaphore too. World-readable, for the
-# test that attaches as uid 65534.
-_PRIVATE = tempfile.mkdtemp(prefix=f"pyebpf-usdt-{os.getpid()}-")
-os.chmod(_PRIVATE, 0o755)
-atexit.register(shutil.rmtree, _PRIVATE, True)
-
-
-def _private_copy(name: str) -> str:
-    dst = os.path.join(_PRIVATE, name)
-    shutil.copy2(os.path.join(FIX, "targets", name), dst)
-    return dst
+# The targets run from private copies (tests/targets.py says why).
+_private_copy = private_target
 
 
 TARGET = _private_copy("usdt_target")
