@@ -249,21 +249,11 @@ def _refcount_cycles(n: int) -> None:
         w.finish(n, "dropped, reference counting only", check_rss=False)
 
 
-# Found while writing this test: the specialised get/set closures that maps/fastpath.py
-# stores on a Map (Map._fget/_fset) refer back to the map, a cycle only the collector
-# breaks, so a map read with m[key] keeps its fd after its object is dropped.
-REFCOUNT_XFAIL = pytest.mark.xfail(
-    strict=True, reason="Map._fget/_fset (maps/fastpath.py) close over the Map: a reference "
-    "cycle keeps a dropped map's fd until the cyclic collector runs")
-
-
-@REFCOUNT_XFAIL
 def test_dropped_objects_released_by_refcount() -> None:
     _refcount_cycles(5)
 
 
 @pytest.mark.soak
-@REFCOUNT_XFAIL
 def test_soak_dropped_objects_released_by_refcount() -> None:
     _refcount_cycles(SOAK_CYCLES)
 

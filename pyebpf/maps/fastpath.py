@@ -5,7 +5,8 @@ decoded from it in place)."""
 from __future__ import annotations
 
 import struct
-from typing import Any
+import weakref
+from typing import Any, cast
 
 from ..errors import OptionError
 from .map import _MISSING, _RAW, Map
@@ -17,9 +18,23 @@ _SE = struct.error
 
 def build_fast(self: Map) -> tuple[Any, Any]:
     """Build the get/set functions: one call each for the key and value codecs, the
-    value decoded straight from the syscall buffer."""
-    tl, cls = self._tl, type(self)
-    ek = self.encode_key
+    value decoded straight from the syscall buffer.
+
+    The functions are stored on the map, so they refer to it only weakly: a strong
+    reference would be a cycle that keeps a dropped map (and its fd) alive until the
+    cyclic collector runs. The hot paths never touch the map; the fallbacks go through
+    the weak proxy.
+    """
+    return _build(cast(Map, weakref.proxy(self)), self._tl, type(self))
+
+
+def _build(self: Map, tl: Any, cls: type[Map]) -> tuple[Any, Any]:
+    # ``self`` is a weakref.proxy of the Map (see build_fast); its methods are called
+    # through it each time, because ``proxy.method`` would be bound to the real map
+
+    def ek(key: Any) -> bytes:
+        return self.encode_key(key)
+
     kc = self.key_codec
     if cls.encode_key is Map.encode_key and _plain_int(kc) and kc.size == self.key_size:
         kenc = kc.encode
@@ -32,9 +47,15 @@ def build_fast(self: Map) -> tuple[Any, Any]:
         kpack = struct.Struct("=" + kc._fmt).pack_into  # into the MapOps key buffer
     else:
         kpack = None
-    ev = self.encode_value
+
+    def ev(value: Any) -> bytes:
+        return self.encode_value(value)
+
     staged: Any = None
-    dv: Any = self.decode_value
+
+    def dv(raw: Any) -> Any:
+        return self.decode_value(raw)
+
     vc = self.value_codec
     plain_v = not self.percpu and vc is not None
     if plain_v and cls.encode_value is Map.encode_value:
