@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import (
     BTFError,
+    ClosedError,
     CORERelocationError,
     ExternError,
     ObjectError,
@@ -78,6 +79,7 @@ __all__ = [
     "AttachError",
     "BTF",
     "BTFError",
+    "ClosedError",
     "CORERelocationError",
     "ExternError",
     "ExternSpec",

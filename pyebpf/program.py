@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from ._record import Frozen
 from .sys import bpf as _bpf
-from .sys.fd import FD
+from .sys.fd import FD, require_kind
 from .uapi import AttachType, ProgType
 
 if TYPE_CHECKING:
@@ -107,15 +107,21 @@ class Program:
         self._info: ProgInfo | None = None
 
     @classmethod
-    def from_fd(cls, fd: FD | int, *, name: str | None = None) -> Program:
-        """Wrap an open program fd (an int is duplicated, an FD is taken over)."""
+    def from_fd(cls, fd: FD | int, *, name: str | None = None,
+                source: str | None = None) -> Program:
+        """Wrap an open program fd (an int is duplicated, an FD is taken over once this
+        succeeds). An fd of another kind (a map, a link) raises OptionError naming it."""
         from .proginfo import prog_info
 
         owned = fd if isinstance(fd, FD) else FD(os.dup(int(fd)), "prog")
         try:
+            require_kind(owned, "prog", source=source,
+                         hint="open a map with pyebpf.Map.from_fd()/from_pin(), a link "
+                              "with pyebpf.Link.from_pin()")
             info = prog_info(owned)
         except BaseException:
-            owned.close()
+            if owned is not fd:  # our duplicate; an FD given to us is not taken on failure
+                owned.close()
             raise
         p = cls(owned, name=name or info.name, type=info.type,
                 attach_btf_id=info.attach_btf_id or None)
@@ -125,14 +131,24 @@ class Program:
     @classmethod
     def from_pin(cls, path: str) -> Program:
         """Open the program pinned at ``path``."""
-        p = cls.from_fd(_bpf.obj_get(path, kind="prog"))
+        fd = _bpf.obj_get(path, kind="prog")
+        try:
+            p = cls.from_fd(fd, source=f"the pin {path}")
+        except BaseException:
+            fd.close()
+            raise
         p.pin_path = path
         return p
 
     @classmethod
     def from_id(cls, prog_id: int) -> Program:
         """Open the program with kernel id ``prog_id``."""
-        return cls.from_fd(_bpf.prog_get_fd_by_id(prog_id))
+        fd = _bpf.prog_get_fd_by_id(prog_id)
+        try:
+            return cls.from_fd(fd)
+        except BaseException:
+            fd.close()
+            raise
 
     @property
     def object(self) -> Object | None:

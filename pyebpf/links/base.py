@@ -13,7 +13,7 @@ from ..errors import OptionError, PyebpfError, SyscallError
 from ..sys import bpf as _bpf
 from ..sys import perf as _perf
 from ..sys.attrs import LinkInfo as _RawLinkInfo
-from ..sys.fd import FD, Closing
+from ..sys.fd import FD, Closing, require_kind
 from ..uapi import AttachType, LinkType, ProgType
 
 __all__ = [
@@ -343,7 +343,15 @@ class Link(Closing):
     @classmethod
     def from_pin(cls, path: str) -> Link:
         """Open the link pinned at ``path`` (BPF_OBJ_GET); closing it leaves the pin, ``unpin()`` removes it."""
-        link = cls(_bpf.obj_get(path, kind="link"))
+        fd = _bpf.obj_get(path, kind="link")
+        try:
+            require_kind(fd, "link", source=f"the pin {path}",
+                         hint="open a program with pyebpf.Program.from_pin(), a map with "
+                              "pyebpf.Map.from_pin()")
+        except BaseException:
+            fd.close()
+            raise
+        link = cls(fd)
         link.target = path
         link.pinned_path = path
         return link

@@ -132,7 +132,7 @@ class FD(Closing):
 
 # anon inode names the kernel gives its fds (anon_inode_getfd callers) -> our kind names
 _ANON = {
-    "bpf-map": "map", "bpf-prog": "prog", "bpf_link": "link", "btf": "btf",
+    "bpf-map": "map", "bpf-prog": "prog", "bpf_link": "link", "bpf-link": "link", "btf": "btf",
     "bpf-token": "token", "bpf_iter": "iter", "[perf_event]": "perf_event",
     "[eventpoll]": "epoll", "[eventfd]": "eventfd", "[timerfd]": "timerfd",
     "[signalfd]": "signalfd", "[pidfd]": "pidfd", "[io_uring]": "io_uring",
