@@ -683,6 +683,8 @@ def test_auto_attachable(section: str) -> None:
 
 def test_autoattach_off_and_malformed_targets() -> None:
     assert "disabled" in links.skip_reason(_fake("tp/a/b", autoattach=False))
+    # a section with no auto-attach handler says so, whatever its autoattach flag
+    assert "not auto-attachable" in links.skip_reason(_fake("xdp", autoattach=False))
     with pytest.raises(AttachError, match="want tp/<category>/<name>"):
         links.skip_reason(_fake("tp/justone"))
     with pytest.raises(AttachError, match="kretprobes do not support offset"):

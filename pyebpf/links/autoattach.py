@@ -43,7 +43,10 @@ def _plan(prog: Any, explicit: bool = False
     section, sd, target = _section(prog)
     spec = getattr(prog, "spec", None)
     name = prog_label(prog)
-    if not explicit and spec is not None and not getattr(spec, "autoattach", True):
+    if (not explicit and spec is not None and not getattr(spec, "autoattach", True)
+            and sd is not None and sd.attach is not None):
+        # only a section that has an auto-attach handler can have it disabled; for the
+        # others the reason below (no handler) is the true one
         return None, (), {}, "auto-attach is disabled for this program"
     if spec is not None and not getattr(spec, "autoload", True):
         return None, (), {}, "the program is not loaded (autoload is off)"
