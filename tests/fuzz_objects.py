@@ -610,7 +610,7 @@ class Fuzzer:
             if stage == "parse":
                 return
         except BaseException as e:  # noqa: BLE001  (everything else is a finding)
-            if isinstance(e, KeyboardInterrupt):
+            if isinstance(e, (KeyboardInterrupt, SystemExit)):
                 raise
             self._finding(stage, fixture, notes, e, data, seed, case)
             if stage == "parse":
@@ -634,7 +634,7 @@ class Fuzzer:
         except PyebpfError:
             self.counts["load refused"] += 1
         except BaseException as e:  # noqa: BLE001
-            if isinstance(e, KeyboardInterrupt):
+            if isinstance(e, (KeyboardInterrupt, SystemExit)):
                 raise
             self._finding("load", fixture, notes, e, data, seed, case)
         finally:
@@ -732,13 +732,17 @@ def run(*, seconds: float | None = None, cases: int | None = None, seed: int = 0
     deadline = time.monotonic() + seconds if seconds is not None else None
     case = first_case
     last_report = time.monotonic()
-    while (cases is None or case < first_case + cases) and \
-            (deadline is None or time.monotonic() < deadline):
-        fz.run_case(seed, case)
-        case += 1
-        if time.monotonic() - last_report > 60:
-            last_report = time.monotonic()
-            log(f"[seed {seed}] {fz.summary()}")
+    try:
+        while (cases is None or case < first_case + cases) and \
+                (deadline is None or time.monotonic() < deadline):
+            fz.run_case(seed, case)
+            case += 1
+            if time.monotonic() - last_report > 60:
+                last_report = time.monotonic()
+                log(f"[seed {seed}] {fz.summary()}")
+    except (KeyboardInterrupt, SystemExit):
+        fz.finish()  # the private pin root goes even when the run is stopped
+        raise
     left = fz.finish()
     if any(left.values()):
         fz._finding("leak", "*", [], AssertionError(f"kernel objects left: {left}"), b"", seed,
@@ -758,6 +762,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=Path("/tmp/pyebpf-fuzz"),
                     help="where findings are written")
     a = ap.parse_args(argv)
+    # kill/timeout end a long run through the same clean-up as Ctrl-C
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     load = False if a.no_load else os.geteuid() == 0
     if a.replay is not None:
         fz = Fuzzer(load=load, timeout=a.timeout, out=None)
