@@ -509,13 +509,7 @@ class Finding:
 
 # Findings reported to the owners of the code and not fixed yet, by Finding.key: they
 # are counted and listed, but do not fail a run. Remove an entry once it is fixed.
-KNOWN: dict[str, str] = {
-    "parse: RecursionError in obj/externs.py:_align_of":
-        "a kconfig extern's struct type that contains itself (a member typed as the struct) "
-        "recurses without bound in _align_of (test_fuzz_object.py has the xfail reproducer)",
-    "parse: Hang in obj/externs.py:_align_of":
-        "the same cycle through a struct with many members: seconds before the RecursionError",
-}
+KNOWN: dict[str, str] = {}
 
 
 def _where(e: BaseException) -> str:

@@ -326,8 +326,6 @@ def _struct_id(lay, name: str) -> int:
     raise AssertionError(f"no struct {name}")
 
 
-@pytest.mark.xfail(strict=True, raises=RecursionError, reason="pyebpf/obj/externs.py "
-                   "_align_of recurses through a struct that contains itself (reported)")
 def test_self_containing_extern_struct_is_a_pyebpf_error() -> None:
     """fuzz_objects seed 77 case 1900: a kconfig extern typed as a struct one of whose
     members is that struct again."""

@@ -238,8 +238,15 @@ def _kcfg_type(btf: BTFView, type_id: int) -> tuple[KcfgType, bool]:
     return KcfgType.UNKNOWN, False
 
 
-def _align_of(btf: BTFView, type_id: int) -> int:
-    """libbpf ``btf__align_of()``."""
+def _align_of(btf: BTFView, type_id: int, memo: dict[int, int] | None = None) -> int:
+    """libbpf ``btf__align_of()``; 0 when it cannot be told.
+
+    ``memo`` holds each struct/union's answer, and 0 while it is being worked out: a
+    corrupt BTF whose struct contains itself then ends (0) instead of recursing forever,
+    and a large struct's shared member types are walked once.
+    """
+    if memo is None:
+        memo = {}
     for _ in range(64):
         t = btf.type(type_id)
         k = t.kind
@@ -254,20 +261,28 @@ def _align_of(btf: BTFView, type_id: int) -> int:
             type_id = t.type  # type: ignore[union-attr]
             continue
         if k in (Kind.STRUCT, Kind.UNION):
-            best = 1
-            for m in t.members:  # type: ignore[union-attr]
-                a = _align_of(btf, m.type)
-                if a <= 0:
-                    return 0
-                best = max(best, a)
-                # a member offset that breaks natural alignment means packed
-                if m.bitfield_size == 0 and (m.bit_offset % (8 * a)):
-                    return 1
-            if t.size % best:  # type: ignore[union-attr]
-                return 1
-            return best
+            if type_id in memo:
+                return memo[type_id]
+            memo[type_id] = 0  # in progress: a cycle back here answers "cannot tell"
+            memo[type_id] = _composite_align(btf, t, memo)
+            return memo[type_id]
         return 0
     return 0
+
+
+def _composite_align(btf: BTFView, t: Any, memo: dict[int, int]) -> int:
+    best = 1
+    for m in t.members:
+        a = _align_of(btf, m.type, memo)
+        if a <= 0:
+            return 0
+        best = max(best, a)
+        # a member offset that breaks natural alignment means packed
+        if m.bitfield_size == 0 and (m.bit_offset % (8 * a)):
+            return 1
+    if t.size % best:
+        return 1
+    return best
 
 
 def _is_extern_sym(s: Symbol) -> bool:
