@@ -509,7 +509,17 @@ class Finding:
 
 # Findings reported to the owners of the code and not fixed yet, by Finding.key: they
 # are counted and listed, but do not fail a run. Remove an entry once it is fixed.
-KNOWN: dict[str, str] = {}
+KNOWN: dict[str, str] = {
+    # slow, not endless: each replays in 0.3-1.6 s of CPU alone, over 2 s on a busy machine
+    # (seed 101 cases 29350, 35104 and 38611); the BTF look-ups they spend it in want an
+    # index or a bound
+    "load: Hang in btf/core_spec.py:<genexpr>":
+        "a CO-RE relocation of a corrupted instruction scans candidate types slowly",
+    "load: Hang in btf/spec.py:find":
+        "BTF.find walks every type by name on a corrupted type graph",
+    "parse: Hang in btf/types.py:__init__":
+        "decoding a corrupted type graph with a long reference chain is slow",
+}
 
 
 def _where(e: BaseException) -> str:
