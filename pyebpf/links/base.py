@@ -265,14 +265,15 @@ class Link(Closing):
             return self._closed
         return all(f.closed for f in fds)
 
-    # how an attachment without a bpf link was made, for error messages
-    no_link_reason = ("it was attached with PERF_EVENT_IOC_SET_BPF: asked for, or the kernel "
-                      "lacks perf links")
+    # what an attachment without a bpf link says when asked to pin, update, ... (after
+    # "cannot <what>: "); kinds that never have one set their own
+    no_link = ("this attachment has no bpf link (it was attached with PERF_EVENT_IOC_SET_BPF: "
+               "asked for, or the kernel lacks perf links)")
 
     def _need_link_fd(self, what: str) -> FD:
         if self.fd is None:
             raise AttachError(
-                f"cannot {what}: this attachment has no bpf link ({self.no_link_reason})",
+                f"cannot {what}: {self.no_link}",
                 program=prog_label(self.program),
             )
         if self.fd.closed:

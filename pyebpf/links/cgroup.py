@@ -482,10 +482,8 @@ class CgroupAttachment(CgroupLink):
     def multi(self) -> bool:
         return bool(self.flags & BPF_F_ALLOW_MULTI)
 
-    def _need_link_fd(self, what: str) -> FD:
-        raise AttachError(f"cannot {what}: this cgroup attachment was made with BPF_PROG_ATTACH "
-                          "(link=False) and has no bpf link; attach with link=True for that",
-                          program=prog_label(self.program))
+    no_link = ("this cgroup attachment was made with BPF_PROG_ATTACH (link=False) and has no "
+               "bpf link; attach with link=True for that")
 
     def query(self, *, effective: bool = False) -> CgroupQuery:
         """BPF_PROG_QUERY of this attachment's cgroup and attach type."""

@@ -20,7 +20,6 @@ from typing import Any
 from ..errors import OptionError, SyscallError
 from ..sys import netlink as _nl
 from ..sys import sock as _sock
-from ..sys.fd import FD
 from ..uapi import ProgType
 from .base import AttachError, Link, ProgramLike, prog_fd, prog_label
 
@@ -86,9 +85,7 @@ class LwtRoute(Link):
     def closed(self) -> bool:
         return self._nl is None
 
-    def _need_link_fd(self, what: str) -> FD:
-        raise AttachError(f"cannot {what}: an lwt program is attached by a route, not a bpf link",
-                          program=prog_label(self.program))
+    no_link = "an lwt program is attached by a route, not a bpf link"
 
     def close(self) -> None:
         """Delete the route (RTM_DELROUTE); a route already gone is fine. Idempotent."""

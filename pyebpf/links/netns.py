@@ -119,10 +119,8 @@ class NetnsProgAttachment(Link):
     def closed(self) -> bool:
         return self._prog_dup.closed
 
-    def _need_link_fd(self, what: str) -> FD:
-        raise AttachError(f"cannot {what}: this flow dissector was attached with BPF_PROG_ATTACH "
-                          "and has no bpf link (attach with link=True for one)",
-                          program=prog_label(self.program))
+    no_link = ("this flow dissector was attached with BPF_PROG_ATTACH and has no bpf link "
+               "(attach with link=True for one)")
 
     def close(self) -> None:
         """PROG_DETACH in the namespace it was attached to, then close the held fds; idempotent."""

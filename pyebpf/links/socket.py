@@ -301,10 +301,8 @@ class SockmapProgAttachment(Link):
     def closed(self) -> bool:
         return self._prog_dup.closed
 
-    def _need_link_fd(self, what: str) -> FD:
-        raise AttachError(f"cannot {what}: this program was attached to the sockmap with "
-                          "BPF_PROG_ATTACH and has no bpf link (attach with link=True for one)",
-                          program=prog_label(self.program))
+    no_link = ("this program was attached to the sockmap with BPF_PROG_ATTACH and has no bpf "
+               "link (attach with link=True for one)")
 
     def close(self) -> None:
         """BPF_PROG_DETACH from the map, then close the held fds; idempotent."""

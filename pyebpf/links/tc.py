@@ -267,9 +267,7 @@ class TcLink(NetlinkAttachment, Link):
         """Whether this process created the clsact qdisc this filter sits under."""
         return self._owner_key is not None
 
-    def _need_link_fd(self, what: str) -> FD:
-        raise AttachError(f"cannot {what}: a legacy tc filter has no bpf link; attach with "
-                          "attach_tcx for a pinnable link", program=prog_label(self.program))
+    no_link = "a legacy tc filter has no bpf link; attach with attach_tcx for a pinnable link"
 
     @classmethod
     def from_pin(cls, path: str) -> Link:

@@ -396,10 +396,8 @@ class XdpNetlinkLink(NetlinkAttachment, XdpLink):
     def closed(self) -> bool:
         return self._sock is None
 
-    def _need_link_fd(self, what: str) -> FD:
-        raise AttachError(f"cannot {what}: this XDP program was attached through netlink, which "
-                          "makes no bpf link; attach with netlink=False for a pinnable link",
-                          program=prog_label(self.program))
+    no_link = ("this XDP program was attached through netlink, which makes no bpf link; "
+               "attach with netlink=False for a pinnable link")
 
     @classmethod
     def from_pin(cls, path: str) -> XdpLink:
